@@ -26,6 +26,41 @@ pub struct Procedure {
     pub steps: Vec<Step>,
 }
 
+impl Procedure {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id() == id)
+    }
+
+    pub fn component(&self, id: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.id == id)
+    }
+
+    /// The form schema path of the component or user task with this id: what `data.ID` holds.
+    pub fn form_path(&self, id: &str) -> Option<&str> {
+        if let Some(c) = self.component(id) {
+            return c.form.as_deref();
+        }
+        match self.step(id) {
+            Some(Step::UserTask(t)) => t.form.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The ids that `data.ID` may name: components and user tasks that have a form.
+    pub fn form_ids(&self) -> Vec<&str> {
+        let components = self
+            .components
+            .iter()
+            .filter(|c| c.form.is_some())
+            .map(|c| c.id.as_str());
+        let tasks = self.steps.iter().filter_map(|s| match s {
+            Step::UserTask(t) if t.form.is_some() => Some(t.id.as_str()),
+            _ => None,
+        });
+        components.chain(tasks).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgencySpec {
@@ -232,7 +267,12 @@ impl Step {
                 let mut v: Vec<(String, &str)> = t
                     .outcomes
                     .iter()
-                    .map(|(k, n)| (format!("/outcomes/{}", super::yaml::escape_segment(k)), n.as_str()))
+                    .map(|(k, n)| {
+                        (
+                            format!("/outcomes/{}", super::yaml::escape_segment(k)),
+                            n.as_str(),
+                        )
+                    })
                     .collect();
                 if let Some(n) = &t.next {
                     v.push(("/next".to_owned(), n));
@@ -434,7 +474,7 @@ pub enum EndOutcome {
 }
 
 /// The result-code catalog (`procedures/catalog/results.yaml`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultCatalog {
     pub results: Vec<CatalogResult>,
@@ -451,7 +491,7 @@ pub struct CatalogResult {
 }
 
 /// The role catalog (`procedures/catalog/roles.yaml`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleCatalog {
     pub roles: Vec<CatalogRole>,

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use serde_saphyr::{Budget, Options, Spanned};
 
@@ -66,38 +66,34 @@ pub struct YamlError {
 /// Limits on what a definition file may ask of the parser. A hostile file (alias bomb,
 /// deeply nested flow collections, a huge scalar) is rejected before it costs memory.
 pub fn budget() -> Budget {
-    Budget {
-        max_depth: 24,
-        max_nodes: 100_000,
-        max_events: 250_000,
-        max_aliases: 200,
-        max_anchors: 200,
-        max_total_scalar_bytes: 1 << 20,
-        max_documents: 1,
-        ..Budget::default()
-    }
+    let mut b = Budget::default();
+    b.max_depth = 24;
+    b.max_nodes = 100_000;
+    b.max_events = 250_000;
+    b.max_aliases = 200;
+    b.max_anchors = 200;
+    b.max_total_scalar_bytes = 1 << 20;
+    b.max_documents = 1;
+    b
 }
 
 /// Parses `text` into a JSON value and a locator for its nodes.
 pub fn parse(text: &str) -> Result<(Value, Locator), YamlError> {
-    let options = Options {
-        budget: Some(budget()),
-        ..Options::default()
-    };
-    let root: Spanned<Node> =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-            let position = e
-                .location()
-                .map(|l| Position {
-                    line: l.line(),
-                    column: l.column(),
-                })
-                .unwrap_or(Position { line: 1, column: 1 });
-            YamlError {
-                position,
-                message: describe(&e),
-            }
-        })?;
+    let mut options = Options::default();
+    options.budget = Some(budget());
+    let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let position = e
+            .location()
+            .map(|l| Position {
+                line: l.line(),
+                column: l.column(),
+            })
+            .unwrap_or(Position { line: 1, column: 1 });
+        YamlError {
+            position,
+            message: describe(&e),
+        }
+    })?;
     let mut locator = Locator::default();
     let mut problems = Vec::new();
     let value = root.value.into_json(
@@ -295,8 +291,20 @@ mod tests {
     fn positions_follow_pointers() {
         let (value, loc) = parse("a: 1\nsteps:\n  - id: x\n    next: y\n").unwrap();
         assert_eq!(value["steps"][0]["next"], "y");
-        assert_eq!(loc.position("/steps/0/next"), Position { line: 4, column: 11 });
-        assert_eq!(loc.key_position("/steps/0/next"), Position { line: 4, column: 5 });
-        assert_eq!(loc.position("/steps/0/missing"), Position { line: 3, column: 5 });
+        assert_eq!(
+            loc.position("/steps/0/next"),
+            Position {
+                line: 4,
+                column: 11
+            }
+        );
+        assert_eq!(
+            loc.key_position("/steps/0/next"),
+            Position { line: 4, column: 5 }
+        );
+        assert_eq!(
+            loc.position("/steps/0/missing"),
+            Position { line: 3, column: 5 }
+        );
     }
 }

@@ -1,0 +1,779 @@
+//! Semantic checks: what the JSON Schema of the format cannot say.
+//!
+//! Every check reports through the [`Sink`] with the JSON pointer of the offending value, so
+//! the administrator sees the line and column. All checks run, so one pass shows every problem.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::BUILTIN_HOOKS;
+use super::diagnostic::Sink;
+use super::expr::{self, DOSSIER_FIELDS};
+use super::load::{Catalog, LoaderConfig};
+use super::model::*;
+use super::yaml::escape_segment;
+
+/// Processing times beyond this are taken for typing mistakes.
+const MAX_PROCESSING_HOURS: f64 = 24.0 * 366.0 * 2.0;
+/// Fees beyond this (100 million đồng) are taken for typing mistakes.
+const MAX_FEE_VND: u64 = 100_000_000;
+/// Form schemas larger than this are refused.
+const MAX_FORM_SCHEMA_BYTES: u64 = 256 * 1024;
+
+pub(crate) fn check(
+    p: &Procedure,
+    catalog: &Catalog,
+    config: &LoaderConfig,
+    sink: &mut Sink<'_>,
+) -> BTreeMap<String, Arc<Value>> {
+    let forms = check_forms(p, config, sink);
+    check_ids(p, sink);
+    check_graph(p, sink);
+    check_steps(p, catalog, sink);
+    check_results(p, catalog, sink);
+    check_components(p, catalog, sink);
+    check_times_and_fees(p, sink);
+    check_expressions(p, &forms, sink);
+    forms
+}
+
+fn step_ptr(i: usize) -> String {
+    format!("/steps/{i}")
+}
+
+/// The closest candidate to `name`, when it is close enough to be a likely typo.
+fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn unknown_hint<'a>(
+    name: &str,
+    what: &str,
+    candidates: impl IntoIterator<Item = &'a str> + Clone,
+) -> String {
+    match suggest(name, candidates.clone()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => {
+            let all: Vec<&str> = candidates.into_iter().collect();
+            if all.is_empty() {
+                format!("no {what} is declared")
+            } else {
+                format!("known {what}s: {}", all.join(", "))
+            }
+        }
+    }
+}
+
+fn check_ids(p: &Procedure, sink: &mut Sink<'_>) {
+    let mut steps: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        if let Some(first) = steps.insert(s.id(), i) {
+            sink.error(
+                &format!("{}/id", step_ptr(i)),
+                format!("duplicate step id `{}`", s.id()),
+                Some(format!(
+                    "step {} already uses this id (line {}); give each step its own id",
+                    first + 1,
+                    sink.locator
+                        .position(&format!("{}/id", step_ptr(first)))
+                        .line
+                )),
+            );
+            steps.insert(s.id(), first);
+        }
+    }
+    let mut components: HashSet<&str> = HashSet::new();
+    for (i, c) in p.components.iter().enumerate() {
+        if !components.insert(&c.id) {
+            sink.error(
+                &format!("/components/{i}/id"),
+                format!("duplicate component id `{}`", c.id),
+                None,
+            );
+        }
+        if c.form.is_some() && matches!(p.step(&c.id), Some(Step::UserTask(t)) if t.form.is_some())
+        {
+            sink.error(
+                &format!("/components/{i}/id"),
+                format!("`{}` names both a component form and a task form", c.id),
+                Some("`data.ID` must name one form: rename the component or the step".into()),
+            );
+        }
+    }
+}
+
+fn check_graph(p: &Procedure, sink: &mut Sink<'_>) {
+    let index: HashMap<&str, usize> = p
+        .steps
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, s)| (s.id(), i))
+        .collect();
+    let ids: Vec<&str> = p.steps.iter().map(Step::id).collect();
+
+    // Unknown successors.
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); p.steps.len()];
+    for (i, s) in p.steps.iter().enumerate() {
+        for (suffix, target) in s.successors() {
+            match index.get(target) {
+                Some(&j) => edges[i].push(j),
+                None => sink.error(
+                    &format!("{}{suffix}", step_ptr(i)),
+                    format!("unknown step id `{target}`"),
+                    Some(unknown_hint(target, "step", ids.iter().copied())),
+                ),
+            }
+        }
+        if let Step::Parallel(par) = s {
+            match index.get(par.join.as_str()).map(|&j| &p.steps[j]) {
+                Some(Step::Join(_)) => {}
+                Some(other) => sink.error(
+                    &format!("{}/join", step_ptr(i)),
+                    format!("`{}` is a {} step, not a join", par.join, other.kind_name()),
+                    Some("`join` names the step of kind `join` where the branches meet".into()),
+                ),
+                None => sink.error(
+                    &format!("{}/join", step_ptr(i)),
+                    format!("unknown step id `{}`", par.join),
+                    Some(unknown_hint(&par.join, "step", ids.iter().copied())),
+                ),
+            }
+            let mut seen = HashSet::new();
+            for (b, branch) in par.branches.iter().enumerate() {
+                if !seen.insert(branch) {
+                    sink.error(
+                        &format!("{}/branches/{b}", step_ptr(i)),
+                        format!("branch `{branch}` is listed twice"),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    if !p.steps.iter().any(|s| matches!(s, Step::End(_))) {
+        sink.error(
+            "/steps",
+            "the procedure has no `end` step",
+            Some("add at least one step of kind `end` with outcome `completed`".into()),
+        );
+    }
+
+    // Unreachable steps, from the first step.
+    let reachable = reach(&edges, [0]);
+    for (i, s) in p.steps.iter().enumerate() {
+        if !reachable.contains(&i) {
+            sink.error(
+                &format!("{}/id", step_ptr(i)),
+                format!(
+                    "step `{}` cannot be reached from the first step `{}`",
+                    s.id(),
+                    ids[0]
+                ),
+                Some(
+                    "point an outcome, `next` or branch of another step at it, or remove it".into(),
+                ),
+            );
+        }
+    }
+
+    // Steps from which no end can be reached.
+    let mut reverse: Vec<Vec<usize>> = vec![Vec::new(); p.steps.len()];
+    for (i, out) in edges.iter().enumerate() {
+        for &j in out {
+            reverse[j].push(i);
+        }
+    }
+    let ends: Vec<usize> = p
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Step::End(_)))
+        .map(|(i, _)| i)
+        .collect();
+    let can_end = reach(&reverse, ends);
+    for (i, s) in p.steps.iter().enumerate() {
+        if reachable.contains(&i) && !can_end.contains(&i) {
+            sink.error(
+                &format!("{}/id", step_ptr(i)),
+                format!("no end can be reached from step `{}`", s.id()),
+                Some(
+                    "a dossier entering this step would never finish: lead it to an `end` step"
+                        .into(),
+                ),
+            );
+        }
+    }
+
+    // Joins: each has its fork, and each branch of a fork reaches its join.
+    let forks: HashMap<&str, usize> = p
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Step::Parallel(par) => Some((par.join.as_str(), i)),
+            _ => None,
+        })
+        .collect();
+    for (i, s) in p.steps.iter().enumerate() {
+        match s {
+            Step::Join(j) if !forks.contains_key(j.id.as_str()) => sink.error(
+                &format!("{}/id", step_ptr(i)),
+                format!("join `{}` has no parallel step that forks into it", j.id),
+                Some("name this join in the `join` field of the `parallel` step whose branches meet here".into()),
+            ),
+            Step::Parallel(par) => {
+                let Some(&join) = index.get(par.join.as_str()) else {
+                    continue;
+                };
+                for (b, branch) in par.branches.iter().enumerate() {
+                    let Some(&start) = index.get(branch.as_str()) else {
+                        continue;
+                    };
+                    if !reach(&edges, [start]).contains(&join) {
+                        sink.error(
+                            &format!("{}/branches/{b}", step_ptr(i)),
+                            format!("branch `{branch}` never reaches the join `{}`", par.join),
+                            Some("every branch of a parallel step must end at its join".into()),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn reach(edges: &[Vec<usize>], from: impl IntoIterator<Item = usize>) -> HashSet<usize> {
+    let mut seen = HashSet::new();
+    let mut queue: VecDeque<usize> = from.into_iter().filter(|&i| i < edges.len()).collect();
+    seen.extend(queue.iter().copied());
+    while let Some(i) = queue.pop_front() {
+        for &j in &edges[i] {
+            if seen.insert(j) {
+                queue.push_back(j);
+            }
+        }
+    }
+    seen
+}
+
+fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
+    let roles: Vec<&str> = catalog.roles.roles.iter().map(|r| r.id.as_str()).collect();
+    let mut received = None;
+    for (i, s) in p.steps.iter().enumerate() {
+        let at = step_ptr(i);
+        match s {
+            Step::UserTask(t) => {
+                if !roles.contains(&t.role.as_str()) {
+                    sink.error(
+                        &format!("{at}/role"),
+                        format!("unknown role `{}`", t.role),
+                        Some(format!(
+                            "{} (roles are declared in procedures/catalog/roles.yaml)",
+                            unknown_hint(&t.role, "role", roles.iter().copied())
+                        )),
+                    );
+                }
+                if let Some(code) = &t.signs {
+                    if !p.results.iter().any(|r| &r.result_code == code) {
+                        sink.error(
+                            &format!("{at}/signs"),
+                            format!("`{code}` is not a result of this procedure"),
+                            Some("list it under `results` first; a task signs only what the procedure issues".into()),
+                        );
+                    }
+                }
+                if t.marks == Some(Milestone::Received) {
+                    if let Some(first) = received.replace(i) {
+                        sink.error(
+                            &format!("{at}/marks"),
+                            "only one task may mark the dossier `received`",
+                            Some(format!("step `{}` already does", p.steps[first].id())),
+                        );
+                    }
+                }
+            }
+            Step::Decision(d) => {
+                if d.otherwise.is_none() {
+                    sink.error(
+                        &at,
+                        format!("decision `{}` has no default branch", d.id),
+                        Some("add `else: STEP` for when no condition holds".into()),
+                    );
+                }
+            }
+            Step::Hook(h) => {
+                let names = BUILTIN_HOOKS.iter().map(|(n, _)| *n);
+                match BUILTIN_HOOKS.iter().find(|(n, _)| *n == h.call) {
+                    None => sink.error(
+                        &format!("{at}/call"),
+                        format!("unknown hook `{}`", h.call),
+                        Some(unknown_hint(&h.call, "hook", names)),
+                    ),
+                    Some((name, allowed)) => {
+                        for key in h.args.keys() {
+                            if !allowed.contains(&key.as_str()) {
+                                sink.error_at_key(
+                                    &format!("{at}/with/{}", escape_segment(key)),
+                                    format!("hook `{name}` takes no argument `{key}`"),
+                                    Some(if allowed.is_empty() {
+                                        format!("`{name}` takes no arguments: remove `with`")
+                                    } else {
+                                        format!("`{name}` takes: {}", allowed.join(", "))
+                                    }),
+                                );
+                            }
+                        }
+                        if *name == "notify" {
+                            check_template(h, catalog, &at, sink);
+                        }
+                    }
+                }
+                if h.retry.max_backoff_seconds < h.retry.initial_backoff_seconds {
+                    sink.error(
+                        &format!("{at}/retry/max_backoff_seconds"),
+                        "the longest backoff is shorter than the first",
+                        Some(
+                            "`max_backoff_seconds` must be at least `initial_backoff_seconds`"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn check_template(h: &Hook, catalog: &Catalog, at: &str, sink: &mut Sink<'_>) {
+    let templates = catalog.templates.iter().map(String::as_str);
+    match h.args.get("template") {
+        None => sink.error(
+            at,
+            "hook `notify` needs `with: { template: NAME }`",
+            Some(unknown_hint("", "template", templates)),
+        ),
+        Some(Value::String(name)) if !catalog.templates.contains(name) => sink.error(
+            &format!("{at}/with/template"),
+            format!("unknown notification template `{name}`"),
+            Some(format!(
+                "{} (templates are the .hbs files in procedures/templates/)",
+                unknown_hint(name, "template", templates)
+            )),
+        ),
+        Some(Value::String(_)) => {}
+        Some(_) => sink.error(
+            &format!("{at}/with/template"),
+            "the template is named by a string",
+            None,
+        ),
+    }
+}
+
+fn catalog_hint(code: &str, catalog: &Catalog) -> String {
+    format!(
+        "{} (result codes are declared in procedures/catalog/results.yaml)",
+        unknown_hint(
+            code,
+            "result code",
+            catalog.results.results.iter().map(|r| r.code.as_str())
+        )
+    )
+}
+
+fn in_catalog(code: &str, catalog: &Catalog) -> bool {
+    catalog.results.results.iter().any(|r| r.code == code)
+}
+
+fn check_results(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
+    let mut seen = HashSet::new();
+    for (i, r) in p.results.iter().enumerate() {
+        let at = format!("/results/{i}/result_code");
+        if !seen.insert(&r.result_code) {
+            sink.error(
+                &at,
+                format!("result `{}` is listed twice", r.result_code),
+                None,
+            );
+        }
+        match catalog
+            .results
+            .results
+            .iter()
+            .find(|c| c.code == r.result_code)
+        {
+            None => sink.error(
+                &at,
+                format!("result code `{}` is not in the catalog", r.result_code),
+                Some(catalog_hint(&r.result_code, catalog)),
+            ),
+            Some(c) if c.procedure != p.code => sink.warning(
+                &at,
+                format!(
+                    "the catalog says `{}` is issued by procedure {}, not {}",
+                    r.result_code, c.procedure, p.code
+                ),
+                None,
+            ),
+            Some(_) => {}
+        }
+        if let Some(Validity::For(d)) = r.validity {
+            if d.amount() == 0 {
+                sink.error(
+                    &format!("/results/{i}/validity"),
+                    "a validity of zero makes no sense",
+                    None,
+                );
+            }
+        }
+    }
+    let saves = p.results.iter().any(|r| r.save_to_khodl);
+    let has_save_hook = p
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::Hook(h) if h.call == "khodl.save"));
+    if saves && !has_save_hook {
+        sink.warning(
+            "/results",
+            "results are marked `save_to_khodl` but no step calls `khodl.save`",
+            Some("add a hook step `call: khodl.save` after the result is signed".into()),
+        );
+    }
+}
+
+fn check_components(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
+    for (i, c) in p.components.iter().enumerate() {
+        let at = format!("/components/{i}");
+        if let Some(reuse) = &c.reuse {
+            for (j, code) in reuse.result_codes.iter().enumerate() {
+                if !in_catalog(code, catalog) {
+                    sink.error(
+                        &format!("{at}/reuse/result_codes/{j}"),
+                        format!("result code `{code}` is not in the catalog"),
+                        Some(catalog_hint(code, catalog)),
+                    );
+                }
+            }
+            if reuse.max_age.is_some_and(|d| d.amount() == 0) {
+                sink.error(
+                    &format!("{at}/reuse/max_age"),
+                    "a maximum age of zero accepts no paper",
+                    Some("leave `max_age` out to accept any valid paper".into()),
+                );
+            }
+        }
+        if c.form.is_none() && c.accepts.is_empty() && c.reuse.is_none() {
+            sink.error(
+                &at,
+                format!("component `{}` has no `form`, `accepts` or `reuse`", c.id),
+                Some("say what the owner provides: a form, the kinds of document accepted, or a reusable result".into()),
+            );
+        }
+        if !c.required && c.required_when.is_some() {
+            sink.error(
+                &format!("{at}/required_when"),
+                "`required_when` on a component marked `required: false`",
+                Some(
+                    "remove `required: false`: `required_when` already makes it optional otherwise"
+                        .into(),
+                ),
+            );
+        }
+    }
+}
+
+fn check_duration(d: &Duration, at: &str, what: &str, sink: &mut Sink<'_>) {
+    if d.amount() == 0 {
+        sink.error(at, format!("{what} of zero makes no sense"), None);
+    } else if d.approx_hours() > MAX_PROCESSING_HOURS {
+        sink.error(
+            at,
+            format!("{what} of {d} is longer than two years"),
+            Some("check the unit: working_days, working_hours, days, months or minutes".into()),
+        );
+    }
+}
+
+fn check_times_and_fees(p: &Procedure, sink: &mut Sink<'_>) {
+    check_duration(
+        &p.processing_time,
+        "/processing_time",
+        "a processing time",
+        sink,
+    );
+    let total = p.processing_time.approx_hours();
+    for (i, s) in p.steps.iter().enumerate() {
+        match s {
+            Step::UserTask(UserTask {
+                sla: Some(sla), id, ..
+            }) => {
+                let at = format!("{}/sla", step_ptr(i));
+                check_duration(sla, &at, "an SLA", sink);
+                if sla.amount() > 0 && sla.approx_hours() > total {
+                    sink.error(
+                        &at,
+                        format!("the SLA of `{id}` ({sla}) is longer than the whole processing time ({})", p.processing_time),
+                        Some("a step's SLA is its share of the processing time".into()),
+                    );
+                }
+            }
+            Step::Timer(Timer { wait: Some(w), .. }) => {
+                check_duration(w, &format!("{}/wait", step_ptr(i)), "a wait", sink);
+            }
+            _ => {}
+        }
+    }
+    let mut codes = HashSet::new();
+    for (i, fee) in p.fees.iter().enumerate() {
+        let at = format!("/fees/{i}");
+        if !codes.insert(&fee.code) {
+            sink.error(
+                &format!("{at}/code"),
+                format!("fee code `{}` is used twice", fee.code),
+                None,
+            );
+        }
+        if fee.amount_vnd == 0 {
+            sink.error(
+                &format!("{at}/amount_vnd"),
+                format!("fee `{}` is zero", fee.code),
+                Some("remove a fee the procedure does not charge".into()),
+            );
+        } else if fee.amount_vnd > MAX_FEE_VND {
+            sink.error(
+                &format!("{at}/amount_vnd"),
+                format!(
+                    "fee `{}` of {} VND is implausibly large",
+                    fee.code, fee.amount_vnd
+                ),
+                Some("amounts are in đồng, without separators: 200000".into()),
+            );
+        }
+        for (j, r) in fee.reductions.iter().enumerate() {
+            if r.amount_vnd >= fee.amount_vnd {
+                sink.error(
+                    &format!("{at}/reductions/{j}/amount_vnd"),
+                    format!(
+                        "reduced amount {} VND is not below the full fee {} VND",
+                        r.amount_vnd, fee.amount_vnd
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Loads the form schemas the definition names, reporting missing or invalid ones.
+fn check_forms(
+    p: &Procedure,
+    config: &LoaderConfig,
+    sink: &mut Sink<'_>,
+) -> BTreeMap<String, Arc<Value>> {
+    let mut refs: Vec<(String, &str)> = p
+        .components
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            c.form
+                .as_deref()
+                .map(|f| (format!("/components/{i}/form"), f))
+        })
+        .collect();
+    for (i, s) in p.steps.iter().enumerate() {
+        if let Step::UserTask(UserTask { form: Some(f), .. }) = s {
+            refs.push((format!("{}/form", step_ptr(i)), f));
+        }
+    }
+    let mut forms = BTreeMap::new();
+    let mut failed = HashSet::new();
+    for (at, rel) in refs {
+        if forms.contains_key(rel) || failed.contains(rel) {
+            continue;
+        }
+        match load_form(&config.schemas_dir, rel) {
+            Ok(schema) => {
+                forms.insert(rel.to_owned(), Arc::new(schema));
+            }
+            Err((message, hint)) => {
+                failed.insert(rel);
+                sink.error(&at, message, hint);
+            }
+        }
+    }
+    forms
+}
+
+fn load_form(schemas_dir: &Path, rel: &str) -> Result<Value, (String, Option<String>)> {
+    // The schema pattern already refuses `..`; components are joined, never taken as absolute.
+    let path = schemas_dir.join(rel);
+    let meta = std::fs::metadata(&path).map_err(|_| {
+        (
+            format!("form schema `{rel}` does not exist"),
+            Some(format!("looked for {}", path.display())),
+        )
+    })?;
+    if meta.len() > MAX_FORM_SCHEMA_BYTES {
+        return Err((
+            format!("form schema `{rel}` is larger than {MAX_FORM_SCHEMA_BYTES} bytes"),
+            None,
+        ));
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| (format!("cannot read form schema `{rel}`: {e}"), None))?;
+    let schema: Value = serde_json::from_str(&text).map_err(|e| {
+        (
+            format!("form schema `{rel}` is not valid JSON: {e}"),
+            Some(format!(
+                "fix {} at line {}, column {}",
+                path.display(),
+                e.line(),
+                e.column()
+            )),
+        )
+    })?;
+    if let Err(e) = jsonschema::meta::validate(&schema) {
+        return Err((
+            format!(
+                "form schema `{rel}` is not a valid JSON Schema: {e} at `{}`",
+                e.instance_path()
+            ),
+            Some("form schemas follow JSON Schema draft 2020-12".into()),
+        ));
+    }
+    if let Err(e) = jsonschema::validator_for(&schema) {
+        return Err((
+            format!("form schema `{rel}` cannot be compiled: {e}"),
+            Some(
+                "form schemas must be self-contained: no references to other files or URLs".into(),
+            ),
+        ));
+    }
+    if schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err((
+            format!("form schema `{rel}` must describe an object (`\"type\": \"object\"`)"),
+            None,
+        ));
+    }
+    Ok(schema)
+}
+
+fn check_expressions(p: &Procedure, forms: &BTreeMap<String, Arc<Value>>, sink: &mut Sink<'_>) {
+    let mut exprs: Vec<(String, &str)> = Vec::new();
+    for (i, c) in p.components.iter().enumerate() {
+        if let Some(e) = &c.required_when {
+            exprs.push((format!("/components/{i}/required_when"), e));
+        }
+    }
+    for (i, f) in p.fees.iter().enumerate() {
+        for (j, r) in f.reductions.iter().enumerate() {
+            exprs.push((format!("/fees/{i}/reductions/{j}/when"), &r.when));
+        }
+    }
+    for (i, s) in p.steps.iter().enumerate() {
+        match s {
+            Step::Decision(d) => {
+                for (j, b) in d.when.iter().enumerate() {
+                    exprs.push((format!("{}/when/{j}/if", step_ptr(i)), &b.condition));
+                }
+            }
+            Step::Timer(Timer { until: Some(u), .. }) => {
+                exprs.push((format!("{}/until", step_ptr(i)), u));
+            }
+            _ => {}
+        }
+    }
+    let form_ids = p.form_ids();
+    for (at, source) in exprs {
+        let program = match expr::compile_expression(source) {
+            Ok(p) => p,
+            Err(e) => {
+                let col = e
+                    .column
+                    .map(|c| format!(" (column {c} of the expression)"))
+                    .unwrap_or_default();
+                sink.error(
+                    &at,
+                    format!("expression does not compile: {}{col}", e.message),
+                    Some("conditions are CEL, e.g. `data.tham_dinh.co_an_tich == false`".into()),
+                );
+                continue;
+            }
+        };
+        for name in expr::free_names(&program) {
+            if let Some((message, hint)) = check_name(&name.path, p, &form_ids, forms) {
+                sink.error(&at, message, Some(hint));
+            }
+        }
+    }
+}
+
+/// Whether a name an expression reads exists: `dossier.FIELD`, `data.FORM` and, when the form
+/// schema lists its properties, `data.FORM.FIELD`.
+fn check_name(
+    path: &[String],
+    p: &Procedure,
+    form_ids: &[&str],
+    forms: &BTreeMap<String, Arc<Value>>,
+) -> Option<(String, String)> {
+    match path[0].as_str() {
+        "dossier" => {
+            let field = path.get(1)?;
+            (!DOSSIER_FIELDS.contains(&field.as_str())).then(|| {
+                (
+                    format!("`dossier.{field}` is not a dossier field"),
+                    unknown_hint(field, "dossier field", DOSSIER_FIELDS.iter().copied()),
+                )
+            })
+        }
+        "data" => {
+            let id = path.get(1)?;
+            if !form_ids.contains(&id.as_str()) {
+                return Some((
+                    format!("`data.{id}` names no form of this procedure"),
+                    format!(
+                        "{}; `data.ID` is the data of the component or user task `ID` that has a `form`",
+                        unknown_hint(id, "form", form_ids.iter().copied())
+                    ),
+                ));
+            }
+            let field = path.get(2)?;
+            let schema = p.form_path(id).and_then(|f| forms.get(f))?;
+            let props = schema.get("properties")?.as_object()?;
+            (!props.contains_key(field)).then(|| {
+                (
+                    format!("form `{id}` has no field `{field}`"),
+                    unknown_hint(field, "field", props.keys().map(String::as_str)),
+                )
+            })
+        }
+        other => Some((
+            format!("unknown name `{other}` in expression"),
+            "expressions read `data.FORM.FIELD` and `dossier.FIELD`".into(),
+        )),
+    }
+}

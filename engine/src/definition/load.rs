@@ -1,0 +1,589 @@
+//! Reading definition files and catalogs from disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::check;
+use super::diagnostic::{Diagnostic, Severity, Sink};
+use super::model::{Procedure, ResultCatalog, RoleCatalog};
+use super::yaml::{self, Locator, Position};
+
+/// Definition files larger than this are refused before parsing.
+pub const MAX_FILE_BYTES: u64 = 512 * 1024;
+
+static PROCEDURE_SCHEMA: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::new(|| {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../schemas/procedure.schema.json"))
+            .map_err(|e| e.to_string())?;
+    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+});
+
+static RESULTS_SCHEMA: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::new(|| {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../schemas/results-catalog.schema.json"))
+            .map_err(|e| e.to_string())?;
+    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+});
+
+static ROLES_SCHEMA: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::new(|| {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../schemas/roles-catalog.schema.json"))
+            .map_err(|e| e.to_string())?;
+    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+});
+
+/// Where the loader finds what definitions refer to.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    /// Form schema paths in definitions are relative to this folder.
+    pub schemas_dir: PathBuf,
+    /// Holds `results.yaml` and `roles.yaml`.
+    pub catalog_dir: PathBuf,
+    /// Holds the notification templates (`NAME.hbs`).
+    pub templates_dir: PathBuf,
+}
+
+impl LoaderConfig {
+    /// The layout of a tthc repository rooted at `root`.
+    pub fn at_root(root: &Path) -> LoaderConfig {
+        LoaderConfig {
+            schemas_dir: root.join("schemas"),
+            catalog_dir: root.join("procedures").join("catalog"),
+            templates_dir: root.join("procedures").join("templates"),
+        }
+    }
+}
+
+/// What definitions may refer to: result codes, roles, notification templates.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub results: ResultCatalog,
+    pub roles: RoleCatalog,
+    pub templates: BTreeSet<String>,
+}
+
+/// A checked procedure definition, ready to run.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    pub procedure: Procedure,
+    /// Form schemas by the path the definition names them with.
+    pub forms: BTreeMap<String, Arc<Value>>,
+    /// Where it was read from.
+    pub source: PathBuf,
+    /// The YAML text as read, so a deployment can store exactly what it ran.
+    pub text: String,
+}
+
+impl Definition {
+    pub fn code(&self) -> &str {
+        &self.procedure.code
+    }
+
+    /// The form schema of a component or user task, by its id.
+    pub fn form_schema(&self, id: &str) -> Option<&Arc<Value>> {
+        let path = self.procedure.form_path(id)?;
+        self.forms.get(path)
+    }
+}
+
+/// The outcome of loading several files: what loaded, and every problem found.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub definitions: Vec<Definition>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadReport {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Loads and checks definitions against a catalog.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    config: LoaderConfig,
+    catalog: Catalog,
+}
+
+impl Loader {
+    /// Reads the catalogs. Their problems are reported like a definition's.
+    pub fn new(config: LoaderConfig) -> Result<Loader, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+        let results: Option<ResultCatalog> = read_catalog(
+            &config.catalog_dir.join("results.yaml"),
+            &RESULTS_SCHEMA,
+            &mut diagnostics,
+        );
+        let roles: Option<RoleCatalog> = read_catalog(
+            &config.catalog_dir.join("roles.yaml"),
+            &ROLES_SCHEMA,
+            &mut diagnostics,
+        );
+        let templates = list_templates(&config.templates_dir);
+        match (results, roles) {
+            (Some(results), Some(roles)) if diagnostics.iter().all(|d| !d.is_error()) => {
+                Ok(Loader {
+                    config,
+                    catalog: Catalog {
+                        results,
+                        roles,
+                        templates,
+                    },
+                })
+            }
+            _ => Err(diagnostics),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// Loads every `.yaml`/`.yml` file under the given files and folders (catalogs excluded),
+    /// and checks that no two define the same procedure version.
+    pub fn load_paths(&self, paths: &[PathBuf]) -> LoadReport {
+        let mut report = LoadReport::default();
+        let mut files = Vec::new();
+        for path in paths {
+            collect_files(path, &mut files, &mut report.diagnostics);
+        }
+        files.sort();
+        files.dedup();
+        let catalog_dir = self.config.catalog_dir.canonicalize().ok();
+        for file in files {
+            let in_catalog = match (
+                &catalog_dir,
+                file.parent().and_then(|p| p.canonicalize().ok()),
+            ) {
+                (Some(c), Some(p)) => p.starts_with(c),
+                _ => false,
+            };
+            if in_catalog || is_calendar_file(&file) {
+                continue;
+            }
+            match self.load_file(&file) {
+                Ok((definition, warnings)) => {
+                    report.diagnostics.extend(warnings);
+                    report.definitions.push(definition);
+                }
+                Err(diagnostics) => report.diagnostics.extend(diagnostics),
+            }
+        }
+        let mut seen: BTreeMap<(String, u32), PathBuf> = BTreeMap::new();
+        for d in &report.definitions {
+            let key = (d.procedure.code.clone(), d.procedure.version);
+            if let Some(first) = seen.get(&key) {
+                report.diagnostics.push(Diagnostic {
+                    file: d.source.clone(),
+                    position: Position { line: 1, column: 1 },
+                    severity: Severity::Error,
+                    message: format!(
+                        "procedure {} version {} is also defined in {}",
+                        key.0,
+                        key.1,
+                        first.display()
+                    ),
+                    hint: Some("raise `version` when you change a procedure".into()),
+                });
+            } else {
+                seen.insert(key, d.source.clone());
+            }
+        }
+        report
+    }
+
+    /// Loads one file. Warnings come back beside the definition; any error refuses it.
+    pub fn load_file(&self, path: &Path) -> Result<(Definition, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let text = read_bounded(path).map_err(|message| {
+            vec![Diagnostic {
+                file: path.to_path_buf(),
+                position: Position { line: 1, column: 1 },
+                severity: Severity::Error,
+                message,
+                hint: None,
+            }]
+        })?;
+        self.load_str(path, &text)
+    }
+
+    /// Loads a definition from text; `path` names it in diagnostics.
+    pub fn load_str(
+        &self,
+        path: &Path,
+        text: &str,
+    ) -> Result<(Definition, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let (value, locator) = parse_yaml(path, text)?;
+        let mut sink = Sink {
+            file: path.to_path_buf(),
+            locator: &locator,
+            items: Vec::new(),
+        };
+        schema_check(&PROCEDURE_SCHEMA, &value, &mut sink);
+        if sink.items.iter().any(Diagnostic::is_error) {
+            return Err(sink.items);
+        }
+        let procedure: Procedure = match serde_json::from_value(value) {
+            Ok(p) => p,
+            Err(e) => {
+                sink.error("", format!("cannot read the definition: {e}"), None);
+                return Err(sink.items);
+            }
+        };
+        let forms = check::check(&procedure, &self.catalog, &self.config, &mut sink);
+        if sink.items.iter().any(Diagnostic::is_error) {
+            return Err(sink.items);
+        }
+        let definition = Definition {
+            procedure,
+            forms,
+            source: path.to_path_buf(),
+            text: text.to_owned(),
+        };
+        Ok((definition, sink.items))
+    }
+}
+
+fn is_calendar_file(path: &Path) -> bool {
+    path.parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "calendar")
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes, more than the {MAX_FILE_BYTES} bytes a definition may have",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read file: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8 text: {e}"))
+}
+
+fn parse_yaml(path: &Path, text: &str) -> Result<(Value, Locator), Vec<Diagnostic>> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(vec![Diagnostic {
+            file: path.to_path_buf(),
+            position: Position { line: 1, column: 1 },
+            severity: Severity::Error,
+            message: format!(
+                "text is larger than the {MAX_FILE_BYTES} bytes a definition may have"
+            ),
+            hint: None,
+        }]);
+    }
+    yaml::parse(text).map_err(|e| {
+        vec![Diagnostic {
+            file: path.to_path_buf(),
+            position: e.position,
+            severity: Severity::Error,
+            message: format!("invalid YAML: {}", e.message),
+            hint: yaml_hint(&e.message),
+        }]
+    })
+}
+
+fn yaml_hint(message: &str) -> Option<String> {
+    let m = message.to_lowercase();
+    if m.contains("duplicate") {
+        Some("each key may appear once in a mapping; remove or rename the repeated one".into())
+    } else if m.contains("budget") || m.contains("limit") || m.contains("depth") {
+        Some("definitions are small, plain documents: avoid deep nesting, anchors that expand into large trees and huge values".into())
+    } else {
+        None
+    }
+}
+
+fn read_catalog<T: DeserializeOwned>(
+    path: &Path,
+    schema: &LazyLock<Result<jsonschema::Validator, String>>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    let text = match read_bounded(path) {
+        Ok(t) => t,
+        Err(message) => {
+            diagnostics.push(Diagnostic {
+                file: path.to_path_buf(),
+                position: Position { line: 1, column: 1 },
+                severity: Severity::Error,
+                message,
+                hint: Some("the catalog folder must hold results.yaml and roles.yaml".into()),
+            });
+            return None;
+        }
+    };
+    let (value, locator) = match parse_yaml(path, &text) {
+        Ok(v) => v,
+        Err(d) => {
+            diagnostics.extend(d);
+            return None;
+        }
+    };
+    let mut sink = Sink {
+        file: path.to_path_buf(),
+        locator: &locator,
+        items: Vec::new(),
+    };
+    schema_check(schema, &value, &mut sink);
+    let parsed = if sink.items.is_empty() {
+        match serde_json::from_value(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                sink.error("", format!("cannot read the catalog: {e}"), None);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    diagnostics.extend(sink.items);
+    parsed
+}
+
+fn list_templates(dir: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = e.path();
+            match path.extension().and_then(|x| x.to_str()) {
+                Some("hbs") => path.file_stem().and_then(|s| s.to_str()).map(str::to_owned),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>, diagnostics: &mut Vec<Diagnostic>) {
+    if path.is_dir() {
+        let entries = match std::fs::read_dir(path) {
+            Ok(e) => e,
+            Err(e) => {
+                diagnostics.push(Diagnostic {
+                    file: path.to_path_buf(),
+                    position: Position { line: 1, column: 1 },
+                    severity: Severity::Error,
+                    message: format!("cannot read folder: {e}"),
+                    hint: None,
+                });
+                return;
+            }
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let p = entry.path();
+            if p.is_dir() {
+                collect_files(&p, files, diagnostics);
+            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                files.push(p);
+            }
+        }
+    } else if path.exists() {
+        files.push(path.to_path_buf());
+    } else {
+        diagnostics.push(Diagnostic {
+            file: path.to_path_buf(),
+            position: Position { line: 1, column: 1 },
+            severity: Severity::Error,
+            message: "no such file or folder".into(),
+            hint: None,
+        });
+    }
+}
+
+/// Checks a value against a JSON Schema, reporting every violation where it was written.
+fn schema_check(
+    schema: &LazyLock<Result<jsonschema::Validator, String>>,
+    value: &Value,
+    sink: &mut Sink<'_>,
+) {
+    let validator = match &**schema {
+        Ok(v) => v,
+        Err(e) => {
+            sink.error(
+                "",
+                format!("internal: the format's JSON Schema does not compile: {e}"),
+                None,
+            );
+            return;
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for error in validator.iter_errors(value) {
+        let pointer = error.instance_path().as_str().to_owned();
+        let (at, message, hint, on_key) = describe_schema_error(&pointer, &error);
+        if seen.insert((at.clone(), message.clone())) {
+            if on_key {
+                sink.error_at_key(&at, message, hint);
+            } else {
+                sink.error(&at, message, hint);
+            }
+        }
+    }
+}
+
+/// Turns a JSON Schema violation into a message for an administrator: (pointer, message, hint,
+/// whether to point at the key rather than the value).
+fn describe_schema_error(
+    pointer: &str,
+    error: &jsonschema::ValidationError<'_>,
+) -> (String, String, Option<String>, bool) {
+    use jsonschema::error::ValidationErrorKind as K;
+    let field = pointer.rsplit('/').next().unwrap_or("");
+    let instance = error.instance();
+    match error.kind() {
+        K::AdditionalProperties { unexpected } => {
+            let name = unexpected.first().cloned().unwrap_or_default();
+            (
+                format!("{pointer}/{}", yaml::escape_segment(&name)),
+                format!("unknown field `{name}`"),
+                Some("check the spelling; docs/authoring.md lists the fields of each part".into()),
+                true,
+            )
+        }
+        K::Required { property } => (
+            pointer.to_owned(),
+            format!("missing field `{}`", property.as_str().unwrap_or("?")),
+            None,
+            false,
+        ),
+        K::Enum { options } => (
+            pointer.to_owned(),
+            format!("`{}` is not one of {}", scalar(instance), list(options)),
+            None,
+            false,
+        ),
+        K::Constant { expected_value } => (
+            pointer.to_owned(),
+            format!("expected {expected_value}"),
+            None,
+            false,
+        ),
+        K::Type { kind } => (
+            pointer.to_owned(),
+            format!("`{field}` has the wrong type: expected {}", type_name(kind)),
+            None,
+            false,
+        ),
+        K::Pattern { .. } => (
+            pointer.to_owned(),
+            format!(
+                "`{}` is not a valid {}",
+                scalar(instance),
+                pattern_name(pointer)
+            ),
+            pattern_hint(pointer),
+            false,
+        ),
+        K::OneOfNotValid { .. } | K::OneOfMultipleValid { .. } => {
+            let (msg, hint) = one_of_message(pointer, instance);
+            (pointer.to_owned(), msg, hint, false)
+        }
+        K::MinItems { limit } => (
+            pointer.to_owned(),
+            format!("`{field}` needs at least {limit} item(s)"),
+            None,
+            false,
+        ),
+        K::MaxProperties { .. } | K::MinProperties { .. } if pointer_is_duration(pointer) => (
+            pointer.to_owned(),
+            "a duration has exactly one unit".into(),
+            Some("write for example `{ working_days: 10 }` or `{ months: 6 }`".into()),
+            false,
+        ),
+        _ => (pointer.to_owned(), error.to_string(), None, false),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn list(options: &Value) -> String {
+    match options {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| format!("`{}`", scalar(i)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+fn type_name(kind: &jsonschema::error::TypeKind) -> String {
+    match kind {
+        jsonschema::error::TypeKind::Single(t) => format!("{t:?}").to_lowercase(),
+        jsonschema::error::TypeKind::Multiple(ts) => format!("{ts:?}").to_lowercase(),
+    }
+}
+
+fn pointer_is_duration(pointer: &str) -> bool {
+    ["processing_time", "sla", "wait", "max_age", "validity"]
+        .iter()
+        .any(|k| pointer.ends_with(k))
+}
+
+fn pattern_name(pointer: &str) -> &'static str {
+    let last = pointer.rsplit('/').next().unwrap_or("");
+    match last {
+        "code" if !pointer.contains("/fees/") => "national procedure code",
+        "result_code" | "signs" => "result code",
+        "form" => "schema path",
+        "agency" => "agency code",
+        "call" => "hook name",
+        _ if pointer.contains("result_codes") => "result code",
+        _ => "identifier",
+    }
+}
+
+fn pattern_hint(pointer: &str) -> Option<String> {
+    Some(
+        match pattern_name(pointer) {
+            "national procedure code" => "codes look like `2.000488`",
+            "result code" => "result codes are upper case, like `KQ.LLTP.01`",
+            "schema path" => "a path under schemas/ ending in .json, like `forms/to-khai.schema.json`, without `..`",
+            "agency code" => "agency codes look like `000.00.17.H59`",
+            "hook name" => "hooks are named like `khodl.save`",
+            _ => "identifiers use lower-case letters, digits and `_`, starting with a letter (e.g. `tham_dinh`)",
+        }
+        .to_owned(),
+    )
+}
+
+fn one_of_message(pointer: &str, instance: &Value) -> (String, Option<String>) {
+    let has = |k: &str| instance.get(k).is_some();
+    let kind = instance.get("kind").and_then(Value::as_str).unwrap_or("");
+    match kind {
+        "user_task" => (
+            if has("outcomes") && has("next") {
+                "a user task has either `outcomes` or `next`, not both".into()
+            } else {
+                "a user task needs `outcomes` or `next`".into()
+            },
+            Some("use `next: STEP` for a single way on, `outcomes: { accept: STEP, refuse: STEP }` for a choice".into()),
+        ),
+        "timer" => (
+            "a timer needs exactly one of `wait` or `until`".into(),
+            Some("`wait: { working_days: 2 }` or `until: \"data.form.date\"`".into()),
+        ),
+        _ if pointer.ends_with("validity") => (
+            "validity is `permanent` or a duration such as `{ months: 6 }`".into(),
+            None,
+        ),
+        _ => ("value does not match any allowed form".into(), None),
+    }
+}
