@@ -8,22 +8,25 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use engine::definition::{Definition, Diagnostic, Loader, LoaderConfig, Procedure, Step, Validity};
 
-fn loader(root: &Path) -> Result<Loader> {
-    Loader::new(LoaderConfig::at_root(root)).map_err(|diagnostics| {
+fn loader(config: LoaderConfig) -> Result<Loader> {
+    let catalog_dir = config.catalog_dir.clone();
+    Loader::new(config).map_err(|diagnostics| {
         for d in &diagnostics {
             eprintln!("{d}");
         }
-        anyhow::anyhow!(
-            "the catalog under {} has errors",
-            root.join("procedures/catalog").display()
-        )
+        anyhow::anyhow!("the catalog in {} has errors", catalog_dir.display())
     })
 }
 
-pub fn validate(root: &Path, paths: &[PathBuf], strict: bool) -> Result<ExitCode> {
-    let loader = loader(root)?;
+pub fn validate(
+    root: &Path,
+    config: LoaderConfig,
+    paths: &[PathBuf],
+    strict: bool,
+) -> Result<ExitCode> {
+    let loader = loader(config)?;
     let paths = if paths.is_empty() {
-        vec![root.join("procedures")]
+        vec![procedures_dir(root)]
     } else {
         paths.to_vec()
     };
@@ -74,6 +77,16 @@ pub fn validate(root: &Path, paths: &[PathBuf], strict: bool) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ROOT/procedures`, written as `procedures` when the root is the working directory so that
+/// diagnostics print the short path an administrator typed.
+fn procedures_dir(root: &Path) -> PathBuf {
+    if root == Path::new(".") {
+        PathBuf::from("procedures")
+    } else {
+        root.join("procedures")
+    }
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     paths
         .iter()
@@ -82,9 +95,14 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-pub fn show(root: &Path, code: &str, version: Option<u32>) -> Result<ExitCode> {
-    let loader = loader(root)?;
-    let report = loader.load_paths(&[root.join("procedures")]);
+pub fn show(
+    root: &Path,
+    config: LoaderConfig,
+    code: &str,
+    version: Option<u32>,
+) -> Result<ExitCode> {
+    let loader = loader(config)?;
+    let report = loader.load_paths(&[procedures_dir(root)]);
     let found = report
         .definitions
         .iter()

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use engine::definition::LoaderConfig;
 
 mod definitions;
 
@@ -18,6 +19,9 @@ struct Cli {
     /// and `schemas/` (form schemas).
     #[arg(long, global = true, env = "TTHC_ROOT", default_value = ".")]
     root: PathBuf,
+    /// Folder that form schema paths are relative to (default: ROOT/schemas).
+    #[arg(long, global = true, env = "TTHC_SCHEMAS")]
+    schemas: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,9 +47,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut config = LoaderConfig::at_root(&cli.root);
+    if let Some(s) = cli.schemas {
+        config.schemas_dir = s;
+    }
     let result = match cli.command {
-        Command::Validate { paths, strict } => definitions::validate(&cli.root, &paths, strict),
-        Command::Show { code, version } => definitions::show(&cli.root, &code, version),
+        Command::Validate { paths, strict } => {
+            definitions::validate(&cli.root, config, &paths, strict)
+        }
+        Command::Show { code, version } => definitions::show(&cli.root, config, &code, version),
     };
     match result {
         Ok(code) => code,

@@ -134,17 +134,22 @@ fn check_graph(p: &Procedure, sink: &mut Sink<'_>) {
         .collect();
     let ids: Vec<&str> = p.steps.iter().map(Step::id).collect();
 
-    // Unknown successors.
+    // Unknown successors. Reachability is not judged while some are unknown: every step
+    // behind a typo would be reported too, burying the one line to fix.
+    let mut unknown = false;
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); p.steps.len()];
     for (i, s) in p.steps.iter().enumerate() {
         for (suffix, target) in s.successors() {
             match index.get(target) {
                 Some(&j) => edges[i].push(j),
-                None => sink.error(
-                    &format!("{}{suffix}", step_ptr(i)),
-                    format!("unknown step id `{target}`"),
-                    Some(unknown_hint(target, "step", ids.iter().copied())),
-                ),
+                None => {
+                    unknown = true;
+                    sink.error(
+                        &format!("{}{suffix}", step_ptr(i)),
+                        format!("unknown step id `{target}`"),
+                        Some(unknown_hint(target, "step", ids.iter().copied())),
+                    );
+                }
             }
         }
         if let Step::Parallel(par) = s {
@@ -182,10 +187,14 @@ fn check_graph(p: &Procedure, sink: &mut Sink<'_>) {
         );
     }
 
-    // Unreachable steps, from the first step.
+    if unknown {
+        return;
+    }
+
+    // Unreachable steps, from the first step. A duplicate id is reported as such.
     let reachable = reach(&edges, [0]);
     for (i, s) in p.steps.iter().enumerate() {
-        if !reachable.contains(&i) {
+        if !reachable.contains(&i) && index.get(s.id()) == Some(&i) {
             sink.error(
                 &format!("{}/id", step_ptr(i)),
                 format!(
@@ -533,7 +542,8 @@ fn check_times_and_fees(p: &Procedure, sink: &mut Sink<'_>) {
             }) => {
                 let at = format!("{}/sla", step_ptr(i));
                 check_duration(sla, &at, "an SLA", sink);
-                if sla.amount() > 0 && sla.approx_hours() > total {
+                let plausible = |d: &Duration| d.amount() > 0 && d.approx_hours() <= MAX_PROCESSING_HOURS;
+                if plausible(sla) && plausible(&p.processing_time) && sla.approx_hours() > total {
                     sink.error(
                         &at,
                         format!("the SLA of `{id}` ({sla}) is longer than the whole processing time ({})", p.processing_time),

@@ -35,10 +35,23 @@ pub fn compile_expression(source: &str) -> Result<cel::Program, ExprError> {
         ExprError {
             column: first.and_then(|e| u32::try_from(e.pos.1 + 1).ok()),
             message: first
-                .map(|e| e.msg.clone())
+                .map(|e| short_message(&e.msg))
                 .unwrap_or_else(|| "invalid expression".to_owned()),
         }
     })
+}
+
+/// The parser's message without its list of every token it would have accepted.
+fn short_message(msg: &str) -> String {
+    let msg = msg.strip_prefix("Syntax error: ").unwrap_or(msg);
+    let msg = match msg.find(" expecting ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    if msg.contains("'<EOF>'") {
+        return "the expression ends too early".to_owned();
+    }
+    msg.to_owned()
 }
 
 /// A name the expression reads from outside: `data.tham_dinh.co_an_tich` is

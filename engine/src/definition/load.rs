@@ -473,6 +473,13 @@ fn describe_schema_error(
         K::Type { kind } => (
             pointer.to_owned(),
             format!("`{field}` has the wrong type: expected {}", type_name(kind)),
+            (instance.is_number() && field == "code")
+                .then(|| format!("quote the code so it stays text: \"{instance}\"")),
+            false,
+        ),
+        K::Minimum { limit } => (
+            pointer.to_owned(),
+            format!("`{field}` must be at least {limit}"),
             None,
             false,
         ),

@@ -113,9 +113,20 @@ fn describe(e: &serde_saphyr::Error) -> String {
     let full = e.without_snippet().to_string();
     let first = full.lines().next().unwrap_or("invalid YAML").trim();
     // The position is printed by the caller in `file:line:column` form.
-    match first.find(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
+    let message = match first.find(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    // The parser's advice on its own Rust options means nothing to an administrator.
+    if let Some(detail) = message.strip_prefix("budget breached: ") {
+        return format!("the document is too large or too deeply nested once aliases are expanded ({detail})");
+    }
+    match message.strip_prefix("duplicate mapping key: ") {
+        Some(rest) => {
+            let key = rest.split(',').next().unwrap_or(rest).trim();
+            format!("duplicate key `{key}`")
+        }
+        None => message.to_owned(),
     }
 }
 
