@@ -3,3 +3,11 @@
 
 pub mod calendar;
 pub mod definition;
+pub mod dossier;
+pub mod runtime;
+pub mod audit;
+pub mod store;
+pub mod notify;
+pub mod engine;
+
+pub use engine::{Clock, Engine, EngineConfig, EngineError, HookHandler, HookRequest};

@@ -594,3 +594,26 @@ fn one_of_message(pointer: &str, instance: &Value) -> (String, Option<String>) {
         _ => ("value does not match any allowed form".into(), None),
     }
 }
+
+impl Definition {
+    /// Rebuilds a definition exactly as it was deployed: its YAML and its form schemas as
+    /// stored, without consulting today's files or catalog (they may have changed since).
+    pub fn from_stored(source: &str, text: &str, forms: &Value) -> Result<Definition, String> {
+        let (value, _) = yaml::parse(text).map_err(|e| format!("{source}: {}", e.message))?;
+        let procedure: Procedure =
+            serde_json::from_value(value).map_err(|e| format!("{source}: {e}"))?;
+        let forms = match forms {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        Ok(Definition {
+            procedure,
+            forms,
+            source: PathBuf::from(source),
+            text: text.to_owned(),
+        })
+    }
+}

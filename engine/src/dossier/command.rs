@@ -1,0 +1,202 @@
+//! Commands: everything that can be asked of a dossier, and why it may be refused.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::event::{DocumentRef, Notification};
+use super::types::{Channel, Owner};
+use crate::runtime::FormViolation;
+
+/// A new dossier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Filing {
+    pub procedure_code: String,
+    /// The agency that receives it (its code per Circular 10/2016/TT-BTTTT).
+    pub agency_code: String,
+    pub owner: Owner,
+    pub channel: Channel,
+    /// Form data by component id.
+    #[serde(default)]
+    pub data: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub documents: Vec<DocumentRef>,
+}
+
+/// What an administrator decides about an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentAction {
+    Retry,
+    Skip,
+}
+
+/// Every command on an existing dossier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    ClaimTask { task: String },
+    ReleaseTask { task: String },
+    CompleteTask {
+        task: String,
+        #[serde(default)]
+        outcome: Option<String>,
+        #[serde(default)]
+        data: Option<Value>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// The one-stop desk accepts the dossier as complete (completes the reception task with
+    /// outcome `accept`).
+    Receive,
+    /// The one-stop desk refuses the dossier (outcome `refuse` of the reception task).
+    RefuseReception { reason: String },
+    RequestSupplement { reason: String, missing: Vec<String> },
+    Supplement {
+        #[serde(default)]
+        data: BTreeMap<String, Value>,
+        #[serde(default)]
+        documents: Vec<DocumentRef>,
+    },
+    Withdraw { reason: String },
+    Stop { reason: String },
+    RecordPayment {
+        fee_code: String,
+        amount_vnd: u64,
+        #[serde(default)]
+        receipt: Option<String>,
+    },
+    AttachDocument { document: DocumentRef },
+    ReplaceDocument { replaced: String, document: DocumentRef },
+    SignResult {
+        result_code: String,
+        #[serde(default)]
+        number: Option<String>,
+        #[serde(default)]
+        document: Option<DocumentRef>,
+    },
+    /// The one-stop desk hands the result over (completes the task marked `returned`).
+    ReturnResult,
+    /// The outcome of one attempt at a hook job, recorded by the worker.
+    RecordHookOutcome {
+        job: String,
+        attempt: u32,
+        outcome: HookOutcome,
+    },
+    FireTimer { job: String },
+    ResolveIncident {
+        incident: String,
+        action: IncidentAction,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// Sends the apology letter (Mẫu 04) with a new date.
+    Apologize {
+        reason: String,
+        new_due_at: DateTime<Utc>,
+    },
+    FlagOverdue,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HookOutcome {
+    Succeeded {
+        #[serde(default)]
+        detail: Value,
+        #[serde(default)]
+        notification: Option<Notification>,
+    },
+    Failed { error: String },
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::ClaimTask { .. } => "claim_task",
+            Command::ReleaseTask { .. } => "release_task",
+            Command::CompleteTask { .. } => "complete_task",
+            Command::Receive => "receive",
+            Command::RefuseReception { .. } => "refuse_reception",
+            Command::RequestSupplement { .. } => "request_supplement",
+            Command::Supplement { .. } => "supplement",
+            Command::Withdraw { .. } => "withdraw",
+            Command::Stop { .. } => "stop",
+            Command::RecordPayment { .. } => "record_payment",
+            Command::AttachDocument { .. } => "attach_document",
+            Command::ReplaceDocument { .. } => "replace_document",
+            Command::SignResult { .. } => "sign_result",
+            Command::ReturnResult => "return_result",
+            Command::RecordHookOutcome { .. } => "record_hook_outcome",
+            Command::FireTimer { .. } => "fire_timer",
+            Command::ResolveIncident { .. } => "resolve_incident",
+            Command::Apologize { .. } => "apologize",
+            Command::FlagOverdue => "flag_overdue",
+        }
+    }
+}
+
+/// Why a command was refused. Nothing is stored when a command is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("not allowed: {reason}")]
+    Forbidden { reason: String },
+    #[error("{message}")]
+    InvalidState { message: String },
+    #[error("form data is invalid ({} problem(s))", violations.len())]
+    InvalidForm { violations: Vec<FormViolation> },
+    #[error("{message}")]
+    InvalidInput { message: String },
+    #[error("required components are missing: {}", components.join(", "))]
+    MissingComponents { components: Vec<String> },
+    /// The job attempt was already recorded (a duplicate worker, or a retry after a crash).
+    #[error("job {job} attempt {attempt} is not the current one")]
+    StaleJob { job: String, attempt: u32 },
+}
+
+impl CommandError {
+    /// A stable code for APIs and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::NotFound { .. } => "not_found",
+            CommandError::Forbidden { .. } => "forbidden",
+            CommandError::InvalidState { .. } => "invalid_state",
+            CommandError::InvalidForm { .. } => "invalid_form",
+            CommandError::InvalidInput { .. } => "invalid_input",
+            CommandError::MissingComponents { .. } => "missing_components",
+            CommandError::StaleJob { .. } => "stale_job",
+        }
+    }
+
+    pub(crate) fn state(message: impl Into<String>) -> CommandError {
+        CommandError::InvalidState {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn forbidden(reason: impl Into<String>) -> CommandError {
+        CommandError::Forbidden {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn input(message: impl Into<String>) -> CommandError {
+        CommandError::InvalidInput {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn not_found_job(job: &str) -> CommandError {
+        CommandError::NotFound {
+            what: format!("job {job}"),
+        }
+    }
+
+    pub(crate) fn not_found(what: impl Into<String>) -> CommandError {
+        CommandError::NotFound { what: what.into() }
+    }
+}

@@ -1,0 +1,1028 @@
+//! The decision core: a command and the current state in, events out. No IO.
+//!
+//! Each event is applied to a scratch copy of the state as it is emitted, so the runtime
+//! that advances tokens through automatic steps (decisions, forks, joins, hooks, timers,
+//! ends) always sees the state the events so far produce.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::command::{Command, CommandError, Filing, HookOutcome, IncidentAction};
+use super::event::{DocumentRef, Event, IncidentResolution};
+use super::state::{Dossier, JobKind, JobState, Task};
+use super::types::{Actor, Channel, Status};
+use crate::calendar::Calendar;
+use crate::definition::{EndOutcome, Milestone, RetryPolicy, Step, UserTask};
+use crate::runtime::CompiledProcedure;
+
+/// What a decision needs besides the state: the procedure version the dossier runs on,
+/// the calendar, the time and who asks.
+pub struct Context<'a> {
+    pub procedure: &'a CompiledProcedure,
+    pub calendar: &'a Calendar,
+    pub now: DateTime<Utc>,
+    pub actor: &'a Actor,
+}
+
+/// Events to append, with the state they lead to.
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub state: Dossier,
+}
+
+struct Emitter<'a> {
+    ctx: &'a Context<'a>,
+    state: Dossier,
+    events: Vec<Event>,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, e: Event) {
+        self.state.apply(self.ctx.now, &e);
+        self.events.push(e);
+    }
+
+    fn finish(self) -> Decision {
+        Decision {
+            events: self.events,
+            state: self.state,
+        }
+    }
+}
+
+/// Decides a new dossier. `code` was allocated by the store for the agency and day.
+pub fn decide_filing(ctx: &Context<'_>, code: &str, filing: &Filing) -> Result<Decision, CommandError> {
+    let p = ctx.procedure.procedure();
+    match ctx.actor {
+        Actor::Citizen { owner_id, .. } => {
+            if owner_id != &filing.owner.id {
+                return Err(CommandError::forbidden("a citizen files only for themselves"));
+            }
+            if filing.channel != Channel::Online {
+                return Err(CommandError::forbidden("citizens file online; the one-stop desk files in person"));
+            }
+        }
+        Actor::Officer { agency, .. } => {
+            if agency != &filing.agency_code {
+                return Err(CommandError::forbidden("an officer files only at their own agency"));
+            }
+            if filing.channel == Channel::Online {
+                return Err(CommandError::forbidden("online dossiers are filed by their owner"));
+            }
+        }
+        _ => return Err(CommandError::forbidden("only citizens and officers file dossiers")),
+    }
+    if filing.owner.name.trim().is_empty() {
+        return Err(CommandError::input("the owner's name is empty"));
+    }
+    check_agency_code(&filing.agency_code)?;
+    for id in filing.data.keys() {
+        match p.component(id) {
+            Some(c) if c.form.is_some() => {}
+            Some(_) => return Err(CommandError::input(format!("component `{id}` takes documents, not form data"))),
+            None => return Err(CommandError::input(format!("`{id}` is not a component of procedure {}", p.code))),
+        }
+    }
+    validate_forms(ctx.procedure, &filing.data)?;
+    for d in &filing.documents {
+        check_document(ctx.procedure, d)?;
+    }
+    // Forms that are required now must be filled in at filing; documents are checked when
+    // the desk receives the dossier.
+    let probe = json!({
+        "channel": filing.channel.as_str(),
+        "owner_type": filing.owner.id.owner_type(),
+        "owner_id": filing.owner.id.as_str(),
+        "agency_code": filing.agency_code,
+        "procedure_code": p.code,
+    });
+    let data = Value::Object(filing.data.clone().into_iter().collect());
+    let missing: Vec<String> = p
+        .components
+        .iter()
+        .filter(|c| c.form.is_some() && is_required(ctx.procedure, c, &data, &probe))
+        .filter(|c| !filing.data.contains_key(&c.id))
+        .map(|c| c.id.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(CommandError::MissingComponents { components: missing });
+    }
+    let filed = Event::Filed {
+        code: code.to_owned(),
+        procedure_code: p.code.clone(),
+        procedure_version: p.version,
+        procedure_name: p.name.clone(),
+        agency_code: filing.agency_code.clone(),
+        owner: filing.owner.clone(),
+        channel: filing.channel,
+        data: filing.data.clone(),
+        documents: filing.documents.clone(),
+    };
+    let state = Dossier::from_filed(ctx.now, &filed)
+        .ok_or_else(|| CommandError::state("internal: filing produced no state"))?;
+    let mut em = Emitter {
+        ctx,
+        state,
+        events: vec![filed],
+    };
+    let first = p.steps.first().map(|s| s.id().to_owned()).unwrap_or_default();
+    advance(&mut em, 1, None, &first, "start")?;
+    Ok(em.finish())
+}
+
+/// Decides a command on an existing dossier.
+pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<Decision, CommandError> {
+    let mut em = Emitter {
+        ctx,
+        state: state.clone(),
+        events: Vec::new(),
+    };
+    let system_only = matches!(
+        command,
+        Command::RecordHookOutcome { .. } | Command::FireTimer { .. } | Command::FlagOverdue
+    );
+    if system_only && ctx.actor != &Actor::System {
+        return Err(CommandError::forbidden("only the engine records job outcomes and timers"));
+    }
+    if matches!(ctx.actor, Actor::Auditor { .. }) {
+        return Err(CommandError::forbidden("auditors read; they never change a dossier"));
+    }
+    let closed_ok = matches!(
+        command,
+        Command::RecordHookOutcome { .. } | Command::ResolveIncident { .. }
+    );
+    if state.is_closed() && !closed_ok {
+        return Err(CommandError::state(format!(
+            "dossier {} is closed ({})",
+            state.code,
+            state.status.label()
+        )));
+    }
+    match command {
+        Command::ClaimTask { task } => {
+            let t = open_task(state, task)?;
+            may_work_on(ctx, state, t)?;
+            not_paused(state)?;
+            match &t.claimed_by {
+                Some(by) if by == ctx.actor.id() => {
+                    return Err(CommandError::state(format!("task {task} is already yours")));
+                }
+                Some(_) => {
+                    return Err(CommandError::state(format!(
+                        "task {task} is claimed by {}",
+                        t.claimed_by_name.as_deref().unwrap_or("another officer")
+                    )));
+                }
+                None => em.emit(Event::TaskClaimed {
+                    task: task.clone(),
+                    by: ctx.actor.id().to_owned(),
+                    by_name: ctx.actor.name().to_owned(),
+                }),
+            }
+        }
+        Command::ReleaseTask { task } => {
+            let t = open_task(state, task)?;
+            if t.claimed_by.as_deref() != Some(ctx.actor.id()) {
+                return Err(CommandError::forbidden(format!("task {task} is not claimed by you")));
+            }
+            em.emit(Event::TaskReleased { task: task.clone() });
+        }
+        Command::CompleteTask {
+            task,
+            outcome,
+            data,
+            reason,
+        } => complete_task(&mut em, task, outcome.clone(), data.clone(), reason.clone())?,
+        Command::Receive => {
+            let task = milestone_task(ctx, state, Milestone::Received)?;
+            complete_task(&mut em, &task, Some("accept".into()), None, None)?;
+        }
+        Command::RefuseReception { reason } => {
+            non_empty(reason, "reason")?;
+            let task = milestone_task(ctx, state, Milestone::Received)?;
+            complete_task(&mut em, &task, Some("refuse".into()), None, Some(reason.clone()))?;
+        }
+        Command::ReturnResult => {
+            let task = milestone_task(ctx, state, Milestone::Returned)?;
+            complete_task(&mut em, &task, None, None, None)?;
+        }
+        Command::RequestSupplement { reason, missing } => {
+            non_empty(reason, "reason")?;
+            not_paused(state)?;
+            let holds_task = state
+                .tasks
+                .values()
+                .any(|t| t.claimed_by.as_deref() == Some(ctx.actor.id()));
+            if !holds_task {
+                return Err(CommandError::forbidden("only the officer working on the dossier requests a supplement"));
+            }
+            let p = ctx.procedure.procedure();
+            for m in missing {
+                if p.component(m).is_none() {
+                    return Err(CommandError::input(format!("`{m}` is not a component of this procedure")));
+                }
+            }
+            let remaining = state.due_at.map(|due| {
+                if ctx.procedure.counts_working_time() {
+                    ctx.calendar.working_minutes_between(ctx.now, due)
+                } else {
+                    (due - ctx.now).num_minutes().max(0)
+                }
+            });
+            em.emit(Event::SupplementRequested {
+                reason: reason.clone(),
+                missing: missing.clone(),
+                remaining_minutes: remaining,
+            });
+            notify(&mut em, "bo_sung");
+        }
+        Command::Supplement { data, documents } => {
+            acts_for_owner(ctx, state)?;
+            let Some(pause) = &state.paused else {
+                return Err(CommandError::state("no supplement was requested"));
+            };
+            if data.is_empty() && documents.is_empty() {
+                return Err(CommandError::input("a supplement brings form data or documents"));
+            }
+            let p = ctx.procedure.procedure();
+            for id in data.keys() {
+                if p.component(id).and_then(|c| c.form.as_ref()).is_none() {
+                    return Err(CommandError::input(format!("`{id}` is not a form component of this procedure")));
+                }
+            }
+            validate_forms(ctx.procedure, data)?;
+            for d in documents {
+                check_document(ctx.procedure, d)?;
+            }
+            let due_at = pause.remaining_minutes.map(|m| {
+                if ctx.procedure.counts_working_time() {
+                    ctx.calendar.add_working_minutes(ctx.now, m)
+                } else {
+                    ctx.now + chrono::Duration::minutes(m)
+                }
+            });
+            em.emit(Event::Supplemented {
+                data: data.clone(),
+                documents: documents.clone(),
+                due_at,
+            });
+        }
+        Command::Withdraw { reason } => {
+            non_empty(reason, "reason")?;
+            acts_for_owner(ctx, state)?;
+            if state.processed_at.is_some() {
+                return Err(CommandError::state("the result is ready: a processed dossier cannot be withdrawn"));
+            }
+            cancel_tasks(&mut em);
+            em.emit(Event::Withdrawn { reason: reason.clone() });
+        }
+        Command::Stop { reason } => {
+            non_empty(reason, "reason")?;
+            officer_of(ctx, state)?;
+            cancel_tasks(&mut em);
+            em.emit(Event::Stopped { reason: reason.clone() });
+        }
+        Command::RecordPayment {
+            fee_code,
+            amount_vnd,
+            receipt,
+        } => {
+            officer_of(ctx, state)?;
+            let p = ctx.procedure.procedure();
+            let Some(fee) = p.fees.iter().find(|f| &f.code == fee_code) else {
+                return Err(CommandError::input(format!("`{fee_code}` is not a fee of this procedure")));
+            };
+            let allowed: Vec<u64> = std::iter::once(fee.amount_vnd)
+                .chain(fee.reductions.iter().map(|r| r.amount_vnd))
+                .collect();
+            if !allowed.contains(amount_vnd) {
+                return Err(CommandError::input(format!(
+                    "{amount_vnd} VND is not an amount of fee {fee_code} (allowed: {allowed:?})"
+                )));
+            }
+            if state.payments.iter().any(|x| &x.fee_code == fee_code) {
+                return Err(CommandError::state(format!("fee {fee_code} is already paid")));
+            }
+            em.emit(Event::PaymentRecorded {
+                fee_code: fee_code.clone(),
+                amount_vnd: *amount_vnd,
+                receipt: receipt.clone(),
+            });
+        }
+        Command::AttachDocument { document } => {
+            may_change_documents(ctx, state)?;
+            check_document(ctx.procedure, document)?;
+            if state.documents.iter().any(|d| d.id == document.id) {
+                return Err(CommandError::state(format!("document {} is already attached", document.id)));
+            }
+            em.emit(Event::DocumentAttached {
+                document: document.clone(),
+            });
+        }
+        Command::ReplaceDocument { replaced, document } => {
+            may_change_documents(ctx, state)?;
+            check_document(ctx.procedure, document)?;
+            if !state.documents.iter().any(|d| &d.id == replaced) {
+                return Err(CommandError::not_found(format!("document {replaced}")));
+            }
+            em.emit(Event::DocumentReplaced {
+                replaced: replaced.clone(),
+                document: document.clone(),
+            });
+        }
+        Command::SignResult {
+            result_code,
+            number,
+            document,
+        } => {
+            let p = ctx.procedure.procedure();
+            let task = state.tasks.values().find(|t| {
+                t.claimed_by.as_deref() == Some(ctx.actor.id())
+                    && matches!(p.step(&t.step), Some(Step::UserTask(u)) if u.signs.as_deref() == Some(result_code.as_str()))
+            });
+            if task.is_none() {
+                return Err(CommandError::forbidden(format!(
+                    "sign {result_code} from the signing task you have claimed"
+                )));
+            }
+            if state.signatures.iter().any(|s| &s.result_code == result_code) {
+                return Err(CommandError::state(format!("{result_code} is already signed")));
+            }
+            if let Some(d) = document {
+                check_sha256(&d.sha256)?;
+            }
+            em.emit(Event::ResultSigned {
+                result_code: result_code.clone(),
+                number: number.clone(),
+                document: document.clone(),
+                signer: ctx.actor.name().to_owned(),
+            });
+        }
+        Command::RecordHookOutcome {
+            job,
+            attempt,
+            outcome,
+        } => record_hook_outcome(&mut em, job, *attempt, outcome)?,
+        Command::FireTimer { job } => {
+            let j = state
+                .jobs
+                .get(job)
+                .filter(|j| j.kind == JobKind::Timer)
+                .ok_or_else(|| CommandError::not_found(format!("timer {job}")))?;
+            if j.state != JobState::Pending {
+                return Err(CommandError::StaleJob {
+                    job: job.clone(),
+                    attempt: j.attempts + 1,
+                });
+            }
+            if j.run_at > ctx.now {
+                return Err(CommandError::state(format!("timer {job} fires at {}", j.run_at)));
+            }
+            let (token, step) = (j.token.unwrap_or(0), j.step.clone().unwrap_or_default());
+            em.emit(Event::TimerFired { job: job.clone() });
+            let next = match ctx.procedure.procedure().step(&step) {
+                Some(Step::Timer(t)) => t.next.clone(),
+                _ => return Err(CommandError::state(format!("step {step} is not a timer"))),
+            };
+            advance(&mut em, token, Some(&step), &next, "timer fired")?;
+        }
+        Command::ResolveIncident {
+            incident,
+            action,
+            note,
+        } => {
+            if !matches!(ctx.actor, Actor::Admin { .. }) {
+                return Err(CommandError::forbidden("incidents are resolved by administrators"));
+            }
+            let i = state
+                .incidents
+                .get(incident)
+                .ok_or_else(|| CommandError::not_found(format!("incident {incident}")))?;
+            if i.resolution.is_some() {
+                return Err(CommandError::state(format!("incident {incident} is already resolved")));
+            }
+            let job = state
+                .jobs
+                .get(&i.job)
+                .cloned()
+                .ok_or_else(|| CommandError::not_found(format!("job {}", i.job)))?;
+            let resolution = match action {
+                IncidentAction::Retry => IncidentResolution::Retried,
+                IncidentAction::Skip => IncidentResolution::Skipped,
+            };
+            em.emit(Event::IncidentResolved {
+                incident: incident.clone(),
+                resolution,
+                note: note.clone(),
+            });
+            if *action == IncidentAction::Skip && !state.is_closed() {
+                continue_after_hook(&mut em, &job.step, job.token, "skipped by an administrator")?;
+            }
+        }
+        Command::Apologize { reason, new_due_at } => {
+            non_empty(reason, "reason")?;
+            if ctx.actor != &Actor::System {
+                officer_of(ctx, state)?;
+            }
+            let Some(due) = state.due_at else {
+                return Err(CommandError::state("the dossier has no due date yet"));
+            };
+            if *new_due_at <= due {
+                return Err(CommandError::input("the new date must be after the due date"));
+            }
+            em.emit(Event::ApologySent {
+                reason: reason.clone(),
+                new_due_at: *new_due_at,
+            });
+            notify(&mut em, "xin_loi");
+        }
+        Command::FlagOverdue => {
+            match state.due_at {
+                Some(due) if due < ctx.now && !state.overdue && state.paused.is_none() => {
+                    em.emit(Event::OverdueFlagged { due_at: due });
+                }
+                _ => return Err(CommandError::state("the dossier is not overdue")),
+            }
+        }
+    }
+    Ok(em.finish())
+}
+
+fn non_empty(s: &str, what: &str) -> Result<(), CommandError> {
+    if s.trim().is_empty() {
+        return Err(CommandError::input(format!("the {what} is empty")));
+    }
+    Ok(())
+}
+
+fn check_agency_code(code: &str) -> Result<(), CommandError> {
+    let ok = !code.is_empty()
+        && code.len() <= 32
+        && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'.');
+    if !ok {
+        return Err(CommandError::input(format!(
+            "`{code}` is not an agency code like 000.00.01.H59"
+        )));
+    }
+    Ok(())
+}
+
+fn check_sha256(h: &str) -> Result<(), CommandError> {
+    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(CommandError::input("a document's sha256 is 64 lower-case hex digits"));
+    }
+    Ok(())
+}
+
+fn check_document(p: &CompiledProcedure, d: &DocumentRef) -> Result<(), CommandError> {
+    if p.procedure().component(&d.component).is_none() {
+        return Err(CommandError::input(format!(
+            "`{}` is not a component of this procedure",
+            d.component
+        )));
+    }
+    if d.id.trim().is_empty() || d.name.trim().is_empty() {
+        return Err(CommandError::input("a document needs an id and a name"));
+    }
+    check_sha256(&d.sha256)
+}
+
+fn validate_forms(p: &CompiledProcedure, data: &BTreeMap<String, Value>) -> Result<(), CommandError> {
+    let violations: Vec<_> = data
+        .iter()
+        .flat_map(|(id, value)| p.validate_form(id, value))
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::InvalidForm { violations })
+    }
+}
+
+/// The `dossier` variable of expressions.
+pub fn dossier_vars(state: &Dossier) -> Value {
+    json!({
+        "channel": state.channel.as_str(),
+        "owner_type": state.owner.id.owner_type(),
+        "owner_id": state.owner.id.as_str(),
+        "agency_code": state.agency_code,
+        "procedure_code": state.procedure_code,
+    })
+}
+
+fn data_vars(state: &Dossier) -> Value {
+    Value::Object(state.data.clone().into_iter().collect())
+}
+
+fn is_required(
+    p: &CompiledProcedure,
+    c: &crate::definition::Component,
+    data: &Value,
+    dossier: &Value,
+) -> bool {
+    match &c.required_when {
+        Some(cond) => p.condition(cond, data, dossier).0,
+        None => c.required,
+    }
+}
+
+fn open_task<'s>(state: &'s Dossier, task: &str) -> Result<&'s Task, CommandError> {
+    state
+        .tasks
+        .get(task)
+        .ok_or_else(|| CommandError::not_found(format!("open task {task} on dossier {}", state.code)))
+}
+
+fn not_paused(state: &Dossier) -> Result<(), CommandError> {
+    if state.paused.is_some() {
+        return Err(CommandError::state("the dossier waits for the owner's supplement"));
+    }
+    Ok(())
+}
+
+/// An officer may work on a task of their agency with the task's role.
+fn may_work_on(ctx: &Context<'_>, _state: &Dossier, t: &Task) -> Result<(), CommandError> {
+    match ctx.actor {
+        Actor::Officer { agency, .. } if agency == &t.agency && ctx.actor.has_role(&t.role) => Ok(()),
+        Actor::Officer { agency, .. } if agency != &t.agency => Err(CommandError::forbidden(format!(
+            "task {} belongs to agency {}",
+            t.id, t.agency
+        ))),
+        Actor::Officer { .. } => Err(CommandError::forbidden(format!(
+            "task {} needs the role {}",
+            t.id, t.role
+        ))),
+        _ => Err(CommandError::forbidden("tasks are done by officers")),
+    }
+}
+
+/// An officer of the agency handling the dossier.
+fn officer_of(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
+    match ctx.actor {
+        Actor::Officer { agency, .. } if agency == &state.agency_code => Ok(()),
+        Actor::Officer { .. } => Err(CommandError::forbidden(format!(
+            "dossier {} belongs to agency {}",
+            state.code, state.agency_code
+        ))),
+        _ => Err(CommandError::forbidden("only officers of the handling agency may do this")),
+    }
+}
+
+/// The owner (online) or an officer of the agency recording the owner's request at the desk.
+fn acts_for_owner(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
+    match ctx.actor {
+        Actor::Citizen { owner_id, .. } if owner_id == &state.owner.id => Ok(()),
+        Actor::Citizen { .. } => Err(CommandError::forbidden("this dossier belongs to another owner")),
+        _ => officer_of(ctx, state),
+    }
+}
+
+/// Documents change while the dossier is at the desk or waits for a supplement (owner or
+/// officer), or at any time by an officer of the agency.
+fn may_change_documents(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
+    match ctx.actor {
+        Actor::Citizen { .. } => {
+            acts_for_owner(ctx, state)?;
+            if state.received_at.is_some() && state.paused.is_none() {
+                return Err(CommandError::state(
+                    "after reception the owner changes documents only when a supplement is requested",
+                ));
+            }
+            Ok(())
+        }
+        _ => officer_of(ctx, state),
+    }
+}
+
+/// The open task whose step marks `milestone`, which the actor may work on.
+fn milestone_task(ctx: &Context<'_>, state: &Dossier, milestone: Milestone) -> Result<String, CommandError> {
+    let p = ctx.procedure.procedure();
+    state
+        .tasks
+        .values()
+        .find(|t| matches!(p.step(&t.step), Some(Step::UserTask(u)) if u.marks == Some(milestone)))
+        .map(|t| t.id.clone())
+        .ok_or_else(|| {
+            CommandError::state(match milestone {
+                Milestone::Received => "the dossier is not waiting at reception",
+                Milestone::Returned => "the result is not waiting to be returned",
+            })
+        })
+}
+
+fn complete_task(
+    em: &mut Emitter<'_>,
+    task: &str,
+    outcome: Option<String>,
+    data: Option<Value>,
+    reason: Option<String>,
+) -> Result<(), CommandError> {
+    let ctx = em.ctx;
+    let t = open_task(&em.state, task)?.clone();
+    may_work_on(ctx, &em.state, &t)?;
+    not_paused(&em.state)?;
+    if let Some(by) = &t.claimed_by {
+        if by != ctx.actor.id() {
+            return Err(CommandError::state(format!(
+                "task {task} is claimed by {}",
+                t.claimed_by_name.as_deref().unwrap_or("another officer")
+            )));
+        }
+    }
+    let Some(Step::UserTask(step)) = ctx.procedure.procedure().step(&t.step) else {
+        return Err(CommandError::state(format!("step {} is not a user task", t.step)));
+    };
+    let step: UserTask = step.clone();
+    let next = match (&outcome, step.outcomes.is_empty()) {
+        (Some(o), false) => step.outcomes.get(o).cloned().ok_or_else(|| {
+            CommandError::input(format!(
+                "`{o}` is not an outcome of {}; choose one of: {}",
+                t.step,
+                step.outcomes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?,
+        (None, false) => {
+            return Err(CommandError::input(format!(
+                "task {task} needs an outcome: {}",
+                step.outcomes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        (Some(o), true) if o != "done" => {
+            return Err(CommandError::input(format!("task {task} has no outcomes to choose from")));
+        }
+        (_, true) => step.next.clone().unwrap_or_default(),
+    };
+    match (&step.form, &data) {
+        (Some(_), Some(d)) => {
+            let violations = ctx.procedure.validate_form(&t.step, d);
+            if !violations.is_empty() {
+                return Err(CommandError::InvalidForm { violations });
+            }
+        }
+        (Some(_), None) => return Err(CommandError::input(format!("task {task} needs its form data"))),
+        (None, Some(_)) => return Err(CommandError::input(format!("task {task} has no form"))),
+        (None, None) => {}
+    }
+    if let Some(code) = &step.signs {
+        if !em.state.signatures.iter().any(|s| &s.result_code == code) {
+            return Err(CommandError::state(format!("sign {code} before completing the task")));
+        }
+    }
+    let receives = step.marks == Some(Milestone::Received) && outcome.as_deref() == Some("accept");
+    if receives {
+        let missing = missing_components(ctx.procedure, &em.state);
+        if !missing.is_empty() {
+            return Err(CommandError::MissingComponents { components: missing });
+        }
+    }
+    if step.marks == Some(Milestone::Received) && outcome.as_deref() == Some("refuse") && reason.is_none() {
+        return Err(CommandError::input("a refusal needs a reason"));
+    }
+    if t.claimed_by.is_none() {
+        em.emit(Event::TaskClaimed {
+            task: task.to_owned(),
+            by: ctx.actor.id().to_owned(),
+            by_name: ctx.actor.name().to_owned(),
+        });
+    }
+    em.emit(Event::TaskCompleted {
+        task: task.to_owned(),
+        outcome: outcome.clone(),
+        data,
+        reason,
+    });
+    if receives {
+        let due_at = ctx.calendar.add(ctx.now, ctx.procedure.procedure().processing_time);
+        em.emit(Event::Received { due_at });
+    }
+    if step.signs.is_some() && em.state.processed_at.is_none() {
+        em.emit(Event::Processed);
+    }
+    if step.marks == Some(Milestone::Returned) {
+        em.emit(Event::ResultReturned);
+    }
+    advance(em, t.token, Some(&t.step), &next, outcome.as_deref().unwrap_or("done"))
+}
+
+/// Components that are required and have neither data nor a document.
+fn missing_components(p: &CompiledProcedure, state: &Dossier) -> Vec<String> {
+    let data = data_vars(state);
+    let vars = dossier_vars(state);
+    p.procedure()
+        .components
+        .iter()
+        .filter(|c| is_required(p, c, &data, &vars))
+        .filter(|c| !state.data.contains_key(&c.id) && !state.documents.iter().any(|d| d.component == c.id))
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+fn cancel_tasks(em: &mut Emitter<'_>) {
+    let open: Vec<String> = em.state.tasks.keys().cloned().collect();
+    for task in open {
+        em.emit(Event::TaskCancelled { task });
+    }
+}
+
+/// A notification outside the graph (supplement request, apology), sent through a job.
+fn notify(em: &mut Emitter<'_>, template: &str) {
+    let job = format!("j{}", em.state.jobs.len() + 1);
+    let mut args = BTreeMap::new();
+    args.insert("template".to_owned(), Value::String(template.to_owned()));
+    em.emit(Event::HookScheduled {
+        job,
+        token: None,
+        step: None,
+        call: "notify".into(),
+        args,
+        retry: RetryPolicy::default(),
+        run_at: em.ctx.now,
+    });
+}
+
+/// Moves `token` into step `to` and runs automatic steps until every token waits on a task,
+/// a job or a join, or the dossier ends.
+fn advance(em: &mut Emitter<'_>, token: u32, from: Option<&str>, to: &str, via: &str) -> Result<(), CommandError> {
+    em.emit(Event::Advanced {
+        token,
+        from: from.map(str::to_owned),
+        to: to.to_owned(),
+        via: via.to_owned(),
+    });
+    enter(em, token, to)
+}
+
+fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandError> {
+    let ctx = em.ctx;
+    // The loader proved the graph sound; a guard still bounds a runaway decision.
+    if em.events.len() > 10_000 {
+        return Err(CommandError::state("the procedure loops without waiting on anything"));
+    }
+    let Some(step) = ctx.procedure.procedure().step(step_id) else {
+        return Err(CommandError::state(format!("step {step_id} is not in the procedure")));
+    };
+    match step {
+        Step::UserTask(t) => {
+            let n = em.state.tasks_opened + 1;
+            let due_at = t.sla.map(|sla| ctx.calendar.add(ctx.now, sla));
+            em.emit(Event::TaskOpened {
+                task: format!("{}.{n}", t.id),
+                step: t.id.clone(),
+                name: t.name.clone().unwrap_or_else(|| t.id.clone()),
+                role: t.role.clone(),
+                agency: t.agency.clone().unwrap_or_else(|| em.state.agency_code.clone()),
+                token,
+                due_at,
+            });
+            Ok(())
+        }
+        Step::Decision(d) => {
+            let data = data_vars(&em.state);
+            let vars = dossier_vars(&em.state);
+            let mut notes = Vec::new();
+            for b in &d.when {
+                let (holds, note) = ctx.procedure.condition(&b.condition, &data, &vars);
+                notes.extend(note);
+                if holds {
+                    return advance(em, token, Some(&d.id), &b.then, &format!("if {}", b.condition));
+                }
+            }
+            let via = if notes.is_empty() {
+                "else".to_owned()
+            } else {
+                format!("else ({})", notes.join("; "))
+            };
+            let target = d.otherwise.clone().unwrap_or_default();
+            advance(em, token, Some(&d.id), &target, &via)
+        }
+        Step::Parallel(par) => {
+            let first = em.state.next_token;
+            let branches: Vec<(u32, String)> = par
+                .branches
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (first + i as u32, b.clone()))
+                .collect();
+            em.emit(Event::Forked {
+                token,
+                at: par.id.clone(),
+                branches: branches.clone(),
+            });
+            for (t, b) in branches {
+                enter(em, t, &b)?;
+            }
+            Ok(())
+        }
+        Step::Join(j) => {
+            em.emit(Event::Arrived {
+                token,
+                join: j.id.clone(),
+            });
+            let expected = ctx
+                .procedure
+                .procedure()
+                .steps
+                .iter()
+                .find_map(|s| match s {
+                    Step::Parallel(p) if p.join == j.id => Some(p.branches.len()),
+                    _ => None,
+                })
+                .unwrap_or(1);
+            let arrived = em.state.joins.get(&j.id).map_or(0, |s| s.len());
+            if arrived >= expected {
+                let new = em.state.next_token;
+                em.emit(Event::Joined {
+                    join: j.id.clone(),
+                    token: new,
+                });
+                return advance(em, new, Some(&j.id), &j.next, "all branches done");
+            }
+            Ok(())
+        }
+        Step::Timer(t) => {
+            let fire_at = match (&t.wait, &t.until) {
+                (Some(w), _) => ctx.calendar.add(ctx.now, *w),
+                (None, Some(expr)) => until(ctx, &em.state, expr)?,
+                (None, None) => ctx.now,
+            };
+            let job = format!("j{}", em.state.jobs.len() + 1);
+            em.emit(Event::TimerScheduled {
+                job,
+                token,
+                step: t.id.clone(),
+                fire_at,
+            });
+            Ok(())
+        }
+        Step::Hook(h) => {
+            let job = format!("j{}", em.state.jobs.len() + 1);
+            em.emit(Event::HookScheduled {
+                job,
+                token: Some(token),
+                step: Some(h.id.clone()),
+                call: h.call.clone(),
+                args: h.args.clone(),
+                retry: h.retry,
+                run_at: ctx.now,
+            });
+            Ok(())
+        }
+        Step::End(e) => {
+            cancel_tasks(em);
+            em.emit(Event::Ended {
+                outcome: e.outcome,
+                step: e.id.clone(),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// The instant a `until` timer fires: the expression gives a date (`YYYY-MM-DD`, start of
+/// that day in the calendar's time zone) or an RFC 3339 timestamp.
+fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>, CommandError> {
+    let value = ctx
+        .procedure
+        .evaluate(expr, &data_vars(state), &dossier_vars(state))
+        .map_err(CommandError::input)?;
+    let text = match value {
+        cel::Value::String(s) => s.to_string(),
+        cel::Value::Timestamp(t) => return Ok(t.with_timezone(&Utc)),
+        other => return Err(CommandError::input(format!("`{expr}` gave {other:?}, not a date"))),
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        .map_err(|_| CommandError::input(format!("`{expr}` gave `{text}`, not a date")))?;
+    let local = day
+        .and_hms_opt(0, 0, 0)
+        .and_then(|n| n.and_local_timezone(ctx.calendar.timezone()).earliest())
+        .ok_or_else(|| CommandError::input(format!("`{text}` does not exist in the calendar's time zone")))?;
+    Ok(local.with_timezone(&Utc))
+}
+
+fn record_hook_outcome(
+    em: &mut Emitter<'_>,
+    job_id: &str,
+    attempt: u32,
+    outcome: &HookOutcome,
+) -> Result<(), CommandError> {
+    let ctx = em.ctx;
+    let job = em
+        .state
+        .jobs
+        .get(job_id)
+        .cloned()
+        .ok_or_else(|| CommandError::not_found(format!("job {job_id}")))?;
+    if job.state != JobState::Pending || attempt != job.attempts + 1 {
+        return Err(CommandError::StaleJob {
+            job: job_id.to_owned(),
+            attempt,
+        });
+    }
+    match outcome {
+        HookOutcome::Succeeded {
+            detail,
+            notification,
+        } => {
+            em.emit(Event::HookSucceeded {
+                job: job_id.to_owned(),
+                attempt,
+                detail: detail.clone(),
+            });
+            if let Some(n) = notification {
+                em.emit(Event::NotificationRecorded {
+                    notification: n.clone(),
+                });
+            }
+            if !em.state.is_closed() {
+                continue_after_hook(em, &job.step, job.token, "done")?;
+            }
+        }
+        HookOutcome::Failed { error } => {
+            if attempt < job.retry.max_attempts {
+                let retry_at = ctx.now + backoff(&job.retry, attempt, &em.state.code, job_id);
+                em.emit(Event::HookFailed {
+                    job: job_id.to_owned(),
+                    attempt,
+                    error: error.clone(),
+                    retry_at: Some(retry_at),
+                });
+                return Ok(());
+            }
+            em.emit(Event::HookFailed {
+                job: job_id.to_owned(),
+                attempt,
+                error: error.clone(),
+                retry_at: None,
+            });
+            let on_failure = match job.step.as_deref().and_then(|s| ctx.procedure.procedure().step(s)) {
+                Some(Step::Hook(h)) => h.on_failure.clone(),
+                _ => None,
+            };
+            match (on_failure, job.token, &job.step) {
+                (Some(target), Some(token), Some(step)) if !em.state.is_closed() => {
+                    advance(em, token, Some(step), &target, "hook failed")?;
+                }
+                _ => {
+                    let incident = format!("i{}", em.state.incidents.len() + 1);
+                    em.emit(Event::IncidentOpened {
+                        incident,
+                        job: job_id.to_owned(),
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn continue_after_hook(
+    em: &mut Emitter<'_>,
+    step: &Option<String>,
+    token: Option<u32>,
+    via: &str,
+) -> Result<(), CommandError> {
+    let (Some(step), Some(token)) = (step, token) else {
+        return Ok(());
+    };
+    let next = match em.ctx.procedure.procedure().step(step) {
+        Some(Step::Hook(h)) => h.next.clone(),
+        _ => return Err(CommandError::state(format!("step {step} is not a hook"))),
+    };
+    advance(em, token, Some(step), &next, via)
+}
+
+/// Exponential backoff with jitter. The jitter comes from a hash of the dossier, job and
+/// attempt rather than a random source, so deciding stays a pure function while retries
+/// of many dossiers still spread out.
+pub fn backoff(policy: &RetryPolicy, attempt: u32, dossier: &str, job: &str) -> chrono::Duration {
+    let base = u64::from(policy.initial_backoff_seconds.max(1));
+    let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+    let capped = exp.min(u64::from(policy.max_backoff_seconds.max(policy.initial_backoff_seconds)));
+    let digest = Sha256::digest(format!("{dossier}/{job}/{attempt}").as_bytes());
+    let jitter_per_mille = u64::from(u16::from_be_bytes([digest[0], digest[1]]) % 250);
+    // Up to 25% less than the full delay.
+    let millis = capped * 1000 - capped * jitter_per_mille;
+    chrono::Duration::milliseconds(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+/// Whether the dossier's status counts as open for worklists and overdue scans.
+pub fn is_open(state: &Dossier) -> bool {
+    !state.is_closed() && state.status != Status::Returned
+}
+
+impl EndOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            EndOutcome::Completed => "completed",
+            EndOutcome::Refused => "refused",
+            EndOutcome::Stopped => "stopped",
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Events: the facts recorded in a dossier's stream. State is a fold over them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::types::{Channel, Owner};
+use crate::definition::{DocumentKind, EndOutcome, RetryPolicy};
+
+/// A document attached to a dossier component. The content lives in the blob store under its
+/// hash; the event records what it is and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRef {
+    pub id: String,
+    pub component: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<DocumentKind>,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    /// Where it came from, when not uploaded by the filer (digitized at the desk, reused from
+    /// Kho DL…), with whatever metadata that source keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Value>,
+}
+
+/// A notification rendered from a template, kept in the dossier's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub template: String,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentResolution {
+    /// Run the hook again from its first attempt.
+    Retried,
+    /// Consider the hook done and move on (the administrator did its work by hand).
+    Skipped,
+}
+
+/// One fact about a dossier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Filed {
+        code: String,
+        procedure_code: String,
+        procedure_version: u32,
+        procedure_name: String,
+        agency_code: String,
+        owner: Owner,
+        channel: Channel,
+        data: BTreeMap<String, Value>,
+        documents: Vec<DocumentRef>,
+    },
+    /// The token `token` entered step `to`.
+    Advanced {
+        token: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        to: String,
+        /// Why: the outcome, the decision branch taken, `start`…
+        via: String,
+    },
+    Forked {
+        token: u32,
+        at: String,
+        /// New tokens and the step each starts at.
+        branches: Vec<(u32, String)>,
+    },
+    /// A branch's token reached its join and waits for the others.
+    Arrived { token: u32, join: String },
+    /// Every branch reached the join: a new token carries on from it.
+    Joined { join: String, token: u32 },
+    TaskOpened {
+        task: String,
+        step: String,
+        name: String,
+        role: String,
+        agency: String,
+        token: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_at: Option<DateTime<Utc>>,
+    },
+    TaskClaimed { task: String, by: String, by_name: String },
+    TaskReleased { task: String },
+    TaskCompleted {
+        task: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    TaskCancelled { task: String },
+    /// The dossier is accepted as complete: the processing clock starts.
+    Received { due_at: DateTime<Utc> },
+    /// The result is ready (đã xử lý xong).
+    Processed,
+    /// The result was handed to the owner.
+    ResultReturned,
+    ResultSigned {
+        result_code: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        number: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        document: Option<DocumentRef>,
+        signer: String,
+    },
+    HookScheduled {
+        job: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        call: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        args: BTreeMap<String, Value>,
+        retry: RetryPolicy,
+        run_at: DateTime<Utc>,
+    },
+    HookSucceeded {
+        job: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        detail: Value,
+    },
+    HookFailed {
+        job: String,
+        attempt: u32,
+        error: String,
+        /// When the next attempt runs; none after the last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<DateTime<Utc>>,
+    },
+    IncidentOpened { incident: String, job: String, error: String },
+    IncidentResolved {
+        incident: String,
+        resolution: IncidentResolution,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    TimerScheduled {
+        job: String,
+        token: u32,
+        step: String,
+        fire_at: DateTime<Utc>,
+    },
+    TimerFired { job: String },
+    NotificationRecorded { notification: Notification },
+    SupplementRequested {
+        reason: String,
+        missing: Vec<String>,
+        /// Processing time left when the clock stopped, in minutes of the procedure's unit
+        /// (working minutes for working days and hours).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remaining_minutes: Option<i64>,
+    },
+    Supplemented {
+        data: BTreeMap<String, Value>,
+        documents: Vec<DocumentRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_at: Option<DateTime<Utc>>,
+    },
+    DocumentAttached { document: DocumentRef },
+    DocumentReplaced { replaced: String, document: DocumentRef },
+    PaymentRecorded {
+        fee_code: String,
+        amount_vnd: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt: Option<String>,
+    },
+    Withdrawn { reason: String },
+    Stopped { reason: String },
+    ApologySent { reason: String, new_due_at: DateTime<Utc> },
+    OverdueFlagged { due_at: DateTime<Utc> },
+    Ended { outcome: EndOutcome, step: String },
+}
+
+impl Event {
+    /// The event's type name as stored (`filed`, `task_completed`…).
+    pub fn type_name(&self) -> String {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned(),
+            _ => "unknown".to_owned(),
+        }
+    }
+}
+
+/// An event as stored: its place in the stream, when, by whom, and its link in the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub dossier: String,
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub actor_id: String,
+    pub actor_name: String,
+    pub event: Event,
+    pub prev_hash: String,
+    pub hash: String,
+}

@@ -1,0 +1,13 @@
+//! Dossiers (hồ sơ): commands, the pure decision core, events and the state they fold into.
+
+mod command;
+mod decide;
+mod event;
+mod state;
+mod types;
+
+pub use command::{Command, CommandError, Filing, HookOutcome, IncidentAction};
+pub use decide::{Context, Decision, backoff, decide, decide_filing, dossier_vars, is_open};
+pub use event::{DocumentRef, Event, EventRecord, IncidentResolution, Notification};
+pub use state::{Dossier, Incident, Job, JobKind, JobState, Pause, Payment, Signature, Task};
+pub use types::{Actor, Channel, Owner, OwnerId, OwnerIdError, OwnerIdKind, OwnerType, Status};

@@ -1,0 +1,550 @@
+//! The state of a dossier: a pure fold over its events.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::event::{DocumentRef, Event, IncidentResolution, Notification};
+use super::types::{Channel, Owner, Status};
+use crate::definition::{EndOutcome, RetryPolicy};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub step: String,
+    pub name: String,
+    pub role: String,
+    pub agency: String,
+    pub token: u32,
+    pub opened_at: DateTime<Utc>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub claimed_by: Option<String>,
+    pub claimed_by_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Hook,
+    Timer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for `run_at`.
+    Pending,
+    Done,
+    /// Gave up: an incident is open, or the dossier moved to `on_failure`.
+    Failed,
+    /// The dossier ended before it ran.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    pub call: String,
+    pub args: BTreeMap<String, Value>,
+    pub step: Option<String>,
+    pub token: Option<u32>,
+    pub state: JobState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub retry: RetryPolicy,
+    pub run_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+impl Job {
+    /// The key external systems deduplicate this job's effect by: the same on every attempt.
+    pub fn idempotency_key(&self, dossier: &str) -> String {
+        format!("{dossier}/{}", self.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub job: String,
+    pub error: String,
+    pub opened_at: DateTime<Utc>,
+    pub resolution: Option<IncidentResolution>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// The clock stopped while the owner supplements the dossier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pause {
+    pub since: DateTime<Utc>,
+    pub remaining_minutes: Option<i64>,
+    pub missing: Vec<String>,
+    pub previous_status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signature {
+    pub result_code: String,
+    pub number: Option<String>,
+    pub document: Option<DocumentRef>,
+    pub signer: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payment {
+    pub fee_code: String,
+    pub amount_vnd: u64,
+    pub receipt: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Everything known about a dossier, as of its last event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dossier {
+    pub code: String,
+    pub procedure_code: String,
+    pub procedure_version: u32,
+    pub procedure_name: String,
+    pub agency_code: String,
+    pub owner: Owner,
+    pub channel: Channel,
+    pub status: Status,
+    pub seq: u64,
+    pub filed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub received_at: Option<DateTime<Utc>>,
+    /// The legal due date (ngày hẹn trả), moved only by supplement pauses.
+    pub due_at: Option<DateTime<Utc>>,
+    /// The new date promised in an apology letter.
+    pub promised_at: Option<DateTime<Utc>>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub returned_at: Option<DateTime<Utc>>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub end: Option<EndOutcome>,
+    pub overdue: bool,
+    pub apology_sent: bool,
+    pub paused: Option<Pause>,
+    pub supplement_rounds: u32,
+    /// The officer who last took a task, named on the notifications they cause.
+    pub last_officer: Option<String>,
+    /// The latest reason given (refusal, supplement request, apology, withdrawal, stop).
+    pub reason: Option<String>,
+    /// Form data by component or task id.
+    pub data: BTreeMap<String, Value>,
+    pub documents: Vec<DocumentRef>,
+    /// Where the dossier is: token → step.
+    pub tokens: BTreeMap<u32, String>,
+    pub next_token: u32,
+    /// Tokens waiting at each join.
+    pub joins: BTreeMap<String, BTreeSet<u32>>,
+    /// Open tasks by id.
+    pub tasks: BTreeMap<String, Task>,
+    pub tasks_opened: u32,
+    pub jobs: BTreeMap<String, Job>,
+    pub incidents: BTreeMap<String, Incident>,
+    pub notifications: Vec<Notification>,
+    pub signatures: Vec<Signature>,
+    pub payments: Vec<Payment>,
+}
+
+impl Dossier {
+    /// Folds a whole stream. `None` when the stream does not start with `Filed`.
+    pub fn fold<'a>(
+        events: impl IntoIterator<Item = (DateTime<Utc>, &'a Event)>,
+    ) -> Option<Dossier> {
+        let mut iter = events.into_iter();
+        let (at, first) = iter.next()?;
+        let mut d = Dossier::from_filed(at, first)?;
+        for (at, e) in iter {
+            d.apply(at, e);
+        }
+        Some(d)
+    }
+
+    /// The state right after `Filed`.
+    pub fn from_filed(at: DateTime<Utc>, event: &Event) -> Option<Dossier> {
+        let Event::Filed {
+            code,
+            procedure_code,
+            procedure_version,
+            procedure_name,
+            agency_code,
+            owner,
+            channel,
+            data,
+            documents,
+        } = event
+        else {
+            return None;
+        };
+        Some(Dossier {
+            code: code.clone(),
+            procedure_code: procedure_code.clone(),
+            procedure_version: *procedure_version,
+            procedure_name: procedure_name.clone(),
+            agency_code: agency_code.clone(),
+            owner: owner.clone(),
+            channel: *channel,
+            status: Status::Filed,
+            seq: 1,
+            filed_at: at,
+            updated_at: at,
+            received_at: None,
+            due_at: None,
+            promised_at: None,
+            processed_at: None,
+            returned_at: None,
+            closed_at: None,
+            end: None,
+            overdue: false,
+            apology_sent: false,
+            paused: None,
+            supplement_rounds: 0,
+            last_officer: None,
+            reason: None,
+            data: data.clone(),
+            documents: documents.clone(),
+            tokens: BTreeMap::new(),
+            next_token: 1,
+            joins: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            tasks_opened: 0,
+            jobs: BTreeMap::new(),
+            incidents: BTreeMap::new(),
+            notifications: Vec::new(),
+            signatures: Vec::new(),
+            payments: Vec::new(),
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed_at.is_some()
+    }
+
+    /// Applies one event. Total: an event that does not fit the state changes nothing,
+    /// since the decision core only emits events that fit.
+    pub fn apply(&mut self, at: DateTime<Utc>, event: &Event) {
+        self.seq += 1;
+        self.updated_at = at;
+        match event {
+            Event::Filed { .. } => {}
+            Event::Advanced { token, to, .. } => {
+                self.tokens.insert(*token, to.clone());
+                self.next_token = self.next_token.max(token + 1);
+            }
+            Event::Forked {
+                token, branches, ..
+            } => {
+                self.tokens.remove(token);
+                for (t, step) in branches {
+                    self.tokens.insert(*t, step.clone());
+                    self.next_token = self.next_token.max(t + 1);
+                }
+            }
+            Event::Arrived { token, join } => {
+                self.tokens.remove(token);
+                self.joins.entry(join.clone()).or_default().insert(*token);
+            }
+            Event::Joined { join, token } => {
+                self.joins.remove(join);
+                self.tokens.insert(*token, join.clone());
+                self.next_token = self.next_token.max(token + 1);
+            }
+            Event::TaskOpened {
+                task,
+                step,
+                name,
+                role,
+                agency,
+                token,
+                due_at,
+            } => {
+                self.tasks_opened += 1;
+                self.tasks.insert(
+                    task.clone(),
+                    Task {
+                        id: task.clone(),
+                        step: step.clone(),
+                        name: name.clone(),
+                        role: role.clone(),
+                        agency: agency.clone(),
+                        token: *token,
+                        opened_at: at,
+                        due_at: *due_at,
+                        claimed_by: None,
+                        claimed_by_name: None,
+                    },
+                );
+            }
+            Event::TaskClaimed { task, by, by_name } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.claimed_by = Some(by.clone());
+                    t.claimed_by_name = Some(by_name.clone());
+                }
+                self.last_officer = Some(by_name.clone());
+                if self.status == Status::Received {
+                    self.status = Status::Processing;
+                }
+            }
+            Event::TaskReleased { task } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.claimed_by = None;
+                    t.claimed_by_name = None;
+                }
+            }
+            Event::TaskCompleted {
+                task, data, reason, ..
+            } => {
+                if let Some(t) = self.tasks.remove(task) {
+                    if let Some(d) = data {
+                        self.data.insert(t.step.clone(), d.clone());
+                    }
+                    self.tokens.remove(&t.token);
+                }
+                if reason.is_some() {
+                    self.reason.clone_from(reason);
+                }
+            }
+            Event::TaskCancelled { task } => {
+                self.tasks.remove(task);
+            }
+            Event::Received { due_at } => {
+                self.received_at = Some(at);
+                self.due_at = Some(*due_at);
+                self.status = Status::Received;
+            }
+            Event::Processed => {
+                self.processed_at = Some(at);
+                self.status = Status::Processed;
+            }
+            Event::ResultReturned => {
+                self.returned_at = Some(at);
+                self.status = Status::Returned;
+            }
+            Event::ResultSigned {
+                result_code,
+                number,
+                document,
+                signer,
+            } => self.signatures.push(Signature {
+                result_code: result_code.clone(),
+                number: number.clone(),
+                document: document.clone(),
+                signer: signer.clone(),
+                at,
+            }),
+            Event::HookScheduled {
+                job,
+                token,
+                step,
+                call,
+                args,
+                retry,
+                run_at,
+            } => {
+                if let Some(t) = token {
+                    self.tokens.remove(t);
+                }
+                self.jobs.insert(
+                    job.clone(),
+                    Job {
+                        id: job.clone(),
+                        kind: JobKind::Hook,
+                        call: call.clone(),
+                        args: args.clone(),
+                        step: step.clone(),
+                        token: *token,
+                        state: JobState::Pending,
+                        attempts: 0,
+                        retry: *retry,
+                        run_at: *run_at,
+                        last_error: None,
+                    },
+                );
+            }
+            Event::TimerScheduled {
+                job,
+                token,
+                step,
+                fire_at,
+            } => {
+                self.tokens.remove(token);
+                self.jobs.insert(
+                    job.clone(),
+                    Job {
+                        id: job.clone(),
+                        kind: JobKind::Timer,
+                        call: "timer".into(),
+                        args: BTreeMap::new(),
+                        step: Some(step.clone()),
+                        token: Some(*token),
+                        state: JobState::Pending,
+                        attempts: 0,
+                        retry: RetryPolicy::default(),
+                        run_at: *fire_at,
+                        last_error: None,
+                    },
+                );
+            }
+            Event::HookSucceeded { job, attempt, .. } => {
+                if let Some(j) = self.jobs.get_mut(job) {
+                    j.state = JobState::Done;
+                    j.attempts = *attempt;
+                    j.last_error = None;
+                }
+            }
+            Event::TimerFired { job } => {
+                if let Some(j) = self.jobs.get_mut(job) {
+                    j.state = JobState::Done;
+                    j.attempts += 1;
+                }
+            }
+            Event::HookFailed {
+                job,
+                attempt,
+                error,
+                retry_at,
+            } => {
+                if let Some(j) = self.jobs.get_mut(job) {
+                    j.attempts = *attempt;
+                    j.last_error = Some(error.clone());
+                    match retry_at {
+                        Some(r) => j.run_at = *r,
+                        None => j.state = JobState::Failed,
+                    }
+                }
+            }
+            Event::IncidentOpened {
+                incident,
+                job,
+                error,
+            } => {
+                self.incidents.insert(
+                    incident.clone(),
+                    Incident {
+                        id: incident.clone(),
+                        job: job.clone(),
+                        error: error.clone(),
+                        opened_at: at,
+                        resolution: None,
+                        resolved_by: None,
+                        resolved_at: None,
+                    },
+                );
+            }
+            Event::IncidentResolved {
+                incident,
+                resolution,
+                ..
+            } => {
+                if let Some(i) = self.incidents.get_mut(incident) {
+                    i.resolution = Some(resolution.clone());
+                    i.resolved_at = Some(at);
+                    if let Some(j) = self.jobs.get_mut(&i.job) {
+                        match resolution {
+                            IncidentResolution::Retried => {
+                                j.state = JobState::Pending;
+                                j.attempts = 0;
+                                j.run_at = at;
+                            }
+                            IncidentResolution::Skipped => j.state = JobState::Done,
+                        }
+                    }
+                }
+            }
+            Event::NotificationRecorded { notification } => {
+                self.notifications.push(notification.clone());
+            }
+            Event::SupplementRequested {
+                reason,
+                missing,
+                remaining_minutes,
+            } => {
+                self.paused = Some(Pause {
+                    since: at,
+                    remaining_minutes: *remaining_minutes,
+                    missing: missing.clone(),
+                    previous_status: self.status,
+                });
+                self.supplement_rounds += 1;
+                self.reason = Some(reason.clone());
+                self.status = Status::SupplementRequested;
+            }
+            Event::Supplemented {
+                data,
+                documents,
+                due_at,
+            } => {
+                if let Some(p) = self.paused.take() {
+                    self.status = p.previous_status;
+                }
+                for (k, v) in data {
+                    self.data.insert(k.clone(), v.clone());
+                }
+                self.documents.extend(documents.iter().cloned());
+                if due_at.is_some() {
+                    self.due_at = *due_at;
+                }
+            }
+            Event::DocumentAttached { document } => self.documents.push(document.clone()),
+            Event::DocumentReplaced { replaced, document } => {
+                self.documents.retain(|d| &d.id != replaced);
+                self.documents.push(document.clone());
+            }
+            Event::PaymentRecorded {
+                fee_code,
+                amount_vnd,
+                receipt,
+            } => self.payments.push(Payment {
+                fee_code: fee_code.clone(),
+                amount_vnd: *amount_vnd,
+                receipt: receipt.clone(),
+                at,
+            }),
+            Event::Withdrawn { reason } => {
+                self.close(at);
+                self.reason = Some(reason.clone());
+                self.status = Status::Withdrawn;
+            }
+            Event::Stopped { reason } => {
+                self.close(at);
+                self.reason = Some(reason.clone());
+                self.status = Status::Stopped;
+            }
+            Event::ApologySent { reason, new_due_at } => {
+                self.apology_sent = true;
+                self.promised_at = Some(*new_due_at);
+                self.reason = Some(reason.clone());
+            }
+            Event::OverdueFlagged { .. } => self.overdue = true,
+            Event::Ended { outcome, .. } => {
+                self.close(at);
+                self.end = Some(*outcome);
+                self.status = match outcome {
+                    EndOutcome::Completed if self.returned_at.is_some() => Status::Returned,
+                    EndOutcome::Completed => Status::Processed,
+                    EndOutcome::Refused if self.received_at.is_none() => Status::NotReceived,
+                    EndOutcome::Refused | EndOutcome::Stopped => Status::Stopped,
+                };
+            }
+        }
+    }
+
+    fn close(&mut self, at: DateTime<Utc>) {
+        self.closed_at = Some(at);
+        self.tokens.clear();
+        self.joins.clear();
+        self.paused = None;
+        // Steps no token will reach again; notifications outside the graph still go out.
+        for j in self.jobs.values_mut() {
+            if j.token.is_some() && j.state == JobState::Pending {
+                j.state = JobState::Cancelled;
+            }
+        }
+    }
+}

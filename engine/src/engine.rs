@@ -1,0 +1,673 @@
+//! The engine: deployed procedures, the store, the clock and the hooks, behind one API.
+//!
+//! Every command goes the same way: load the dossier's state (a fold of its events), decide
+//! (pure), append the events and update the read models in one transaction. Hooks and
+//! timers are jobs in the store's outbox; a worker claims them under a lease, performs them
+//! outside any transaction, and records the outcome as another command.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::audit::VerifyReport;
+use crate::calendar::Calendar;
+use crate::definition::{Definition, Duration};
+use crate::dossier::{
+    Actor, Command, CommandError, Context, Dossier, EventRecord, Filing, HookOutcome, Job, JobKind,
+    JobState, decide, decide_filing,
+};
+use crate::notify::{NotifyContext, Templates};
+use crate::runtime::CompiledProcedure;
+use crate::store::{Append, ClaimedJob, Projection, Store, StoreError, StoredProcedure};
+
+/// Why the engine refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("dossier {code} changed: it is at event {current}, you expected {expected}")]
+    Conflict { code: String, expected: u64, current: u64 },
+    #[error("dossier {0} not found")]
+    DossierNotFound(String),
+    #[error("procedure {0} is not deployed")]
+    UnknownProcedure(String),
+    #[error("definition: {0}")]
+    Definition(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict {
+                code,
+                expected,
+                current,
+            } => EngineError::Conflict {
+                code,
+                expected,
+                current,
+            },
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+impl EngineError {
+    /// A stable code for APIs and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Command(c) => c.code(),
+            EngineError::Conflict { .. } => "conflict",
+            EngineError::DossierNotFound(_) => "dossier_not_found",
+            EngineError::UnknownProcedure(_) => "unknown_procedure",
+            EngineError::Definition(_) => "invalid_definition",
+            EngineError::Store(_) => "storage",
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EngineError::Conflict { .. } | EngineError::Store(_))
+    }
+}
+
+/// Where "now" comes from: the system clock, or a clock tests and demos move by hand.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<Mutex<DateTime<Utc>>>),
+}
+
+impl Clock {
+    pub fn manual(at: DateTime<Utc>) -> Clock {
+        Clock::Manual(Arc::new(Mutex::new(at)))
+    }
+
+    /// Now, to the microsecond (what the store keeps).
+    pub fn now(&self) -> DateTime<Utc> {
+        let t = match self {
+            Clock::System => Utc::now(),
+            Clock::Manual(m) => *m.lock().unwrap_or_else(|e| e.into_inner()),
+        };
+        DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+    }
+
+    /// Moves a manual clock forward; the system clock ignores it.
+    pub fn advance(&self, by: chrono::Duration) {
+        if let Clock::Manual(m) = self {
+            let mut t = m.lock().unwrap_or_else(|e| e.into_inner());
+            *t += by;
+        }
+    }
+
+    pub fn set(&self, at: DateTime<Utc>) {
+        if let Clock::Manual(m) = self {
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        }
+    }
+}
+
+pub type HookFuture<'a> = Pin<Box<dyn Future<Output = HookOutcome> + Send + 'a>>;
+
+/// What a hook is given: the dossier as it is, the job, and the key the external system
+/// must deduplicate by (the same on every attempt of the job).
+pub struct HookRequest<'a> {
+    pub dossier: &'a Dossier,
+    pub procedure: &'a CompiledProcedure,
+    pub job: &'a Job,
+    pub attempt: u32,
+    pub idempotency_key: String,
+    pub now: DateTime<Utc>,
+}
+
+/// A hook implementation (`notify`, `khodl.save`, `portal.*`). The trait is the boundary
+/// to external systems; implementations must be idempotent by `idempotency_key`.
+pub trait HookHandler: Send + Sync {
+    fn call<'a>(&'a self, request: HookRequest<'a>) -> HookFuture<'a>;
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+    pub database_url: String,
+    /// Folder of the notification templates.
+    pub templates_dir: std::path::PathBuf,
+    /// Agency names by code, for notifications.
+    pub agencies: BTreeMap<String, String>,
+    /// How long a claimed job is reserved for its worker.
+    pub job_lease: chrono::Duration,
+    /// How long a hook may take before its attempt counts as failed.
+    pub hook_timeout: std::time::Duration,
+    /// Working days added to the due date in an automatic apology letter.
+    pub apology_extension: Duration,
+    pub apology_reason: String,
+}
+
+impl EngineConfig {
+    pub fn new(database_url: impl Into<String>, templates_dir: impl Into<std::path::PathBuf>) -> EngineConfig {
+        EngineConfig {
+            database_url: database_url.into(),
+            templates_dir: templates_dir.into(),
+            agencies: BTreeMap::new(),
+            job_lease: chrono::Duration::seconds(60),
+            hook_timeout: std::time::Duration::from_secs(30),
+            apology_extension: Duration::WorkingDays(5),
+            apology_reason: "Hồ sơ cần thêm thời gian thẩm định, xác minh".to_owned(),
+        }
+    }
+}
+
+/// What a deployment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deployed {
+    New { code: String, version: u32 },
+    /// That version was already deployed with the same text.
+    Unchanged { code: String, version: u32 },
+}
+
+/// The outcome of one pass of the worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkReport {
+    pub claimed: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub stale: usize,
+}
+
+/// The outcome of one overdue scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub apologies: Vec<String>,
+    pub flagged: Vec<String>,
+}
+
+/// A dossier's history, and whether rebuilding it from events reproduces what is stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayReport {
+    pub events: Vec<EventRecord>,
+    pub state: Dossier,
+    pub matches: bool,
+    pub differences: Vec<String>,
+}
+
+struct Inner {
+    store: Store,
+    config: EngineConfig,
+    calendar: Arc<Calendar>,
+    clock: Clock,
+    templates: Templates,
+    procedures: RwLock<HashMap<(String, u32), Arc<CompiledProcedure>>>,
+    hooks: RwLock<HashMap<String, Arc<dyn HookHandler>>>,
+}
+
+/// The process engine. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+const MAX_RETRIES_ON_CONFLICT: usize = 8;
+
+impl Engine {
+    /// Opens the store (applying migrations) and loads every deployed procedure version.
+    pub async fn open(config: EngineConfig, calendar: Calendar, clock: Clock) -> Result<Engine, EngineError> {
+        let store = Store::open(&config.database_url).await?;
+        let templates = Templates::load(&config.templates_dir).map_err(|e| EngineError::Definition(e.to_string()))?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                calendar: Arc::new(calendar),
+                clock,
+                templates,
+                procedures: RwLock::new(HashMap::new()),
+                hooks: RwLock::new(HashMap::new()),
+            }),
+        };
+        for p in engine.inner.store.procedures().await? {
+            let definition = Definition::from_stored(&format!("{} v{}", p.code, p.version), &p.source, &p.forms)
+                .map_err(EngineError::Definition)?;
+            engine.register(definition)?;
+        }
+        engine.register_hook("notify", Arc::new(NotifyHook { engine: Arc::downgrade(&engine.inner) }));
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn calendar(&self) -> &Calendar {
+        &self.inner.calendar
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// Installs (or replaces) the implementation of a hook.
+    pub fn register_hook(&self, name: &str, handler: Arc<dyn HookHandler>) {
+        let mut hooks = self.inner.hooks.write().unwrap_or_else(|e| e.into_inner());
+        hooks.insert(name.to_owned(), handler);
+    }
+
+    fn register(&self, definition: Definition) -> Result<Arc<CompiledProcedure>, EngineError> {
+        let key = (definition.procedure.code.clone(), definition.procedure.version);
+        let compiled = CompiledProcedure::compile(definition).map_err(EngineError::Definition)?;
+        let mut map = self.inner.procedures.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Deploys a checked definition. A version already deployed must be identical: a changed
+    /// procedure gets a new version, so running dossiers keep the one they started with.
+    pub async fn deploy(&self, definition: &Definition) -> Result<Deployed, EngineError> {
+        let p = &definition.procedure;
+        let (code, version) = (p.code.clone(), p.version);
+        if let Some(existing) = self.procedure(&code, Some(version)) {
+            if existing.definition.text == definition.text {
+                return Ok(Deployed::Unchanged { code, version });
+            }
+            return Err(EngineError::Definition(format!(
+                "{code} version {version} is already deployed with different content; raise `version`"
+            )));
+        }
+        let forms: serde_json::Map<String, Value> = definition
+            .forms
+            .iter()
+            .map(|(k, v)| (k.clone(), (**v).clone()))
+            .collect();
+        let stored = StoredProcedure {
+            code: code.clone(),
+            version,
+            name: p.name.clone(),
+            source: definition.text.clone(),
+            forms: Value::Object(forms),
+            deployed_at: self.now(),
+        };
+        self.register(definition.clone())?;
+        self.inner.store.save_procedure(&stored).await?;
+        Ok(Deployed::New { code, version })
+    }
+
+    /// A deployed procedure: the given version, or the newest.
+    pub fn procedure(&self, code: &str, version: Option<u32>) -> Option<Arc<CompiledProcedure>> {
+        let map = self.inner.procedures.read().unwrap_or_else(|e| e.into_inner());
+        match version {
+            Some(v) => map.get(&(code.to_owned(), v)).cloned(),
+            None => map
+                .iter()
+                .filter(|((c, _), _)| c == code)
+                .max_by_key(|((_, v), _)| *v)
+                .map(|(_, p)| p.clone()),
+        }
+    }
+
+    /// Every deployed procedure version.
+    pub fn procedures(&self) -> Vec<Arc<CompiledProcedure>> {
+        let map = self.inner.procedures.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = map.values().cloned().collect();
+        all.sort_by(|a, b| {
+            (&a.procedure().code, a.procedure().version).cmp(&(&b.procedure().code, b.procedure().version))
+        });
+        all
+    }
+
+    /// Files a new dossier on the newest version of its procedure.
+    pub async fn file(&self, actor: &Actor, filing: &Filing) -> Result<Dossier, EngineError> {
+        let procedure = self
+            .procedure(&filing.procedure_code, None)
+            .ok_or_else(|| EngineError::UnknownProcedure(filing.procedure_code.clone()))?;
+        let now = self.now();
+        let day = now.with_timezone(&self.inner.calendar.timezone()).date_naive();
+        let ctx = Context {
+            procedure: &procedure,
+            calendar: &self.inner.calendar,
+            now,
+            actor,
+        };
+        // Refuse bad input before a dossier number is spent on it.
+        decide_filing(&ctx, "probe", filing)?;
+        let created = self
+            .inner
+            .store
+            .create(
+                &filing.agency_code,
+                day,
+                |code| decide_filing(&ctx, code, filing).map(|d| (d.events, d.state)),
+                now,
+                (actor.id(), actor.name()),
+            )
+            .await?;
+        Ok(created?)
+    }
+
+    /// The dossier's current state.
+    pub async fn dossier(&self, code: &str) -> Result<Dossier, EngineError> {
+        self.inner
+            .store
+            .load(code)
+            .await?
+            .ok_or_else(|| EngineError::DossierNotFound(code.to_owned()))
+    }
+
+    fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
+        self.procedure(&d.procedure_code, Some(d.procedure_version))
+            .ok_or_else(|| EngineError::UnknownProcedure(format!("{} v{}", d.procedure_code, d.procedure_version)))
+    }
+
+    /// Runs a command. With `expected_seq`, the caller states which version of the dossier it
+    /// decided on, and gets [`EngineError::Conflict`] if it changed; without, the engine
+    /// retries on the latest state (for system commands and idempotent operations).
+    pub async fn execute(
+        &self,
+        code: &str,
+        expected_seq: Option<u64>,
+        actor: &Actor,
+        command: &Command,
+    ) -> Result<Dossier, EngineError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let state = self.dossier(code).await?;
+            if let Some(expected) = expected_seq {
+                if expected != state.seq {
+                    return Err(EngineError::Conflict {
+                        code: code.to_owned(),
+                        expected,
+                        current: state.seq,
+                    });
+                }
+            }
+            let procedure = self.procedure_of(&state)?;
+            let now = self.now();
+            let ctx = Context {
+                procedure: &procedure,
+                calendar: &self.inner.calendar,
+                now,
+                actor,
+            };
+            let decision = decide(&ctx, &state, command)?;
+            let append = Append {
+                at: now,
+                actor_id: actor.id(),
+                actor_name: actor.name(),
+                events: &decision.events,
+                state: &decision.state,
+                before: Some(&state),
+            };
+            match self.inner.store.append(&append).await {
+                Ok(()) => return Ok(decision.state),
+                Err(StoreError::Conflict { .. }) if expected_seq.is_none() && attempts < MAX_RETRIES_ON_CONFLICT => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One pass of the worker: claims the jobs due now and runs each.
+    pub async fn run_due_jobs(&self, limit: u32) -> Result<WorkReport, EngineError> {
+        let now = self.now();
+        let claimed = self
+            .inner
+            .store
+            .claim_due_jobs(now, limit, self.inner.config.job_lease)
+            .await?;
+        let mut report = WorkReport {
+            claimed: claimed.len(),
+            ..WorkReport::default()
+        };
+        for job in claimed {
+            match self.run_job(&job).await {
+                Ok(true) => report.succeeded += 1,
+                Ok(false) => report.failed += 1,
+                Err(EngineError::Command(CommandError::StaleJob { .. })) => report.stale += 1,
+                Err(e) => {
+                    tracing::warn!(dossier = %job.dossier, job = %job.job, error = %e, "job could not be recorded");
+                    self.inner.store.release_job(&job).await?;
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs one claimed job; true when it succeeded.
+    async fn run_job(&self, claimed: &ClaimedJob) -> Result<bool, EngineError> {
+        let state = self.dossier(&claimed.dossier).await?;
+        let Some(job) = state.jobs.get(&claimed.job).cloned() else {
+            return Err(EngineError::Command(CommandError::not_found_job(&claimed.job)));
+        };
+        if job.state != JobState::Pending {
+            return Err(EngineError::Command(CommandError::StaleJob {
+                job: job.id.clone(),
+                attempt: job.attempts + 1,
+            }));
+        }
+        if job.kind == JobKind::Timer {
+            self.execute(&state.code, None, &Actor::System, &Command::FireTimer { job: job.id.clone() })
+                .await?;
+            return Ok(true);
+        }
+        let procedure = self.procedure_of(&state)?;
+        let attempt = job.attempts + 1;
+        let handler = {
+            let hooks = self.inner.hooks.read().unwrap_or_else(|e| e.into_inner());
+            hooks.get(&job.call).cloned()
+        };
+        let outcome = match handler {
+            None => HookOutcome::Failed {
+                error: format!("hook `{}` is not configured on this engine", job.call),
+            },
+            Some(h) => {
+                let request = HookRequest {
+                    dossier: &state,
+                    procedure: &procedure,
+                    job: &job,
+                    attempt,
+                    idempotency_key: job.idempotency_key(&state.code),
+                    now: self.now(),
+                };
+                match tokio::time::timeout(self.inner.config.hook_timeout, h.call(request)).await {
+                    Ok(o) => o,
+                    Err(_) => HookOutcome::Failed {
+                        error: format!("hook `{}` timed out", job.call),
+                    },
+                }
+            }
+        };
+        let ok = matches!(outcome, HookOutcome::Succeeded { .. });
+        self.execute(
+            &state.code,
+            None,
+            &Actor::System,
+            &Command::RecordHookOutcome {
+                job: job.id.clone(),
+                attempt,
+                outcome,
+            },
+        )
+        .await?;
+        Ok(ok)
+    }
+
+    /// Runs jobs until none is due now (bounded), for tests, demos and the CLI.
+    pub async fn drain_jobs(&self) -> Result<WorkReport, EngineError> {
+        let mut total = WorkReport::default();
+        for _ in 0..1000 {
+            let r = self.run_due_jobs(64).await?;
+            if r.claimed == 0 {
+                break;
+            }
+            total.claimed += r.claimed;
+            total.succeeded += r.succeeded;
+            total.failed += r.failed;
+            total.stale += r.stale;
+        }
+        Ok(total)
+    }
+
+    /// Sends apology letters for dossiers due within one working day, and flags those past due.
+    pub async fn scan_overdue(&self) -> Result<ScanReport, EngineError> {
+        let now = self.now();
+        let horizon = now + chrono::Duration::days(7);
+        let mut report = ScanReport::default();
+        for row in self.inner.store.dossiers_due_before(horizon, 10_000).await? {
+            let Some(due) = row.due_at else { continue };
+            let day = i64::from(self.inner.calendar.working_day_minutes().max(1) as i32);
+            let left = self.inner.calendar.working_minutes_between(now, due);
+            if !row.apology_sent && left <= day {
+                let new_due_at = self.inner.calendar.add(due, self.inner.config.apology_extension);
+                let cmd = Command::Apologize {
+                    reason: self.inner.config.apology_reason.clone(),
+                    new_due_at,
+                };
+                match self.execute(&row.code, None, &Actor::System, &cmd).await {
+                    Ok(_) => report.apologies.push(row.code.clone()),
+                    Err(EngineError::Command(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !row.overdue && due < now {
+                match self.execute(&row.code, None, &Actor::System, &Command::FlagOverdue).await {
+                    Ok(_) => report.flagged.push(row.code.clone()),
+                    Err(EngineError::Command(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rebuilds a dossier from its events and compares the result with the stored read
+    /// models. Calls no external system.
+    pub async fn replay(&self, code: &str) -> Result<ReplayReport, EngineError> {
+        let events = self.inner.store.events(code).await?;
+        let state = Dossier::fold(events.iter().map(|e| (e.at, &e.event)))
+            .ok_or_else(|| EngineError::DossierNotFound(code.to_owned()))?;
+        let stored = self.inner.store.projection(code).await?;
+        let rebuilt = Projection::of(&state);
+        let differences = match &stored {
+            None => vec!["no read model is stored for this dossier".to_owned()],
+            Some(stored) => differences(stored, &rebuilt),
+        };
+        Ok(ReplayReport {
+            events,
+            matches: differences.is_empty(),
+            state,
+            differences,
+        })
+    }
+
+    /// Verifies the hash chains of every dossier (or one).
+    pub async fn verify(&self, only: Option<&str>) -> Result<VerifyReport, EngineError> {
+        Ok(self.inner.store.verify(only).await?)
+    }
+
+    fn agency_name(&self, code: &str) -> String {
+        self.inner
+            .config
+            .agencies
+            .get(code)
+            .cloned()
+            .unwrap_or_else(|| code.to_owned())
+    }
+}
+
+fn differences(stored: &Projection, rebuilt: &Projection) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cmp = |what: &str, a: Value, b: Value| {
+        if a != b {
+            out.push(format!("{what}: stored {a} but the events give {b}"));
+        }
+    };
+    let j = |v: &dyn erased::Json| v.json();
+    cmp("dossier", j(&stored.dossier), j(&rebuilt.dossier));
+    let mut rebuilt_tasks = rebuilt.tasks.clone();
+    rebuilt_tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    cmp("tasks", j(&stored.tasks), j(&rebuilt_tasks));
+    cmp("jobs", j(&stored.jobs), j(&rebuilt.jobs));
+    cmp("incidents", j(&stored.incidents), j(&rebuilt.incidents));
+    let mut rebuilt_notes = rebuilt.notifications.clone();
+    rebuilt_notes.sort_by(|a, b| (a.created_at, &a.notification_id).cmp(&(b.created_at, &b.notification_id)));
+    cmp("notifications", j(&stored.notifications), j(&rebuilt_notes));
+    out
+}
+
+mod erased {
+    pub trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+/// The built-in `notify` hook: renders the template into the dossier's outbox.
+struct NotifyHook {
+    engine: std::sync::Weak<Inner>,
+}
+
+impl HookHandler for NotifyHook {
+    fn call<'a>(&'a self, request: HookRequest<'a>) -> HookFuture<'a> {
+        Box::pin(async move {
+            let Some(inner) = self.engine.upgrade() else {
+                return HookOutcome::Failed {
+                    error: "the engine is shutting down".into(),
+                };
+            };
+            let Some(template) = request.job.args.get("template").and_then(Value::as_str) else {
+                return HookOutcome::Failed {
+                    error: "notify needs a template".into(),
+                };
+            };
+            let agency_name = inner
+                .config
+                .agencies
+                .get(&request.dossier.agency_code)
+                .cloned()
+                .unwrap_or_else(|| request.dossier.agency_code.clone());
+            let ctx = NotifyContext {
+                dossier: request.dossier,
+                procedure: request.procedure,
+                calendar: &inner.calendar,
+                agency_name: &agency_name,
+                now: request.now,
+            };
+            let id = format!("n{}", request.dossier.notifications.len() + 1);
+            match inner.templates.render(template, id, &ctx) {
+                Ok(n) => HookOutcome::Succeeded {
+                    detail: serde_json::json!({ "notification": n.id }),
+                    notification: Some(n),
+                },
+                Err(error) => HookOutcome::Failed { error },
+            }
+        })
+    }
+}
+
+impl Engine {
+    /// The agency's display name (its code when none is configured).
+    pub fn agency_display_name(&self, code: &str) -> String {
+        self.agency_name(code)
+    }
+}

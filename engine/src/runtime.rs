@@ -1,0 +1,135 @@
+//! A deployed procedure made ready to run: form schemas and CEL programs compiled once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::definition::{Definition, Duration, Procedure, Step, compile_expression};
+
+/// One violation of a form's JSON Schema, at the JSON pointer of the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FormViolation {
+    /// The form (component or task id).
+    pub form: String,
+    /// JSON pointer inside the form's data (`/ngay_sinh`), empty for the whole form.
+    pub path: String,
+    pub message: String,
+}
+
+/// A procedure version ready to decide commands: everything compiled at deployment.
+pub struct CompiledProcedure {
+    pub definition: Definition,
+    validators: HashMap<String, jsonschema::Validator>,
+    programs: HashMap<String, cel::Program>,
+}
+
+impl std::fmt::Debug for CompiledProcedure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledProcedure")
+            .field("code", &self.definition.procedure.code)
+            .field("version", &self.definition.procedure.version)
+            .finish()
+    }
+}
+
+impl CompiledProcedure {
+    /// Compiles a checked definition. The loader has already proved every schema and
+    /// expression compiles, so a failure here is reported, not assumed away.
+    pub fn compile(definition: Definition) -> Result<Arc<CompiledProcedure>, String> {
+        let mut validators = HashMap::new();
+        for (path, schema) in &definition.forms {
+            let v = jsonschema::validator_for(schema)
+                .map_err(|e| format!("form schema {path} does not compile: {e}"))?;
+            validators.insert(path.clone(), v);
+        }
+        let mut programs = HashMap::new();
+        for source in expressions(&definition.procedure) {
+            let p = compile_expression(source)
+                .map_err(|e| format!("expression `{source}` does not compile: {}", e.message))?;
+            programs.insert(source.to_owned(), p);
+        }
+        Ok(Arc::new(CompiledProcedure {
+            definition,
+            validators,
+            programs,
+        }))
+    }
+
+    pub fn procedure(&self) -> &Procedure {
+        &self.definition.procedure
+    }
+
+    /// Checks one form's data against its schema; every violation comes back with its path.
+    pub fn validate_form(&self, form: &str, data: &Value) -> Vec<FormViolation> {
+        let Some(path) = self.procedure().form_path(form) else {
+            return vec![FormViolation {
+                form: form.to_owned(),
+                path: String::new(),
+                message: format!("`{form}` has no form in this procedure"),
+            }];
+        };
+        let Some(validator) = self.validators.get(path) else {
+            return vec![FormViolation {
+                form: form.to_owned(),
+                path: String::new(),
+                message: format!("form schema {path} is not loaded"),
+            }];
+        };
+        validator
+            .iter_errors(data)
+            .map(|e| FormViolation {
+                form: form.to_owned(),
+                path: e.instance_path().as_str().to_owned(),
+                message: e.to_string(),
+            })
+            .collect()
+    }
+
+    /// Evaluates a condition. An expression that cannot be evaluated (a field not filled in,
+    /// a type mismatch) does not hold; the reason comes back for the record.
+    pub fn condition(&self, source: &str, data: &Value, dossier: &Value) -> (bool, Option<String>) {
+        match self.evaluate(source, data, dossier) {
+            Ok(cel::Value::Bool(b)) => (b, None),
+            Ok(other) => (false, Some(format!("`{source}` gave {other:?}, not true or false"))),
+            Err(e) => (false, Some(e)),
+        }
+    }
+
+    pub fn evaluate(&self, source: &str, data: &Value, dossier: &Value) -> Result<cel::Value, String> {
+        let program = match self.programs.get(source) {
+            Some(p) => p,
+            None => return Err(format!("expression `{source}` was not compiled")),
+        };
+        let mut ctx = cel::Context::default();
+        ctx.add_variable_from_value("data", cel::to_value(data).map_err(|e| e.to_string())?);
+        ctx.add_variable_from_value("dossier", cel::to_value(dossier).map_err(|e| e.to_string())?);
+        program
+            .execute(&ctx)
+            .map_err(|e| format!("`{source}` could not be evaluated: {e}"))
+    }
+
+    /// Whether the processing time runs in working time (and so pauses in working minutes).
+    pub fn counts_working_time(&self) -> bool {
+        matches!(
+            self.procedure().processing_time,
+            Duration::WorkingDays(_) | Duration::WorkingHours(_)
+        )
+    }
+}
+
+fn expressions(p: &Procedure) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    out.extend(p.components.iter().filter_map(|c| c.required_when.as_deref()));
+    for f in &p.fees {
+        out.extend(f.reductions.iter().map(|r| r.when.as_str()));
+    }
+    for s in &p.steps {
+        match s {
+            Step::Decision(d) => out.extend(d.when.iter().map(|b| b.condition.as_str())),
+            Step::Timer(t) => out.extend(t.until.as_deref()),
+            _ => {}
+        }
+    }
+    out
+}

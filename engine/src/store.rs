@@ -1,0 +1,954 @@
+//! Storage on SQLite (WAL): the event log and the read models, written in one transaction.
+//!
+//! Appends carry the sequence number the caller decided on; a writer whose expected number
+//! is stale gets [`StoreError::Conflict`] and nothing is written.
+
+use std::str::FromStr;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::audit::{self, ChainBreak, StreamVerifier, VerifyReport};
+use crate::dossier::{Dossier, Event, EventRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("dossier {code} changed: it is at event {current}, you expected {expected}")]
+    Conflict { code: String, expected: u64, current: u64 },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(m: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(m).unwrap_or_default()
+}
+
+fn opt_micros(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(micros)
+}
+
+/// A procedure version as deployed.
+#[derive(Debug, Clone)]
+pub struct StoredProcedure {
+    pub code: String,
+    pub version: u32,
+    pub name: String,
+    pub source: String,
+    pub forms: Value,
+    pub deployed_at: DateTime<Utc>,
+}
+
+/// A job due to run, claimed under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedJob {
+    pub dossier: String,
+    pub job: String,
+}
+
+/// One row of an officer's worklist.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskRow {
+    pub dossier_code: String,
+    pub task_id: String,
+    pub step: String,
+    pub name: String,
+    pub role: String,
+    pub agency_code: String,
+    pub claimed_by: Option<String>,
+    pub opened_at: DateTime<Utc>,
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DossierRow {
+    pub code: String,
+    pub procedure_code: String,
+    pub procedure_version: u32,
+    pub agency_code: String,
+    pub owner_id: String,
+    pub owner_name: String,
+    pub channel: String,
+    pub status: u8,
+    pub seq: u64,
+    pub filed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub received_at: Option<DateTime<Utc>>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub closed: bool,
+    pub paused: bool,
+    pub overdue: bool,
+    pub apology_sent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobRow {
+    pub dossier_code: String,
+    pub job_id: String,
+    pub kind: String,
+    pub call: String,
+    pub state: String,
+    pub attempts: u32,
+    pub run_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IncidentRow {
+    pub dossier_code: String,
+    pub incident_id: String,
+    pub job_id: String,
+    pub error: String,
+    pub opened_at: DateTime<Utc>,
+    pub resolution: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NotificationRow {
+    pub dossier_code: String,
+    pub notification_id: String,
+    pub template: String,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The read-model rows a dossier's state projects to. Replay compares these with the
+/// stored ones.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Projection {
+    pub dossier: DossierRow,
+    pub tasks: Vec<TaskRow>,
+    pub jobs: Vec<JobRow>,
+    pub incidents: Vec<IncidentRow>,
+    pub notifications: Vec<NotificationRow>,
+}
+
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+impl Projection {
+    pub fn of(d: &Dossier) -> Projection {
+        let code = &d.code;
+        Projection {
+            dossier: DossierRow {
+                code: code.clone(),
+                procedure_code: d.procedure_code.clone(),
+                procedure_version: d.procedure_version,
+                agency_code: d.agency_code.clone(),
+                owner_id: d.owner.id.to_string(),
+                owner_name: d.owner.name.clone(),
+                channel: d.channel.as_str().to_owned(),
+                status: d.status.code(),
+                seq: d.seq,
+                filed_at: d.filed_at,
+                updated_at: d.updated_at,
+                received_at: d.received_at,
+                due_at: d.due_at,
+                closed: d.is_closed(),
+                paused: d.paused.is_some(),
+                overdue: d.overdue,
+                apology_sent: d.apology_sent,
+            },
+            tasks: d
+                .tasks
+                .values()
+                .map(|t| TaskRow {
+                    dossier_code: code.clone(),
+                    task_id: t.id.clone(),
+                    step: t.step.clone(),
+                    name: t.name.clone(),
+                    role: t.role.clone(),
+                    agency_code: t.agency.clone(),
+                    claimed_by: t.claimed_by.clone(),
+                    opened_at: t.opened_at,
+                    due_at: t.due_at,
+                })
+                .collect(),
+            jobs: d
+                .jobs
+                .values()
+                .map(|j| JobRow {
+                    dossier_code: code.clone(),
+                    job_id: j.id.clone(),
+                    kind: enum_name(&j.kind),
+                    call: j.call.clone(),
+                    state: enum_name(&j.state),
+                    attempts: j.attempts,
+                    run_at: j.run_at,
+                    last_error: j.last_error.clone(),
+                })
+                .collect(),
+            incidents: d
+                .incidents
+                .values()
+                .map(|i| IncidentRow {
+                    dossier_code: code.clone(),
+                    incident_id: i.id.clone(),
+                    job_id: i.job.clone(),
+                    error: i.error.clone(),
+                    opened_at: i.opened_at,
+                    resolution: i.resolution.as_ref().map(enum_name),
+                })
+                .collect(),
+            notifications: d
+                .notifications
+                .iter()
+                .map(|n| NotificationRow {
+                    dossier_code: code.clone(),
+                    notification_id: n.id.clone(),
+                    template: n.template.clone(),
+                    recipient: n.recipient.clone(),
+                    subject: n.subject.clone(),
+                    body: n.body.clone(),
+                    created_at: n.created_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An append: who, when, the events decided and the state they lead to.
+pub struct Append<'a> {
+    pub at: DateTime<Utc>,
+    pub actor_id: &'a str,
+    pub actor_name: &'a str,
+    pub events: &'a [Event],
+    pub state: &'a Dossier,
+    /// The state the events were decided on (`None` for a new dossier).
+    pub before: Option<&'a Dossier>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
+    /// and applies the embedded migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(StdDuration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        // Take the write lock up front: a deferred transaction that reads and then writes
+        // could fail to upgrade under a concurrent writer.
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Records a procedure version. Returns false when that version is already deployed.
+    pub async fn save_procedure(&self, p: &StoredProcedure) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO procedures (code, version, name, source, forms, deployed_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (code, version) DO NOTHING",
+        )
+        .bind(&p.code)
+        .bind(i64::from(p.version))
+        .bind(&p.name)
+        .bind(&p.source)
+        .bind(p.forms.to_string())
+        .bind(micros(p.deployed_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn procedures(&self) -> Result<Vec<StoredProcedure>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT code, version, name, source, forms, deployed_at FROM procedures ORDER BY code, version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let forms: String = r.try_get("forms")?;
+                Ok(StoredProcedure {
+                    code: r.try_get("code")?,
+                    version: u32::try_from(r.try_get::<i64, _>("version")?).unwrap_or(0),
+                    name: r.try_get("name")?,
+                    source: r.try_get("source")?,
+                    forms: serde_json::from_str(&forms).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    deployed_at: from_micros(r.try_get("deployed_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// The stored events of a dossier, in order.
+    pub async fn events(&self, code: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
+             WHERE dossier_code = ? ORDER BY seq",
+        )
+        .bind(code)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let payload: String = r.try_get("payload")?;
+                let seq: i64 = r.try_get("seq")?;
+                Ok(EventRecord {
+                    dossier: code.to_owned(),
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    at: from_micros(r.try_get("at")?),
+                    actor_id: r.try_get("actor_id")?,
+                    actor_name: r.try_get("actor_name")?,
+                    event: serde_json::from_str(&payload)
+                        .map_err(|e| StoreError::Corrupt(format!("{code} event {seq}: {e}")))?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The dossier's state, folded from its events.
+    pub async fn load(&self, code: &str) -> Result<Option<Dossier>, StoreError> {
+        let events = self.events(code).await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        Dossier::fold(events.iter().map(|e| (e.at, &e.event)))
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("{code} does not start with a filing")))
+    }
+
+    /// Files a new dossier: allocates its code for the agency and day, lets `decide` turn it
+    /// into events, and stores them, all in one transaction.
+    pub async fn create<E>(
+        &self,
+        agency_code: &str,
+        day: NaiveDate,
+        decide: impl FnOnce(&str) -> Result<(Vec<Event>, Dossier), E>,
+        at: DateTime<Utc>,
+        actor: (&str, &str),
+    ) -> Result<Result<Dossier, E>, StoreError> {
+        let mut tx = self.begin().await?;
+        let day_key = day.format("%y%m%d").to_string();
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO dossier_sequences (agency_code, day, last) VALUES (?, ?, 1)
+             ON CONFLICT (agency_code, day) DO UPDATE SET last = dossier_sequences.last + 1
+             RETURNING last",
+        )
+        .bind(agency_code)
+        .bind(&day_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        let code = format!("{agency_code}-{day_key}-{n:04}");
+        let (events, state) = match decide(&code) {
+            Ok(v) => v,
+            Err(e) => {
+                tx.rollback().await?;
+                return Ok(Err(e));
+            }
+        };
+        write(
+            &mut tx,
+            &Append {
+                at,
+                actor_id: actor.0,
+                actor_name: actor.1,
+                events: &events,
+                state: &state,
+                before: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(state))
+    }
+
+    /// Appends events to an existing dossier whose state was `append.before`.
+    pub async fn append(&self, append: &Append<'_>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        write(&mut tx, append).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` jobs due at `now`, each under a lease until `now + lease`.
+    /// A job whose lease ran out (its worker died) is claimed again.
+    pub async fn claim_due_jobs(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET lease_until = ?
+             WHERE rowid IN (
+                 SELECT rowid FROM jobs
+                 WHERE state = 'pending' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                 ORDER BY run_at LIMIT ?)
+             RETURNING dossier_code, job_id",
+        )
+        .bind(micros(now + lease))
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ClaimedJob {
+                    dossier: r.try_get("dossier_code")?,
+                    job: r.try_get("job_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives a claimed job back without recording an attempt (the worker could not run it).
+    pub async fn release_job(&self, job: &ClaimedJob) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET lease_until = NULL WHERE dossier_code = ? AND job_id = ?")
+            .bind(&job.dossier)
+            .bind(&job.job)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// When the next pending job is due, if any.
+    pub async fn next_job_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let m: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(m.map(from_micros))
+    }
+
+    /// Open tasks for an officer: their agency, any of their roles; earliest due first.
+    pub async fn worklist(
+        &self,
+        agency: &str,
+        roles: &[String],
+        claimed_by: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        if roles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; roles.len()].join(", ");
+        let sql = format!(
+            "SELECT * FROM tasks WHERE agency_code = ? AND role IN ({placeholders})
+             {} ORDER BY due_at IS NULL, due_at, opened_at LIMIT ? OFFSET ?",
+            if claimed_by.is_some() { "AND claimed_by = ?" } else { "" }
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        for r in roles {
+            q = q.bind(r);
+        }
+        if let Some(c) = claimed_by {
+            q = q.bind(c);
+        }
+        let rows = q
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(task_row).collect()
+    }
+
+    /// A dossier's stored rows (for views and for the replay check).
+    pub async fn projection(&self, code: &str) -> Result<Option<Projection>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM dossiers WHERE code = ?")
+            .bind(code)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let dossier = dossier_row(&row)?;
+        let tasks = sqlx::query("SELECT * FROM tasks WHERE dossier_code = ? ORDER BY task_id")
+            .bind(code)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(task_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = sqlx::query("SELECT * FROM jobs WHERE dossier_code = ? ORDER BY job_id")
+            .bind(code)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let incidents = sqlx::query("SELECT * FROM incidents WHERE dossier_code = ? ORDER BY incident_id")
+            .bind(code)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(incident_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let notifications = sqlx::query(
+            "SELECT * FROM notifications WHERE dossier_code = ? ORDER BY created_at, notification_id",
+        )
+        .bind(code)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(notification_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Projection {
+            dossier,
+            tasks,
+            jobs,
+            incidents,
+            notifications,
+        }))
+    }
+
+    /// Dossiers of one owner, newest first.
+    pub async fn dossiers_of_owner(&self, owner_id: &str, limit: u32, offset: u32) -> Result<Vec<DossierRow>, StoreError> {
+        sqlx::query("SELECT * FROM dossiers WHERE owner_id = ? ORDER BY filed_at DESC, code LIMIT ? OFFSET ?")
+            .bind(owner_id)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(dossier_row)
+            .collect()
+    }
+
+    /// Open dossiers whose due date is at or before `before`.
+    pub async fn dossiers_due_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<DossierRow>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM dossiers WHERE closed = 0 AND paused = 0 AND due_at IS NOT NULL AND due_at <= ?
+             AND status NOT IN (9, 10) AND (apology_sent = 0 OR overdue = 0)
+             ORDER BY due_at LIMIT ?",
+        )
+        .bind(micros(before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(dossier_row)
+        .collect()
+    }
+
+    /// Dossiers of an agency, filtered, newest first.
+    pub async fn search(&self, q: &DossierQuery) -> Result<Vec<DossierRow>, StoreError> {
+        let mut sql = String::from("SELECT * FROM dossiers WHERE 1 = 1");
+        if q.agency.is_some() {
+            sql.push_str(" AND agency_code = ?");
+        }
+        if q.code.is_some() {
+            sql.push_str(" AND code = ?");
+        }
+        if q.owner_id.is_some() {
+            sql.push_str(" AND owner_id = ?");
+        }
+        if q.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if let Some(now) = q.overdue_at {
+            sql.push_str(&format!(
+                " AND closed = 0 AND status NOT IN (9, 10) AND due_at IS NOT NULL AND due_at < {}",
+                micros(now)
+            ));
+        }
+        sql.push_str(" ORDER BY filed_at DESC, code LIMIT ? OFFSET ?");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in [&q.agency, &q.code, &q.owner_id].into_iter().flatten() {
+            query = query.bind(v.clone());
+        }
+        if let Some(s) = q.status {
+            query = query.bind(i64::from(s));
+        }
+        query
+            .bind(i64::from(q.limit))
+            .bind(i64::from(q.offset))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(dossier_row)
+            .collect()
+    }
+
+    pub async fn open_incidents(&self) -> Result<Vec<IncidentRow>, StoreError> {
+        sqlx::query("SELECT * FROM incidents WHERE resolution IS NULL ORDER BY opened_at")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(incident_row)
+            .collect()
+    }
+
+    /// Verifies the hash chain of every dossier, or of one.
+    pub async fn verify(&self, only: Option<&str>) -> Result<VerifyReport, StoreError> {
+        let sql = if only.is_some() {
+            "SELECT dossier_code, seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
+             WHERE dossier_code = ? ORDER BY dossier_code, seq"
+        } else {
+            "SELECT dossier_code, seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
+             ORDER BY dossier_code, seq"
+        };
+        let mut q = sqlx::query(sql);
+        if let Some(code) = only {
+            q = q.bind(code);
+        }
+        use futures_util::StreamExt;
+        let mut rows = q.fetch(&self.pool);
+        let mut report = VerifyReport::default();
+        let mut current: Option<StreamVerifier> = None;
+        let mut current_code = String::new();
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            let code: String = row.try_get("dossier_code")?;
+            if current.is_none() || code != current_code {
+                current = Some(StreamVerifier::new(&code));
+                current_code = code;
+                report.dossiers += 1;
+            }
+            report.events += 1;
+            let seq: i64 = row.try_get("seq")?;
+            let payload: String = row.try_get("payload")?;
+            let prev: String = row.try_get("prev_hash")?;
+            let hash: String = row.try_get("hash")?;
+            let actor_id: String = row.try_get("actor_id")?;
+            let actor_name: String = row.try_get("actor_name")?;
+            if let Some(v) = current.as_mut() {
+                if let Some(b) = v.next(
+                    u64::try_from(seq).unwrap_or(0),
+                    from_micros(row.try_get("at")?),
+                    &actor_id,
+                    &actor_name,
+                    &payload,
+                    &prev,
+                    &hash,
+                ) {
+                    report.breaks.push(b);
+                }
+            }
+        }
+        // The stored head of each chain must be its last event: a truncated stream is a break.
+        let heads = if let Some(code) = only {
+            sqlx::query("SELECT code, seq, last_hash FROM dossiers WHERE code = ?")
+                .bind(code)
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            sqlx::query("SELECT code, seq, last_hash FROM dossiers").fetch_all(&self.pool).await?
+        };
+        for h in heads {
+            let code: String = h.try_get("code")?;
+            let seq: i64 = h.try_get("seq")?;
+            let last: String = h.try_get("last_hash")?;
+            let stored: Option<(i64, String)> = sqlx::query_as(
+                "SELECT seq, hash FROM events WHERE dossier_code = ? ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(&code)
+            .fetch_optional(&self.pool)
+            .await?;
+            let ok = stored.as_ref().is_some_and(|(s, hsh)| *s == seq && *hsh == last);
+            if !ok && !report.breaks.iter().any(|b| b.dossier == code) {
+                report.breaks.push(ChainBreak {
+                    dossier: code,
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    problem: "the stream ends before the dossier's last recorded event: events were removed".into(),
+                });
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Filters for searching dossiers.
+#[derive(Debug, Clone, Default)]
+pub struct DossierQuery {
+    pub agency: Option<String>,
+    pub code: Option<String>,
+    pub owner_id: Option<String>,
+    pub status: Option<u8>,
+    /// Only dossiers past their due date at this instant.
+    pub overdue_at: Option<DateTime<Utc>>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+async fn write(tx: &mut Transaction<'static, Sqlite>, a: &Append<'_>) -> Result<(), StoreError> {
+    let code = &a.state.code;
+    let (mut seq, mut prev) = match a.before {
+        None => (0u64, audit::GENESIS.to_owned()),
+        Some(before) => {
+            let row: Option<(i64, String)> =
+                sqlx::query_as("SELECT seq, last_hash FROM dossiers WHERE code = ?")
+                    .bind(code)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            let Some((current, last_hash)) = row else {
+                return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
+            };
+            let current = u64::try_from(current).unwrap_or(0);
+            if current != before.seq {
+                return Err(StoreError::Conflict {
+                    code: code.clone(),
+                    expected: before.seq,
+                    current,
+                });
+            }
+            (current, last_hash)
+        }
+    };
+    for e in a.events {
+        seq += 1;
+        let payload = audit::event_json(e);
+        let hash = audit::chain(
+            &prev,
+            &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
+        );
+        sqlx::query(
+            "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(code)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(e.type_name())
+        .bind(micros(a.at))
+        .bind(a.actor_id)
+        .bind(a.actor_name)
+        .bind(payload.to_string())
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
+        prev = hash;
+    }
+    if seq != a.state.seq {
+        return Err(StoreError::Corrupt(format!(
+            "dossier {code}: state is at event {} but the stream at {seq}",
+            a.state.seq
+        )));
+    }
+    project(tx, a, &prev).await
+}
+
+async fn project(tx: &mut Transaction<'static, Sqlite>, a: &Append<'_>, last_hash: &str) -> Result<(), StoreError> {
+    let p = Projection::of(a.state);
+    let d = &p.dossier;
+    sqlx::query(
+        "INSERT INTO dossiers (code, procedure_code, procedure_version, agency_code, owner_id, owner_name,
+            channel, status, seq, last_hash, filed_at, updated_at, received_at, due_at, closed, paused,
+            overdue, apology_sent)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (code) DO UPDATE SET status = excluded.status, seq = excluded.seq,
+            last_hash = excluded.last_hash, updated_at = excluded.updated_at,
+            received_at = excluded.received_at, due_at = excluded.due_at, closed = excluded.closed,
+            paused = excluded.paused, overdue = excluded.overdue, apology_sent = excluded.apology_sent",
+    )
+    .bind(&d.code)
+    .bind(&d.procedure_code)
+    .bind(i64::from(d.procedure_version))
+    .bind(&d.agency_code)
+    .bind(&d.owner_id)
+    .bind(&d.owner_name)
+    .bind(&d.channel)
+    .bind(i64::from(d.status))
+    .bind(i64::try_from(d.seq).unwrap_or(i64::MAX))
+    .bind(last_hash)
+    .bind(micros(d.filed_at))
+    .bind(micros(d.updated_at))
+    .bind(opt_micros(d.received_at))
+    .bind(opt_micros(d.due_at))
+    .bind(d.closed)
+    .bind(d.paused)
+    .bind(d.overdue)
+    .bind(d.apology_sent)
+    .execute(&mut **tx)
+    .await?;
+
+    // Tasks: the table holds the open ones, so it follows the state exactly.
+    let before_tasks = a.before.map(|b| &b.tasks);
+    if before_tasks != Some(&a.state.tasks) {
+        sqlx::query("DELETE FROM tasks WHERE dossier_code = ?")
+            .bind(&d.code)
+            .execute(&mut **tx)
+            .await?;
+        for t in &p.tasks {
+            sqlx::query(
+                "INSERT INTO tasks (dossier_code, task_id, step, name, role, agency_code, claimed_by, opened_at, due_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&t.dossier_code)
+            .bind(&t.task_id)
+            .bind(&t.step)
+            .bind(&t.name)
+            .bind(&t.role)
+            .bind(&t.agency_code)
+            .bind(&t.claimed_by)
+            .bind(micros(t.opened_at))
+            .bind(opt_micros(t.due_at))
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+
+    // Jobs: upserted when changed. A job whose attempts or state changed loses its lease, so
+    // the next attempt can be claimed; others keep it (a worker may be running them).
+    for (j, row) in a.state.jobs.values().zip(&p.jobs) {
+        let old = a.before.and_then(|b| b.jobs.get(&j.id));
+        if old == Some(j) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO jobs (dossier_code, job_id, kind, call, state, attempts, run_at, last_error, lease_until)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
+             ON CONFLICT (dossier_code, job_id) DO UPDATE SET state = excluded.state,
+                attempts = excluded.attempts, run_at = excluded.run_at, last_error = excluded.last_error,
+                lease_until = NULL",
+        )
+        .bind(&row.dossier_code)
+        .bind(&row.job_id)
+        .bind(&row.kind)
+        .bind(&row.call)
+        .bind(&row.state)
+        .bind(i64::from(row.attempts))
+        .bind(micros(row.run_at))
+        .bind(&row.last_error)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    for (i, row) in a.state.incidents.values().zip(&p.incidents) {
+        if a.before.and_then(|b| b.incidents.get(&i.id)) == Some(i) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (dossier_code, incident_id) DO UPDATE SET resolution = excluded.resolution",
+        )
+        .bind(&row.dossier_code)
+        .bind(&row.incident_id)
+        .bind(&row.job_id)
+        .bind(&row.error)
+        .bind(micros(row.opened_at))
+        .bind(&row.resolution)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    let known = a.before.map_or(0, |b| b.notifications.len());
+    for n in p.notifications.iter().skip(known) {
+        sqlx::query(
+            "INSERT INTO notifications (dossier_code, notification_id, template, recipient, subject, body, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dossier_code, notification_id) DO NOTHING",
+        )
+        .bind(&n.dossier_code)
+        .bind(&n.notification_id)
+        .bind(&n.template)
+        .bind(&n.recipient)
+        .bind(&n.subject)
+        .bind(&n.body)
+        .bind(micros(n.created_at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn task_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, StoreError> {
+    Ok(TaskRow {
+        dossier_code: r.try_get("dossier_code")?,
+        task_id: r.try_get("task_id")?,
+        step: r.try_get("step")?,
+        name: r.try_get("name")?,
+        role: r.try_get("role")?,
+        agency_code: r.try_get("agency_code")?,
+        claimed_by: r.try_get("claimed_by")?,
+        opened_at: from_micros(r.try_get("opened_at")?),
+        due_at: r.try_get::<Option<i64>, _>("due_at")?.map(from_micros),
+    })
+}
+
+fn dossier_row(r: &sqlx::sqlite::SqliteRow) -> Result<DossierRow, StoreError> {
+    Ok(DossierRow {
+        code: r.try_get("code")?,
+        procedure_code: r.try_get("procedure_code")?,
+        procedure_version: u32::try_from(r.try_get::<i64, _>("procedure_version")?).unwrap_or(0),
+        agency_code: r.try_get("agency_code")?,
+        owner_id: r.try_get("owner_id")?,
+        owner_name: r.try_get("owner_name")?,
+        channel: r.try_get("channel")?,
+        status: u8::try_from(r.try_get::<i64, _>("status")?).unwrap_or(0),
+        seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+        filed_at: from_micros(r.try_get("filed_at")?),
+        updated_at: from_micros(r.try_get("updated_at")?),
+        received_at: r.try_get::<Option<i64>, _>("received_at")?.map(from_micros),
+        due_at: r.try_get::<Option<i64>, _>("due_at")?.map(from_micros),
+        closed: r.try_get("closed")?,
+        paused: r.try_get("paused")?,
+        overdue: r.try_get("overdue")?,
+        apology_sent: r.try_get("apology_sent")?,
+    })
+}
+
+fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow, StoreError> {
+    Ok(JobRow {
+        dossier_code: r.try_get("dossier_code")?,
+        job_id: r.try_get("job_id")?,
+        kind: r.try_get("kind")?,
+        call: r.try_get("call")?,
+        state: r.try_get("state")?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        run_at: from_micros(r.try_get("run_at")?),
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+fn incident_row(r: &sqlx::sqlite::SqliteRow) -> Result<IncidentRow, StoreError> {
+    Ok(IncidentRow {
+        dossier_code: r.try_get("dossier_code")?,
+        incident_id: r.try_get("incident_id")?,
+        job_id: r.try_get("job_id")?,
+        error: r.try_get("error")?,
+        opened_at: from_micros(r.try_get("opened_at")?),
+        resolution: r.try_get("resolution")?,
+    })
+}
+
+fn notification_row(r: &sqlx::sqlite::SqliteRow) -> Result<NotificationRow, StoreError> {
+    Ok(NotificationRow {
+        dossier_code: r.try_get("dossier_code")?,
+        notification_id: r.try_get("notification_id")?,
+        template: r.try_get("template")?,
+        recipient: r.try_get("recipient")?,
+        subject: r.try_get("subject")?,
+        body: r.try_get("body")?,
+        created_at: from_micros(r.try_get("created_at")?),
+    })
+}
