@@ -104,15 +104,23 @@ impl StreamVerifier {
             return None;
         }
         let problem = if seq != self.expected_seq {
-            Some(format!("expected event {} here, found {seq}: an event is missing or reordered", self.expected_seq))
+            Some(format!(
+                "expected event {} here, found {seq}: an event is missing or reordered",
+                self.expected_seq
+            ))
         } else if prev_hash != self.prev {
             Some("its link to the previous event does not match: an earlier event was altered or removed".to_owned())
         } else {
             match serde_json::from_str::<Value>(payload) {
                 Err(e) => Some(format!("its payload is not valid JSON: {e}")),
                 Ok(v) => {
-                    let computed = chain(prev_hash, &canonical(&self.dossier, seq, at, actor_id, actor_name, &v));
-                    (computed != hash).then(|| "its content does not match its hash: the event was altered".to_owned())
+                    let computed = chain(
+                        prev_hash,
+                        &canonical(&self.dossier, seq, at, actor_id, actor_name, &v),
+                    );
+                    (computed != hash).then(|| {
+                        "its content does not match its hash: the event was altered".to_owned()
+                    })
                 }
             }
         };

@@ -30,7 +30,11 @@ pub enum EngineError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error("dossier {code} changed: it is at event {current}, you expected {expected}")]
-    Conflict { code: String, expected: u64, current: u64 },
+    Conflict {
+        code: String,
+        expected: u64,
+        current: u64,
+    },
     #[error("dossier {0} not found")]
     DossierNotFound(String),
     #[error("procedure {0} is not deployed")]
@@ -152,7 +156,10 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    pub fn new(database_url: impl Into<String>, templates_dir: impl Into<std::path::PathBuf>) -> EngineConfig {
+    pub fn new(
+        database_url: impl Into<String>,
+        templates_dir: impl Into<std::path::PathBuf>,
+    ) -> EngineConfig {
         EngineConfig {
             database_url: database_url.into(),
             templates_dir: templates_dir.into(),
@@ -168,9 +175,15 @@ impl EngineConfig {
 /// What a deployment did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deployed {
-    New { code: String, version: u32 },
+    New {
+        code: String,
+        version: u32,
+    },
     /// That version was already deployed with the same text.
-    Unchanged { code: String, version: u32 },
+    Unchanged {
+        code: String,
+        version: u32,
+    },
 }
 
 /// The outcome of one pass of the worker.
@@ -224,9 +237,14 @@ const MAX_RETRIES_ON_CONFLICT: usize = 8;
 
 impl Engine {
     /// Opens the store (applying migrations) and loads every deployed procedure version.
-    pub async fn open(config: EngineConfig, calendar: Calendar, clock: Clock) -> Result<Engine, EngineError> {
+    pub async fn open(
+        config: EngineConfig,
+        calendar: Calendar,
+        clock: Clock,
+    ) -> Result<Engine, EngineError> {
         let store = Store::open(&config.database_url).await?;
-        let templates = Templates::load(&config.templates_dir).map_err(|e| EngineError::Definition(e.to_string()))?;
+        let templates = Templates::load(&config.templates_dir)
+            .map_err(|e| EngineError::Definition(e.to_string()))?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -239,11 +257,17 @@ impl Engine {
             }),
         };
         for p in engine.inner.store.procedures().await? {
-            let definition = Definition::from_stored(&format!("{} v{}", p.code, p.version), &p.source, &p.forms)
-                .map_err(EngineError::Definition)?;
+            let definition =
+                Definition::from_stored(&format!("{} v{}", p.code, p.version), &p.source, &p.forms)
+                    .map_err(EngineError::Definition)?;
             engine.register(definition)?;
         }
-        engine.register_hook("notify", Arc::new(NotifyHook { engine: Arc::downgrade(&engine.inner) }));
+        engine.register_hook(
+            "notify",
+            Arc::new(NotifyHook {
+                engine: Arc::downgrade(&engine.inner),
+            }),
+        );
         Ok(engine)
     }
 
@@ -270,9 +294,16 @@ impl Engine {
     }
 
     fn register(&self, definition: Definition) -> Result<Arc<CompiledProcedure>, EngineError> {
-        let key = (definition.procedure.code.clone(), definition.procedure.version);
+        let key = (
+            definition.procedure.code.clone(),
+            definition.procedure.version,
+        );
         let compiled = CompiledProcedure::compile(definition).map_err(EngineError::Definition)?;
-        let mut map = self.inner.procedures.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .inner
+            .procedures
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         map.insert(key, compiled.clone());
         Ok(compiled)
     }
@@ -310,7 +341,11 @@ impl Engine {
 
     /// A deployed procedure: the given version, or the newest.
     pub fn procedure(&self, code: &str, version: Option<u32>) -> Option<Arc<CompiledProcedure>> {
-        let map = self.inner.procedures.read().unwrap_or_else(|e| e.into_inner());
+        let map = self
+            .inner
+            .procedures
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         match version {
             Some(v) => map.get(&(code.to_owned(), v)).cloned(),
             None => map
@@ -323,10 +358,15 @@ impl Engine {
 
     /// Every deployed procedure version.
     pub fn procedures(&self) -> Vec<Arc<CompiledProcedure>> {
-        let map = self.inner.procedures.read().unwrap_or_else(|e| e.into_inner());
+        let map = self
+            .inner
+            .procedures
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<_> = map.values().cloned().collect();
         all.sort_by(|a, b| {
-            (&a.procedure().code, a.procedure().version).cmp(&(&b.procedure().code, b.procedure().version))
+            (&a.procedure().code, a.procedure().version)
+                .cmp(&(&b.procedure().code, b.procedure().version))
         });
         all
     }
@@ -337,7 +377,9 @@ impl Engine {
             .procedure(&filing.procedure_code, None)
             .ok_or_else(|| EngineError::UnknownProcedure(filing.procedure_code.clone()))?;
         let now = self.now();
-        let day = now.with_timezone(&self.inner.calendar.timezone()).date_naive();
+        let day = now
+            .with_timezone(&self.inner.calendar.timezone())
+            .date_naive();
         let ctx = Context {
             procedure: &procedure,
             calendar: &self.inner.calendar,
@@ -371,7 +413,12 @@ impl Engine {
 
     fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
         self.procedure(&d.procedure_code, Some(d.procedure_version))
-            .ok_or_else(|| EngineError::UnknownProcedure(format!("{} v{}", d.procedure_code, d.procedure_version)))
+            .ok_or_else(|| {
+                EngineError::UnknownProcedure(format!(
+                    "{} v{}",
+                    d.procedure_code, d.procedure_version
+                ))
+            })
     }
 
     /// Runs a command. With `expected_seq`, the caller states which version of the dossier it
@@ -416,7 +463,11 @@ impl Engine {
             };
             match self.inner.store.append(&append).await {
                 Ok(()) => return Ok(decision.state),
-                Err(StoreError::Conflict { .. }) if expected_seq.is_none() && attempts < MAX_RETRIES_ON_CONFLICT => continue,
+                Err(StoreError::Conflict { .. })
+                    if expected_seq.is_none() && attempts < MAX_RETRIES_ON_CONFLICT =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -453,7 +504,9 @@ impl Engine {
     async fn run_job(&self, claimed: &ClaimedJob) -> Result<bool, EngineError> {
         let state = self.dossier(&claimed.dossier).await?;
         let Some(job) = state.jobs.get(&claimed.job).cloned() else {
-            return Err(EngineError::Command(CommandError::not_found_job(&claimed.job)));
+            return Err(EngineError::Command(CommandError::not_found_job(
+                &claimed.job,
+            )));
         };
         if job.state != JobState::Pending {
             return Err(EngineError::Command(CommandError::StaleJob {
@@ -462,8 +515,15 @@ impl Engine {
             }));
         }
         if job.kind == JobKind::Timer {
-            self.execute(&state.code, None, &Actor::System, &Command::FireTimer { job: job.id.clone() })
-                .await?;
+            self.execute(
+                &state.code,
+                None,
+                &Actor::System,
+                &Command::FireTimer {
+                    job: job.id.clone(),
+                },
+            )
+            .await?;
             return Ok(true);
         }
         let procedure = self.procedure_of(&state)?;
@@ -529,12 +589,20 @@ impl Engine {
         let now = self.now();
         let horizon = now + chrono::Duration::days(7);
         let mut report = ScanReport::default();
-        for row in self.inner.store.dossiers_due_before(horizon, 10_000).await? {
+        for row in self
+            .inner
+            .store
+            .dossiers_due_before(horizon, 10_000)
+            .await?
+        {
             let Some(due) = row.due_at else { continue };
             let day = i64::from(self.inner.calendar.working_day_minutes().max(1) as i32);
             let left = self.inner.calendar.working_minutes_between(now, due);
             if !row.apology_sent && left <= day {
-                let new_due_at = self.inner.calendar.add(due, self.inner.config.apology_extension);
+                let new_due_at = self
+                    .inner
+                    .calendar
+                    .add(due, self.inner.config.apology_extension);
                 let cmd = Command::Apologize {
                     reason: self.inner.config.apology_reason.clone(),
                     new_due_at,
@@ -546,7 +614,10 @@ impl Engine {
                 }
             }
             if !row.overdue && due < now {
-                match self.execute(&row.code, None, &Actor::System, &Command::FlagOverdue).await {
+                match self
+                    .execute(&row.code, None, &Actor::System, &Command::FlagOverdue)
+                    .await
+                {
                     Ok(_) => report.flagged.push(row.code.clone()),
                     Err(EngineError::Command(_)) => {}
                     Err(e) => return Err(e),
@@ -606,7 +677,9 @@ fn differences(stored: &Projection, rebuilt: &Projection) -> Vec<String> {
     cmp("jobs", j(&stored.jobs), j(&rebuilt.jobs));
     cmp("incidents", j(&stored.incidents), j(&rebuilt.incidents));
     let mut rebuilt_notes = rebuilt.notifications.clone();
-    rebuilt_notes.sort_by(|a, b| (a.created_at, &a.notification_id).cmp(&(b.created_at, &b.notification_id)));
+    rebuilt_notes.sort_by(|a, b| {
+        (a.created_at, &a.notification_id).cmp(&(b.created_at, &b.notification_id))
+    });
     cmp("notifications", j(&stored.notifications), j(&rebuilt_notes));
     out
 }

@@ -1,13 +1,13 @@
 //! The tthc engine: procedure definitions, dossiers, the runtime that advances them, and
 //! their storage. This crate knows nothing of HTTP; the `tthc` binary in `api/` does.
 
+pub mod audit;
 pub mod calendar;
 pub mod definition;
 pub mod dossier;
-pub mod runtime;
-pub mod audit;
-pub mod store;
-pub mod notify;
 pub mod engine;
+pub mod notify;
+pub mod runtime;
+pub mod store;
 
 pub use engine::{Clock, Engine, EngineConfig, EngineError, HookHandler, HookRequest};

@@ -30,7 +30,9 @@ pub struct Templates {
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("names", &self.names).finish()
+        f.debug_struct("Templates")
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -126,7 +128,10 @@ fn split_subject(text: &str) -> (Option<&str>, &str) {
     match rest.find("--}}") {
         Some(end) => {
             let after = &rest[end + 4..];
-            (Some(rest[..end].trim()), after.strip_prefix('\n').unwrap_or(after))
+            (
+                Some(rest[..end].trim()),
+                after.strip_prefix('\n').unwrap_or(after),
+            )
         }
         None => (None, text),
     }
@@ -163,7 +168,10 @@ impl NotifyContext<'_> {
                 pause
                     .missing
                     .iter()
-                    .map(|id| p.component(id).map_or_else(|| id.clone(), |c| c.name.clone()))
+                    .map(|id| {
+                        p.component(id)
+                            .map_or_else(|| id.clone(), |c| c.name.clone())
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -91,19 +91,30 @@ impl CompiledProcedure {
     pub fn condition(&self, source: &str, data: &Value, dossier: &Value) -> (bool, Option<String>) {
         match self.evaluate(source, data, dossier) {
             Ok(cel::Value::Bool(b)) => (b, None),
-            Ok(other) => (false, Some(format!("`{source}` gave {other:?}, not true or false"))),
+            Ok(other) => (
+                false,
+                Some(format!("`{source}` gave {other:?}, not true or false")),
+            ),
             Err(e) => (false, Some(e)),
         }
     }
 
-    pub fn evaluate(&self, source: &str, data: &Value, dossier: &Value) -> Result<cel::Value, String> {
+    pub fn evaluate(
+        &self,
+        source: &str,
+        data: &Value,
+        dossier: &Value,
+    ) -> Result<cel::Value, String> {
         let program = match self.programs.get(source) {
             Some(p) => p,
             None => return Err(format!("expression `{source}` was not compiled")),
         };
         let mut ctx = cel::Context::default();
         ctx.add_variable_from_value("data", cel::to_value(data).map_err(|e| e.to_string())?);
-        ctx.add_variable_from_value("dossier", cel::to_value(dossier).map_err(|e| e.to_string())?);
+        ctx.add_variable_from_value(
+            "dossier",
+            cel::to_value(dossier).map_err(|e| e.to_string())?,
+        );
         program
             .execute(&ctx)
             .map_err(|e| format!("`{source}` could not be evaluated: {e}"))
@@ -120,7 +131,11 @@ impl CompiledProcedure {
 
 fn expressions(p: &Procedure) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
-    out.extend(p.components.iter().filter_map(|c| c.required_when.as_deref()));
+    out.extend(
+        p.components
+            .iter()
+            .filter_map(|c| c.required_when.as_deref()),
+    );
     for f in &p.fees {
         out.extend(f.reductions.iter().map(|r| r.when.as_str()));
     }

@@ -8,7 +8,9 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::audit::{self, ChainBreak, StreamVerifier, VerifyReport};
@@ -17,7 +19,11 @@ use crate::dossier::{Dossier, Event, EventRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("dossier {code} changed: it is at event {current}, you expected {expected}")]
-    Conflict { code: String, expected: u64, current: u64 },
+    Conflict {
+        code: String,
+        expected: u64,
+        current: u64,
+    },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
@@ -298,7 +304,8 @@ impl Store {
                     version: u32::try_from(r.try_get::<i64, _>("version")?).unwrap_or(0),
                     name: r.try_get("name")?,
                     source: r.try_get("source")?,
-                    forms: serde_json::from_str(&forms).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    forms: serde_json::from_str(&forms)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     deployed_at: from_micros(r.try_get("deployed_at")?),
                 })
             })
@@ -443,9 +450,10 @@ impl Store {
 
     /// When the next pending job is due, if any.
     pub async fn next_job_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let m: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
+        let m: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(m.map(from_micros))
     }
 
@@ -465,7 +473,11 @@ impl Store {
         let sql = format!(
             "SELECT * FROM tasks WHERE agency_code = ? AND role IN ({placeholders})
              {} ORDER BY due_at IS NULL, due_at, opened_at LIMIT ? OFFSET ?",
-            if claimed_by.is_some() { "AND claimed_by = ?" } else { "" }
+            if claimed_by.is_some() {
+                "AND claimed_by = ?"
+            } else {
+                ""
+            }
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
         for r in roles {
@@ -506,13 +518,14 @@ impl Store {
             .iter()
             .map(job_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let incidents = sqlx::query("SELECT * FROM incidents WHERE dossier_code = ? ORDER BY incident_id")
-            .bind(code)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(incident_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let incidents =
+            sqlx::query("SELECT * FROM incidents WHERE dossier_code = ? ORDER BY incident_id")
+                .bind(code)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(incident_row)
+                .collect::<Result<Vec<_>, _>>()?;
         let notifications = sqlx::query(
             "SELECT * FROM notifications WHERE dossier_code = ? ORDER BY created_at, notification_id",
         )
@@ -532,7 +545,12 @@ impl Store {
     }
 
     /// Dossiers of one owner, newest first.
-    pub async fn dossiers_of_owner(&self, owner_id: &str, limit: u32, offset: u32) -> Result<Vec<DossierRow>, StoreError> {
+    pub async fn dossiers_of_owner(
+        &self,
+        owner_id: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<DossierRow>, StoreError> {
         sqlx::query("SELECT * FROM dossiers WHERE owner_id = ? ORDER BY filed_at DESC, code LIMIT ? OFFSET ?")
             .bind(owner_id)
             .bind(i64::from(limit))
@@ -545,7 +563,11 @@ impl Store {
     }
 
     /// Open dossiers whose due date is at or before `before`.
-    pub async fn dossiers_due_before(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<DossierRow>, StoreError> {
+    pub async fn dossiers_due_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DossierRow>, StoreError> {
         sqlx::query(
             "SELECT * FROM dossiers WHERE closed = 0 AND paused = 0 AND due_at IS NOT NULL AND due_at <= ?
              AND status NOT IN (9, 10) AND (apology_sent = 0 OR overdue = 0)
@@ -662,7 +684,9 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?
         } else {
-            sqlx::query("SELECT code, seq, last_hash FROM dossiers").fetch_all(&self.pool).await?
+            sqlx::query("SELECT code, seq, last_hash FROM dossiers")
+                .fetch_all(&self.pool)
+                .await?
         };
         for h in heads {
             let code: String = h.try_get("code")?;
@@ -674,7 +698,9 @@ impl Store {
             .bind(&code)
             .fetch_optional(&self.pool)
             .await?;
-            let ok = stored.as_ref().is_some_and(|(s, hsh)| *s == seq && *hsh == last);
+            let ok = stored
+                .as_ref()
+                .is_some_and(|(s, hsh)| *s == seq && *hsh == last);
             if !ok && !report.breaks.iter().any(|b| b.dossier == code) {
                 report.breaks.push(ChainBreak {
                     dossier: code,
@@ -757,7 +783,11 @@ async fn write(tx: &mut Transaction<'static, Sqlite>, a: &Append<'_>) -> Result<
     project(tx, a, &prev).await
 }
 
-async fn project(tx: &mut Transaction<'static, Sqlite>, a: &Append<'_>, last_hash: &str) -> Result<(), StoreError> {
+async fn project(
+    tx: &mut Transaction<'static, Sqlite>,
+    a: &Append<'_>,
+    last_hash: &str,
+) -> Result<(), StoreError> {
     let p = Projection::of(a.state);
     let d = &p.dossier;
     sqlx::query(

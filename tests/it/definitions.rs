@@ -17,10 +17,14 @@ fn every_shipped_procedure_validates_without_warnings() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .map(|p| p.strip_prefix(repo_root()).unwrap().display().to_string())
         .collect();
-    assert!(files.len() >= 4, "expected at least four procedures, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected at least four procedures, found {files:?}"
+    );
     for f in files {
         assert!(
-            text.lines().any(|l| l.starts_with("ok ") && l.ends_with(&f)),
+            text.lines()
+                .any(|l| l.starts_with("ok ") && l.ends_with(&f)),
             "{f} is not reported valid:\n{text}"
         );
     }
@@ -32,7 +36,8 @@ fn the_medical_licence_reuses_the_judicial_record_certificate() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(
-        text.lines().any(|l| l.contains("reuses KQ.LLTP.01 from Kho DL")),
+        text.lines()
+            .any(|l| l.contains("reuses KQ.LLTP.01 from Kho DL")),
         "{text}"
     );
 }
@@ -42,14 +47,20 @@ fn show_prints_components_results_and_steps_in_order() {
     let out = tthc(&["show", "2.000488"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    assert!(text.starts_with("2.000488 — Cấp Phiếu lý lịch tư pháp"), "{text}");
+    assert!(
+        text.starts_with("2.000488 — Cấp Phiếu lý lịch tư pháp"),
+        "{text}"
+    );
     for section in ["Components:", "Results:", "Steps:", "KQ.LLTP.01"] {
         assert!(text.contains(section), "missing {section}:\n{text}");
     }
     let steps = text.split("Steps:").nth(1).unwrap();
     let first = steps.lines().find(|l| !l.trim().is_empty()).unwrap();
     assert!(first.trim_start().starts_with("1. "), "{first}");
-    assert!(first.contains("role mot_cua"), "the first step is the one-stop desk: {first}");
+    assert!(
+        first.contains("role mot_cua"),
+        "the first step is the one-stop desk: {first}"
+    );
 }
 
 #[test]
@@ -57,7 +68,10 @@ fn show_names_the_known_procedures_when_the_code_is_unknown() {
     let out = tthc(&["show", "0.000000"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("no valid procedure 0.000000") && err.contains("2.000488"), "{err}");
+    assert!(
+        err.contains("no valid procedure 0.000000") && err.contains("2.000488"),
+        "{err}"
+    );
 }
 
 /// Each file in tests/data/invalid has its expected diagnostics beside it, one per line
@@ -75,12 +89,20 @@ fn invalid_definitions_report_every_problem_where_it_was_written() {
     files.sort();
     assert!(files.len() >= 15, "the corpus shrank: {files:?}");
     for file in files {
-        let rel = file.strip_prefix(repo_root()).unwrap().display().to_string();
+        let rel = file
+            .strip_prefix(repo_root())
+            .unwrap()
+            .display()
+            .to_string();
         let out = tthc(&["--schemas", "tests/data/schemas", "validate", &rel]);
         let actual = stdout(&out).replace(&format!("{rel}:"), "");
         let expected_path = file.with_extension("expected");
         if out.status.code() != Some(1) {
-            failures.push(format!("{rel}: exit code {:?}, stderr: {}", out.status.code(), stderr(&out)));
+            failures.push(format!(
+                "{rel}: exit code {:?}, stderr: {}",
+                out.status.code(),
+                stderr(&out)
+            ));
         }
         if bless() {
             fs::write(&expected_path, &actual).unwrap();
@@ -125,11 +147,19 @@ fn hostile_yaml_is_refused_with_a_clear_error() {
     let deep = format!("code: {}1{}\n", "[".repeat(5000), "]".repeat(5000));
     let (code, text) = validate_text("deep.yaml", &deep);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("deep.yaml:1:") && text.contains("invalid YAML"), "{text}");
+    assert!(
+        text.contains("deep.yaml:1:") && text.contains("invalid YAML"),
+        "{text}"
+    );
 
     // A "billion laughs": each level repeats the one before ten times.
-    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
-    for (prev, cur) in ["a", "b", "c", "d", "e", "f", "g", "h"].windows(2).map(|w| (w[0], w[1])) {
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (prev, cur) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+    {
         bomb.push_str(&format!("{cur}: &{cur} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
     }
     let (code, text) = validate_text("bomb.yaml", &bomb);
@@ -161,10 +191,21 @@ fn a_missing_path_is_an_error_not_an_empty_success() {
 fn the_format_schema_is_valid_json_schema_for_editors() {
     let text = fs::read_to_string(repo_root().join("schemas/procedure.schema.json")).unwrap();
     let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
     // Every step kind the engine knows is offered to editors.
     let kinds = &schema["$defs"]["step"]["properties"]["kind"]["enum"];
-    for k in ["user_task", "decision", "parallel", "join", "timer", "hook", "end"] {
+    for k in [
+        "user_task",
+        "decision",
+        "parallel",
+        "join",
+        "timer",
+        "hook",
+        "end",
+    ] {
         assert!(kinds.as_array().unwrap().iter().any(|v| v == k), "{k}");
     }
     assert!(Path::new(&repo_root().join("docs/authoring.md")).exists());

@@ -2,4 +2,7 @@
 //! `procedures/` and `tests/data/`.
 
 mod definitions;
+mod engine;
+mod engine_props;
+mod engine_support;
 mod support;

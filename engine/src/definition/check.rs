@@ -542,7 +542,8 @@ fn check_times_and_fees(p: &Procedure, sink: &mut Sink<'_>) {
             }) => {
                 let at = format!("{}/sla", step_ptr(i));
                 check_duration(sla, &at, "an SLA", sink);
-                let plausible = |d: &Duration| d.amount() > 0 && d.approx_hours() <= MAX_PROCESSING_HOURS;
+                let plausible =
+                    |d: &Duration| d.amount() > 0 && d.approx_hours() <= MAX_PROCESSING_HOURS;
                 if plausible(sla) && plausible(&p.processing_time) && sla.approx_hours() > total {
                     sink.error(
                         &at,

@@ -119,7 +119,9 @@ fn describe(e: &serde_saphyr::Error) -> String {
     };
     // The parser's advice on its own Rust options means nothing to an administrator.
     if let Some(detail) = message.strip_prefix("budget breached: ") {
-        return format!("the document is too large or too deeply nested once aliases are expanded ({detail})");
+        return format!(
+            "the document is too large or too deeply nested once aliases are expanded ({detail})"
+        );
     }
     match message.strip_prefix("duplicate mapping key: ") {
         Some(rest) => {

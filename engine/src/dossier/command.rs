@@ -37,8 +37,12 @@ pub enum IncidentAction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
-    ClaimTask { task: String },
-    ReleaseTask { task: String },
+    ClaimTask {
+        task: String,
+    },
+    ReleaseTask {
+        task: String,
+    },
     CompleteTask {
         task: String,
         #[serde(default)]
@@ -52,24 +56,38 @@ pub enum Command {
     /// outcome `accept`).
     Receive,
     /// The one-stop desk refuses the dossier (outcome `refuse` of the reception task).
-    RefuseReception { reason: String },
-    RequestSupplement { reason: String, missing: Vec<String> },
+    RefuseReception {
+        reason: String,
+    },
+    RequestSupplement {
+        reason: String,
+        missing: Vec<String>,
+    },
     Supplement {
         #[serde(default)]
         data: BTreeMap<String, Value>,
         #[serde(default)]
         documents: Vec<DocumentRef>,
     },
-    Withdraw { reason: String },
-    Stop { reason: String },
+    Withdraw {
+        reason: String,
+    },
+    Stop {
+        reason: String,
+    },
     RecordPayment {
         fee_code: String,
         amount_vnd: u64,
         #[serde(default)]
         receipt: Option<String>,
     },
-    AttachDocument { document: DocumentRef },
-    ReplaceDocument { replaced: String, document: DocumentRef },
+    AttachDocument {
+        document: DocumentRef,
+    },
+    ReplaceDocument {
+        replaced: String,
+        document: DocumentRef,
+    },
     SignResult {
         result_code: String,
         #[serde(default)]
@@ -85,7 +103,9 @@ pub enum Command {
         attempt: u32,
         outcome: HookOutcome,
     },
-    FireTimer { job: String },
+    FireTimer {
+        job: String,
+    },
     ResolveIncident {
         incident: String,
         action: IncidentAction,
@@ -109,7 +129,9 @@ pub enum HookOutcome {
         #[serde(default)]
         notification: Option<Notification>,
     },
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 impl Command {

@@ -54,26 +54,42 @@ impl Emitter<'_> {
 }
 
 /// Decides a new dossier. `code` was allocated by the store for the agency and day.
-pub fn decide_filing(ctx: &Context<'_>, code: &str, filing: &Filing) -> Result<Decision, CommandError> {
+pub fn decide_filing(
+    ctx: &Context<'_>,
+    code: &str,
+    filing: &Filing,
+) -> Result<Decision, CommandError> {
     let p = ctx.procedure.procedure();
     match ctx.actor {
         Actor::Citizen { owner_id, .. } => {
             if owner_id != &filing.owner.id {
-                return Err(CommandError::forbidden("a citizen files only for themselves"));
+                return Err(CommandError::forbidden(
+                    "a citizen files only for themselves",
+                ));
             }
             if filing.channel != Channel::Online {
-                return Err(CommandError::forbidden("citizens file online; the one-stop desk files in person"));
+                return Err(CommandError::forbidden(
+                    "citizens file online; the one-stop desk files in person",
+                ));
             }
         }
         Actor::Officer { agency, .. } => {
             if agency != &filing.agency_code {
-                return Err(CommandError::forbidden("an officer files only at their own agency"));
+                return Err(CommandError::forbidden(
+                    "an officer files only at their own agency",
+                ));
             }
             if filing.channel == Channel::Online {
-                return Err(CommandError::forbidden("online dossiers are filed by their owner"));
+                return Err(CommandError::forbidden(
+                    "online dossiers are filed by their owner",
+                ));
             }
         }
-        _ => return Err(CommandError::forbidden("only citizens and officers file dossiers")),
+        _ => {
+            return Err(CommandError::forbidden(
+                "only citizens and officers file dossiers",
+            ));
+        }
     }
     if filing.owner.name.trim().is_empty() {
         return Err(CommandError::input("the owner's name is empty"));
@@ -82,8 +98,17 @@ pub fn decide_filing(ctx: &Context<'_>, code: &str, filing: &Filing) -> Result<D
     for id in filing.data.keys() {
         match p.component(id) {
             Some(c) if c.form.is_some() => {}
-            Some(_) => return Err(CommandError::input(format!("component `{id}` takes documents, not form data"))),
-            None => return Err(CommandError::input(format!("`{id}` is not a component of procedure {}", p.code))),
+            Some(_) => {
+                return Err(CommandError::input(format!(
+                    "component `{id}` takes documents, not form data"
+                )));
+            }
+            None => {
+                return Err(CommandError::input(format!(
+                    "`{id}` is not a component of procedure {}",
+                    p.code
+                )));
+            }
         }
     }
     validate_forms(ctx.procedure, &filing.data)?;
@@ -108,7 +133,9 @@ pub fn decide_filing(ctx: &Context<'_>, code: &str, filing: &Filing) -> Result<D
         .map(|c| c.id.clone())
         .collect();
     if !missing.is_empty() {
-        return Err(CommandError::MissingComponents { components: missing });
+        return Err(CommandError::MissingComponents {
+            components: missing,
+        });
     }
     let filed = Event::Filed {
         code: code.to_owned(),
@@ -128,13 +155,21 @@ pub fn decide_filing(ctx: &Context<'_>, code: &str, filing: &Filing) -> Result<D
         state,
         events: vec![filed],
     };
-    let first = p.steps.first().map(|s| s.id().to_owned()).unwrap_or_default();
+    let first = p
+        .steps
+        .first()
+        .map(|s| s.id().to_owned())
+        .unwrap_or_default();
     advance(&mut em, 1, None, &first, "start")?;
     Ok(em.finish())
 }
 
 /// Decides a command on an existing dossier.
-pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<Decision, CommandError> {
+pub fn decide(
+    ctx: &Context<'_>,
+    state: &Dossier,
+    command: &Command,
+) -> Result<Decision, CommandError> {
     let mut em = Emitter {
         ctx,
         state: state.clone(),
@@ -145,10 +180,14 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
         Command::RecordHookOutcome { .. } | Command::FireTimer { .. } | Command::FlagOverdue
     );
     if system_only && ctx.actor != &Actor::System {
-        return Err(CommandError::forbidden("only the engine records job outcomes and timers"));
+        return Err(CommandError::forbidden(
+            "only the engine records job outcomes and timers",
+        ));
     }
     if matches!(ctx.actor, Actor::Auditor { .. }) {
-        return Err(CommandError::forbidden("auditors read; they never change a dossier"));
+        return Err(CommandError::forbidden(
+            "auditors read; they never change a dossier",
+        ));
     }
     let closed_ok = matches!(
         command,
@@ -186,7 +225,9 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
         Command::ReleaseTask { task } => {
             let t = open_task(state, task)?;
             if t.claimed_by.as_deref() != Some(ctx.actor.id()) {
-                return Err(CommandError::forbidden(format!("task {task} is not claimed by you")));
+                return Err(CommandError::forbidden(format!(
+                    "task {task} is not claimed by you"
+                )));
             }
             em.emit(Event::TaskReleased { task: task.clone() });
         }
@@ -203,7 +244,13 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
         Command::RefuseReception { reason } => {
             non_empty(reason, "reason")?;
             let task = milestone_task(ctx, state, Milestone::Received)?;
-            complete_task(&mut em, &task, Some("refuse".into()), None, Some(reason.clone()))?;
+            complete_task(
+                &mut em,
+                &task,
+                Some("refuse".into()),
+                None,
+                Some(reason.clone()),
+            )?;
         }
         Command::ReturnResult => {
             let task = milestone_task(ctx, state, Milestone::Returned)?;
@@ -217,12 +264,16 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
                 .values()
                 .any(|t| t.claimed_by.as_deref() == Some(ctx.actor.id()));
             if !holds_task {
-                return Err(CommandError::forbidden("only the officer working on the dossier requests a supplement"));
+                return Err(CommandError::forbidden(
+                    "only the officer working on the dossier requests a supplement",
+                ));
             }
             let p = ctx.procedure.procedure();
             for m in missing {
                 if p.component(m).is_none() {
-                    return Err(CommandError::input(format!("`{m}` is not a component of this procedure")));
+                    return Err(CommandError::input(format!(
+                        "`{m}` is not a component of this procedure"
+                    )));
                 }
             }
             let remaining = state.due_at.map(|due| {
@@ -245,12 +296,16 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
                 return Err(CommandError::state("no supplement was requested"));
             };
             if data.is_empty() && documents.is_empty() {
-                return Err(CommandError::input("a supplement brings form data or documents"));
+                return Err(CommandError::input(
+                    "a supplement brings form data or documents",
+                ));
             }
             let p = ctx.procedure.procedure();
             for id in data.keys() {
                 if p.component(id).and_then(|c| c.form.as_ref()).is_none() {
-                    return Err(CommandError::input(format!("`{id}` is not a form component of this procedure")));
+                    return Err(CommandError::input(format!(
+                        "`{id}` is not a form component of this procedure"
+                    )));
                 }
             }
             validate_forms(ctx.procedure, data)?;
@@ -274,16 +329,22 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
             non_empty(reason, "reason")?;
             acts_for_owner(ctx, state)?;
             if state.processed_at.is_some() {
-                return Err(CommandError::state("the result is ready: a processed dossier cannot be withdrawn"));
+                return Err(CommandError::state(
+                    "the result is ready: a processed dossier cannot be withdrawn",
+                ));
             }
             cancel_tasks(&mut em);
-            em.emit(Event::Withdrawn { reason: reason.clone() });
+            em.emit(Event::Withdrawn {
+                reason: reason.clone(),
+            });
         }
         Command::Stop { reason } => {
             non_empty(reason, "reason")?;
             officer_of(ctx, state)?;
             cancel_tasks(&mut em);
-            em.emit(Event::Stopped { reason: reason.clone() });
+            em.emit(Event::Stopped {
+                reason: reason.clone(),
+            });
         }
         Command::RecordPayment {
             fee_code,
@@ -293,7 +354,9 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
             officer_of(ctx, state)?;
             let p = ctx.procedure.procedure();
             let Some(fee) = p.fees.iter().find(|f| &f.code == fee_code) else {
-                return Err(CommandError::input(format!("`{fee_code}` is not a fee of this procedure")));
+                return Err(CommandError::input(format!(
+                    "`{fee_code}` is not a fee of this procedure"
+                )));
             };
             let allowed: Vec<u64> = std::iter::once(fee.amount_vnd)
                 .chain(fee.reductions.iter().map(|r| r.amount_vnd))
@@ -304,7 +367,9 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
                 )));
             }
             if state.payments.iter().any(|x| &x.fee_code == fee_code) {
-                return Err(CommandError::state(format!("fee {fee_code} is already paid")));
+                return Err(CommandError::state(format!(
+                    "fee {fee_code} is already paid"
+                )));
             }
             em.emit(Event::PaymentRecorded {
                 fee_code: fee_code.clone(),
@@ -316,7 +381,10 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
             may_change_documents(ctx, state)?;
             check_document(ctx.procedure, document)?;
             if state.documents.iter().any(|d| d.id == document.id) {
-                return Err(CommandError::state(format!("document {} is already attached", document.id)));
+                return Err(CommandError::state(format!(
+                    "document {} is already attached",
+                    document.id
+                )));
             }
             em.emit(Event::DocumentAttached {
                 document: document.clone(),
@@ -348,8 +416,14 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
                     "sign {result_code} from the signing task you have claimed"
                 )));
             }
-            if state.signatures.iter().any(|s| &s.result_code == result_code) {
-                return Err(CommandError::state(format!("{result_code} is already signed")));
+            if state
+                .signatures
+                .iter()
+                .any(|s| &s.result_code == result_code)
+            {
+                return Err(CommandError::state(format!(
+                    "{result_code} is already signed"
+                )));
             }
             if let Some(d) = document {
                 check_sha256(&d.sha256)?;
@@ -379,7 +453,10 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
                 });
             }
             if j.run_at > ctx.now {
-                return Err(CommandError::state(format!("timer {job} fires at {}", j.run_at)));
+                return Err(CommandError::state(format!(
+                    "timer {job} fires at {}",
+                    j.run_at
+                )));
             }
             let (token, step) = (j.token.unwrap_or(0), j.step.clone().unwrap_or_default());
             em.emit(Event::TimerFired { job: job.clone() });
@@ -395,14 +472,18 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
             note,
         } => {
             if !matches!(ctx.actor, Actor::Admin { .. }) {
-                return Err(CommandError::forbidden("incidents are resolved by administrators"));
+                return Err(CommandError::forbidden(
+                    "incidents are resolved by administrators",
+                ));
             }
             let i = state
                 .incidents
                 .get(incident)
                 .ok_or_else(|| CommandError::not_found(format!("incident {incident}")))?;
             if i.resolution.is_some() {
-                return Err(CommandError::state(format!("incident {incident} is already resolved")));
+                return Err(CommandError::state(format!(
+                    "incident {incident} is already resolved"
+                )));
             }
             let job = state
                 .jobs
@@ -431,7 +512,9 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
                 return Err(CommandError::state("the dossier has no due date yet"));
             };
             if *new_due_at <= due {
-                return Err(CommandError::input("the new date must be after the due date"));
+                return Err(CommandError::input(
+                    "the new date must be after the due date",
+                ));
             }
             em.emit(Event::ApologySent {
                 reason: reason.clone(),
@@ -439,14 +522,12 @@ pub fn decide(ctx: &Context<'_>, state: &Dossier, command: &Command) -> Result<D
             });
             notify(&mut em, "xin_loi");
         }
-        Command::FlagOverdue => {
-            match state.due_at {
-                Some(due) if due < ctx.now && !state.overdue && state.paused.is_none() => {
-                    em.emit(Event::OverdueFlagged { due_at: due });
-                }
-                _ => return Err(CommandError::state("the dossier is not overdue")),
+        Command::FlagOverdue => match state.due_at {
+            Some(due) if due < ctx.now && !state.overdue && state.paused.is_none() => {
+                em.emit(Event::OverdueFlagged { due_at: due });
             }
-        }
+            _ => return Err(CommandError::state("the dossier is not overdue")),
+        },
     }
     Ok(em.finish())
 }
@@ -461,7 +542,9 @@ fn non_empty(s: &str, what: &str) -> Result<(), CommandError> {
 fn check_agency_code(code: &str) -> Result<(), CommandError> {
     let ok = !code.is_empty()
         && code.len() <= 32
-        && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'.');
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'.');
     if !ok {
         return Err(CommandError::input(format!(
             "`{code}` is not an agency code like 000.00.01.H59"
@@ -471,8 +554,14 @@ fn check_agency_code(code: &str) -> Result<(), CommandError> {
 }
 
 fn check_sha256(h: &str) -> Result<(), CommandError> {
-    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-        return Err(CommandError::input("a document's sha256 is 64 lower-case hex digits"));
+    if h.len() != 64
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(CommandError::input(
+            "a document's sha256 is 64 lower-case hex digits",
+        ));
     }
     Ok(())
 }
@@ -490,7 +579,10 @@ fn check_document(p: &CompiledProcedure, d: &DocumentRef) -> Result<(), CommandE
     check_sha256(&d.sha256)
 }
 
-fn validate_forms(p: &CompiledProcedure, data: &BTreeMap<String, Value>) -> Result<(), CommandError> {
+fn validate_forms(
+    p: &CompiledProcedure,
+    data: &BTreeMap<String, Value>,
+) -> Result<(), CommandError> {
     let violations: Vec<_> = data
         .iter()
         .flat_map(|(id, value)| p.validate_form(id, value))
@@ -530,15 +622,16 @@ fn is_required(
 }
 
 fn open_task<'s>(state: &'s Dossier, task: &str) -> Result<&'s Task, CommandError> {
-    state
-        .tasks
-        .get(task)
-        .ok_or_else(|| CommandError::not_found(format!("open task {task} on dossier {}", state.code)))
+    state.tasks.get(task).ok_or_else(|| {
+        CommandError::not_found(format!("open task {task} on dossier {}", state.code))
+    })
 }
 
 fn not_paused(state: &Dossier) -> Result<(), CommandError> {
     if state.paused.is_some() {
-        return Err(CommandError::state("the dossier waits for the owner's supplement"));
+        return Err(CommandError::state(
+            "the dossier waits for the owner's supplement",
+        ));
     }
     Ok(())
 }
@@ -546,11 +639,12 @@ fn not_paused(state: &Dossier) -> Result<(), CommandError> {
 /// An officer may work on a task of their agency with the task's role.
 fn may_work_on(ctx: &Context<'_>, _state: &Dossier, t: &Task) -> Result<(), CommandError> {
     match ctx.actor {
-        Actor::Officer { agency, .. } if agency == &t.agency && ctx.actor.has_role(&t.role) => Ok(()),
-        Actor::Officer { agency, .. } if agency != &t.agency => Err(CommandError::forbidden(format!(
-            "task {} belongs to agency {}",
-            t.id, t.agency
-        ))),
+        Actor::Officer { agency, .. } if agency == &t.agency && ctx.actor.has_role(&t.role) => {
+            Ok(())
+        }
+        Actor::Officer { agency, .. } if agency != &t.agency => Err(CommandError::forbidden(
+            format!("task {} belongs to agency {}", t.id, t.agency),
+        )),
         Actor::Officer { .. } => Err(CommandError::forbidden(format!(
             "task {} needs the role {}",
             t.id, t.role
@@ -567,7 +661,9 @@ fn officer_of(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
             "dossier {} belongs to agency {}",
             state.code, state.agency_code
         ))),
-        _ => Err(CommandError::forbidden("only officers of the handling agency may do this")),
+        _ => Err(CommandError::forbidden(
+            "only officers of the handling agency may do this",
+        )),
     }
 }
 
@@ -575,7 +671,9 @@ fn officer_of(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
 fn acts_for_owner(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
     match ctx.actor {
         Actor::Citizen { owner_id, .. } if owner_id == &state.owner.id => Ok(()),
-        Actor::Citizen { .. } => Err(CommandError::forbidden("this dossier belongs to another owner")),
+        Actor::Citizen { .. } => Err(CommandError::forbidden(
+            "this dossier belongs to another owner",
+        )),
         _ => officer_of(ctx, state),
     }
 }
@@ -598,7 +696,11 @@ fn may_change_documents(ctx: &Context<'_>, state: &Dossier) -> Result<(), Comman
 }
 
 /// The open task whose step marks `milestone`, which the actor may work on.
-fn milestone_task(ctx: &Context<'_>, state: &Dossier, milestone: Milestone) -> Result<String, CommandError> {
+fn milestone_task(
+    ctx: &Context<'_>,
+    state: &Dossier,
+    milestone: Milestone,
+) -> Result<String, CommandError> {
     let p = ctx.procedure.procedure();
     state
         .tasks
@@ -633,7 +735,10 @@ fn complete_task(
         }
     }
     let Some(Step::UserTask(step)) = ctx.procedure.procedure().step(&t.step) else {
-        return Err(CommandError::state(format!("step {} is not a user task", t.step)));
+        return Err(CommandError::state(format!(
+            "step {} is not a user task",
+            t.step
+        )));
     };
     let step: UserTask = step.clone();
     let next = match (&outcome, step.outcomes.is_empty()) {
@@ -651,7 +756,9 @@ fn complete_task(
             )));
         }
         (Some(o), true) if o != "done" => {
-            return Err(CommandError::input(format!("task {task} has no outcomes to choose from")));
+            return Err(CommandError::input(format!(
+                "task {task} has no outcomes to choose from"
+            )));
         }
         (_, true) => step.next.clone().unwrap_or_default(),
     };
@@ -662,23 +769,34 @@ fn complete_task(
                 return Err(CommandError::InvalidForm { violations });
             }
         }
-        (Some(_), None) => return Err(CommandError::input(format!("task {task} needs its form data"))),
+        (Some(_), None) => {
+            return Err(CommandError::input(format!(
+                "task {task} needs its form data"
+            )));
+        }
         (None, Some(_)) => return Err(CommandError::input(format!("task {task} has no form"))),
         (None, None) => {}
     }
     if let Some(code) = &step.signs {
         if !em.state.signatures.iter().any(|s| &s.result_code == code) {
-            return Err(CommandError::state(format!("sign {code} before completing the task")));
+            return Err(CommandError::state(format!(
+                "sign {code} before completing the task"
+            )));
         }
     }
     let receives = step.marks == Some(Milestone::Received) && outcome.as_deref() == Some("accept");
     if receives {
         let missing = missing_components(ctx.procedure, &em.state);
         if !missing.is_empty() {
-            return Err(CommandError::MissingComponents { components: missing });
+            return Err(CommandError::MissingComponents {
+                components: missing,
+            });
         }
     }
-    if step.marks == Some(Milestone::Received) && outcome.as_deref() == Some("refuse") && reason.is_none() {
+    if step.marks == Some(Milestone::Received)
+        && outcome.as_deref() == Some("refuse")
+        && reason.is_none()
+    {
         return Err(CommandError::input("a refusal needs a reason"));
     }
     if t.claimed_by.is_none() {
@@ -695,7 +813,9 @@ fn complete_task(
         reason,
     });
     if receives {
-        let due_at = ctx.calendar.add(ctx.now, ctx.procedure.procedure().processing_time);
+        let due_at = ctx
+            .calendar
+            .add(ctx.now, ctx.procedure.procedure().processing_time);
         em.emit(Event::Received { due_at });
     }
     if step.signs.is_some() && em.state.processed_at.is_none() {
@@ -704,7 +824,13 @@ fn complete_task(
     if step.marks == Some(Milestone::Returned) {
         em.emit(Event::ResultReturned);
     }
-    advance(em, t.token, Some(&t.step), &next, outcome.as_deref().unwrap_or("done"))
+    advance(
+        em,
+        t.token,
+        Some(&t.step),
+        &next,
+        outcome.as_deref().unwrap_or("done"),
+    )
 }
 
 /// Components that are required and have neither data nor a document.
@@ -715,7 +841,9 @@ fn missing_components(p: &CompiledProcedure, state: &Dossier) -> Vec<String> {
         .components
         .iter()
         .filter(|c| is_required(p, c, &data, &vars))
-        .filter(|c| !state.data.contains_key(&c.id) && !state.documents.iter().any(|d| d.component == c.id))
+        .filter(|c| {
+            !state.data.contains_key(&c.id) && !state.documents.iter().any(|d| d.component == c.id)
+        })
         .map(|c| c.id.clone())
         .collect()
 }
@@ -745,7 +873,13 @@ fn notify(em: &mut Emitter<'_>, template: &str) {
 
 /// Moves `token` into step `to` and runs automatic steps until every token waits on a task,
 /// a job or a join, or the dossier ends.
-fn advance(em: &mut Emitter<'_>, token: u32, from: Option<&str>, to: &str, via: &str) -> Result<(), CommandError> {
+fn advance(
+    em: &mut Emitter<'_>,
+    token: u32,
+    from: Option<&str>,
+    to: &str,
+    via: &str,
+) -> Result<(), CommandError> {
     em.emit(Event::Advanced {
         token,
         from: from.map(str::to_owned),
@@ -759,10 +893,14 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
     let ctx = em.ctx;
     // The loader proved the graph sound; a guard still bounds a runaway decision.
     if em.events.len() > 10_000 {
-        return Err(CommandError::state("the procedure loops without waiting on anything"));
+        return Err(CommandError::state(
+            "the procedure loops without waiting on anything",
+        ));
     }
     let Some(step) = ctx.procedure.procedure().step(step_id) else {
-        return Err(CommandError::state(format!("step {step_id} is not in the procedure")));
+        return Err(CommandError::state(format!(
+            "step {step_id} is not in the procedure"
+        )));
     };
     match step {
         Step::UserTask(t) => {
@@ -773,7 +911,10 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
                 step: t.id.clone(),
                 name: t.name.clone().unwrap_or_else(|| t.id.clone()),
                 role: t.role.clone(),
-                agency: t.agency.clone().unwrap_or_else(|| em.state.agency_code.clone()),
+                agency: t
+                    .agency
+                    .clone()
+                    .unwrap_or_else(|| em.state.agency_code.clone()),
                 token,
                 due_at,
             });
@@ -787,7 +928,13 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
                 let (holds, note) = ctx.procedure.condition(&b.condition, &data, &vars);
                 notes.extend(note);
                 if holds {
-                    return advance(em, token, Some(&d.id), &b.then, &format!("if {}", b.condition));
+                    return advance(
+                        em,
+                        token,
+                        Some(&d.id),
+                        &b.then,
+                        &format!("if {}", b.condition),
+                    );
                 }
             }
             let via = if notes.is_empty() {
@@ -891,7 +1038,11 @@ fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>
     let text = match value {
         cel::Value::String(s) => s.to_string(),
         cel::Value::Timestamp(t) => return Ok(t.with_timezone(&Utc)),
-        other => return Err(CommandError::input(format!("`{expr}` gave {other:?}, not a date"))),
+        other => {
+            return Err(CommandError::input(format!(
+                "`{expr}` gave {other:?}, not a date"
+            )));
+        }
     };
     if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
         return Ok(t.with_timezone(&Utc));
@@ -901,7 +1052,11 @@ fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>
     let local = day
         .and_hms_opt(0, 0, 0)
         .and_then(|n| n.and_local_timezone(ctx.calendar.timezone()).earliest())
-        .ok_or_else(|| CommandError::input(format!("`{text}` does not exist in the calendar's time zone")))?;
+        .ok_or_else(|| {
+            CommandError::input(format!(
+                "`{text}` does not exist in the calendar's time zone"
+            ))
+        })?;
     Ok(local.with_timezone(&Utc))
 }
 
@@ -960,7 +1115,11 @@ fn record_hook_outcome(
                 error: error.clone(),
                 retry_at: None,
             });
-            let on_failure = match job.step.as_deref().and_then(|s| ctx.procedure.procedure().step(s)) {
+            let on_failure = match job
+                .step
+                .as_deref()
+                .and_then(|s| ctx.procedure.procedure().step(s))
+            {
                 Some(Step::Hook(h)) => h.on_failure.clone(),
                 _ => None,
             };
@@ -1004,7 +1163,11 @@ fn continue_after_hook(
 pub fn backoff(policy: &RetryPolicy, attempt: u32, dossier: &str, job: &str) -> chrono::Duration {
     let base = u64::from(policy.initial_backoff_seconds.max(1));
     let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
-    let capped = exp.min(u64::from(policy.max_backoff_seconds.max(policy.initial_backoff_seconds)));
+    let capped = exp.min(u64::from(
+        policy
+            .max_backoff_seconds
+            .max(policy.initial_backoff_seconds),
+    ));
     let digest = Sha256::digest(format!("{dossier}/{job}/{attempt}").as_bytes());
     let jitter_per_mille = u64::from(u16::from_be_bytes([digest[0], digest[1]]) % 250);
     // Up to 25% less than the full delay.

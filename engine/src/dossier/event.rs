@@ -79,9 +79,15 @@ pub enum Event {
         branches: Vec<(u32, String)>,
     },
     /// A branch's token reached its join and waits for the others.
-    Arrived { token: u32, join: String },
+    Arrived {
+        token: u32,
+        join: String,
+    },
     /// Every branch reached the join: a new token carries on from it.
-    Joined { join: String, token: u32 },
+    Joined {
+        join: String,
+        token: u32,
+    },
     TaskOpened {
         task: String,
         step: String,
@@ -92,8 +98,14 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due_at: Option<DateTime<Utc>>,
     },
-    TaskClaimed { task: String, by: String, by_name: String },
-    TaskReleased { task: String },
+    TaskClaimed {
+        task: String,
+        by: String,
+        by_name: String,
+    },
+    TaskReleased {
+        task: String,
+    },
     TaskCompleted {
         task: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,9 +115,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
-    TaskCancelled { task: String },
+    TaskCancelled {
+        task: String,
+    },
     /// The dossier is accepted as complete: the processing clock starts.
-    Received { due_at: DateTime<Utc> },
+    Received {
+        due_at: DateTime<Utc>,
+    },
     /// The result is ready (đã xử lý xong).
     Processed,
     /// The result was handed to the owner.
@@ -144,7 +160,11 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_at: Option<DateTime<Utc>>,
     },
-    IncidentOpened { incident: String, job: String, error: String },
+    IncidentOpened {
+        incident: String,
+        job: String,
+        error: String,
+    },
     IncidentResolved {
         incident: String,
         resolution: IncidentResolution,
@@ -157,8 +177,12 @@ pub enum Event {
         step: String,
         fire_at: DateTime<Utc>,
     },
-    TimerFired { job: String },
-    NotificationRecorded { notification: Notification },
+    TimerFired {
+        job: String,
+    },
+    NotificationRecorded {
+        notification: Notification,
+    },
     SupplementRequested {
         reason: String,
         missing: Vec<String>,
@@ -173,19 +197,36 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due_at: Option<DateTime<Utc>>,
     },
-    DocumentAttached { document: DocumentRef },
-    DocumentReplaced { replaced: String, document: DocumentRef },
+    DocumentAttached {
+        document: DocumentRef,
+    },
+    DocumentReplaced {
+        replaced: String,
+        document: DocumentRef,
+    },
     PaymentRecorded {
         fee_code: String,
         amount_vnd: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         receipt: Option<String>,
     },
-    Withdrawn { reason: String },
-    Stopped { reason: String },
-    ApologySent { reason: String, new_due_at: DateTime<Utc> },
-    OverdueFlagged { due_at: DateTime<Utc> },
-    Ended { outcome: EndOutcome, step: String },
+    Withdrawn {
+        reason: String,
+    },
+    Stopped {
+        reason: String,
+    },
+    ApologySent {
+        reason: String,
+        new_due_at: DateTime<Utc>,
+    },
+    OverdueFlagged {
+        due_at: DateTime<Utc>,
+    },
+    Ended {
+        outcome: EndOutcome,
+        step: String,
+    },
 }
 
 impl Event {

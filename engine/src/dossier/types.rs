@@ -26,7 +26,9 @@ pub enum OwnerIdKind {
 
 /// Why an owner identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a citizen ID (12 digits), a passport number or a tax code (10 digits, or 10-3)")]
+#[error(
+    "`{input}` is not a citizen ID (12 digits), a passport number or a tax code (10 digits, or 10-3)"
+)]
 pub struct OwnerIdError {
     pub input: String,
 }
@@ -42,7 +44,8 @@ impl OwnerId {
         } else if s.len() == 14 && digits(&s[..10]) && &s[10..11] == "-" && digits(&s[11..]) {
             OwnerIdKind::TaxCode
         } else if (6..=9).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
             && s.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
             && s.bytes().any(|b| b.is_ascii_digit())
         {
@@ -230,7 +233,11 @@ impl Status {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
     /// A citizen or an organization's representative, acting for one owner.
-    Citizen { id: String, name: String, owner_id: OwnerId },
+    Citizen {
+        id: String,
+        name: String,
+        owner_id: OwnerId,
+    },
     /// An officer of one agency, with roles from the role catalog.
     Officer {
         id: String,
@@ -285,11 +292,31 @@ mod tests {
 
     #[test]
     fn owner_ids_are_parsed_by_shape() {
-        assert_eq!(OwnerId::parse("001099012345").unwrap().kind(), OwnerIdKind::CitizenId);
-        assert_eq!(OwnerId::parse("0101234567").unwrap().owner_type(), OwnerType::Organization);
-        assert_eq!(OwnerId::parse("0101234567-001").unwrap().kind(), OwnerIdKind::TaxCode);
-        assert_eq!(OwnerId::parse("C1234567").unwrap().kind(), OwnerIdKind::Passport);
-        for bad in ["", "12345", "00109901234x", "c1234567", "ABCDEFGH", "0101234567-01", "../etc"] {
+        assert_eq!(
+            OwnerId::parse("001099012345").unwrap().kind(),
+            OwnerIdKind::CitizenId
+        );
+        assert_eq!(
+            OwnerId::parse("0101234567").unwrap().owner_type(),
+            OwnerType::Organization
+        );
+        assert_eq!(
+            OwnerId::parse("0101234567-001").unwrap().kind(),
+            OwnerIdKind::TaxCode
+        );
+        assert_eq!(
+            OwnerId::parse("C1234567").unwrap().kind(),
+            OwnerIdKind::Passport
+        );
+        for bad in [
+            "",
+            "12345",
+            "00109901234x",
+            "c1234567",
+            "ABCDEFGH",
+            "0101234567-01",
+            "../etc",
+        ] {
             assert!(OwnerId::parse(bad).is_err(), "{bad}");
         }
     }

@@ -1,0 +1,776 @@
+//! The engine end to end on SQLite, through its public API, with the shipped procedures.
+
+use chrono::Duration;
+use engine::EngineError;
+use engine::dossier::{Command, CommandError, IncidentAction, Status};
+use serde_json::json;
+
+use crate::engine_support::*;
+
+#[tokio::test]
+async fn judicial_record_happy_path_from_filing_to_returned_result() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    assert!(
+        d.code.starts_with("000.00.01.H59-260302-"),
+        "dossier code per Circular 01/2018: {}",
+        d.code
+    );
+    assert_eq!(d.status, Status::Filed);
+    assert_eq!(d.status.code(), 1);
+    task_at(&d, "tiep_nhan");
+
+    let d = h.receive(&d.code).await;
+    assert_eq!(d.status, Status::Received);
+    // 10 working days from Monday 2 March 2026, 08:00 end on Monday 16 March, 08:00.
+    assert_eq!(
+        d.due_at.unwrap().to_rfc3339(),
+        "2026-03-16T01:00:00+00:00",
+        "due date counts 10 working days"
+    );
+    assert_eq!(d.notifications.len(), 1, "form 01 receipt");
+    let receipt = &d.notifications[0];
+    assert_eq!(receipt.template, "tiep_nhan");
+    assert!(receipt.subject.contains(&d.code), "{}", receipt.subject);
+    assert!(
+        receipt.body.contains("Nguyễn Văn An") && receipt.body.contains("Sở Tư pháp tỉnh Hưng Yên"),
+        "{}",
+        receipt.body
+    );
+    assert_eq!(receipt.recipient, "an@example.vn");
+
+    let claimed = h
+        .run(
+            &d.code,
+            &specialist(),
+            Command::ClaimTask {
+                task: task_at(&d, "tham_dinh"),
+            },
+        )
+        .await;
+    assert_eq!(claimed.status, Status::Processing);
+
+    let d = h.process_to_signed(&d.code).await;
+    assert_eq!(d.status, Status::Processed, "signed: đã xử lý xong");
+    assert_eq!(
+        h.khodl.keys().len(),
+        1,
+        "the result is saved to Kho DL once"
+    );
+    assert_eq!(d.notifications.last().unwrap().template, "ket_qua");
+    task_at(&d, "tra_ket_qua");
+
+    let d = h.run(&d.code, &desk(), Command::ReturnResult).await;
+    assert_eq!(d.status, Status::Returned);
+    h.drain().await;
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    assert_eq!(d.status, Status::Returned);
+    assert_eq!(d.status.code(), 10);
+    assert!(d.is_closed(), "the dossier ended: {:?}", d.tokens);
+    assert_eq!(
+        h.push.keys(),
+        vec![format!("{}/j5", d.code)],
+        "the result is pushed once with its idempotency key"
+    );
+    assert_eq!(
+        h.sync.keys().len(),
+        2,
+        "status synced when processed and when returned"
+    );
+    assert!(d.tasks.is_empty());
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn certificate_no_2_takes_the_other_branch_of_the_decision() {
+    let h = harness().await;
+    let d = h.file_lltp(2).await;
+    h.receive(&d.code).await;
+    h.complete(
+        &d.code,
+        &specialist(),
+        "tham_dinh",
+        None,
+        Some(json!({"co_an_tich": false, "can_xac_minh": false})),
+    )
+    .await;
+    h.complete(&d.code, &specialist(), "du_thao_phieu", None, None)
+        .await;
+    let d = h
+        .complete(&d.code, &head(), "duyet_phong", Some("approve"), None)
+        .await;
+    task_at(&d, "ky_phieu_so_2");
+    assert!(!d.tasks.values().any(|t| t.step == "ky_phieu_so_1"));
+}
+
+#[tokio::test]
+async fn verification_runs_in_parallel_and_joins() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    h.receive(&d.code).await;
+    let d = h
+        .complete(&d.code, &specialist(), "tham_dinh", None, Some(json!({"co_an_tich": false, "can_xac_minh": true, "ly_do_xac_minh": ["cu_tru_nhieu_noi"]})))
+        .await;
+    let police = d
+        .tasks
+        .values()
+        .find(|t| t.step == "xac_minh_cong_an")
+        .unwrap();
+    assert_eq!(police.agency, POLICE, "the police task goes to the police");
+    task_at(&d, "tra_cuu_toa_an");
+    assert_eq!(d.tokens.len(), 2);
+
+    // The police officer cannot see the court's task, and vice versa.
+    let police_officer = officer_at("police", POLICE, &["xac_minh"]);
+    let err = h
+        .engine
+        .execute(
+            &d.code,
+            None,
+            &police_officer,
+            &Command::ClaimTask {
+                task: task_at(&d, "tra_cuu_toa_an"),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "forbidden", "{err}");
+
+    let d = h
+        .complete(&d.code, &specialist(), "tra_cuu_toa_an", None, None)
+        .await;
+    assert!(
+        d.tasks.values().all(|t| t.step != "du_thao_phieu"),
+        "the join waits for the police"
+    );
+    let d = h
+        .complete(
+            &d.code,
+            &police_officer,
+            "xac_minh_cong_an",
+            None,
+            Some(json!({"co_thong_tin_an_tich": false, "so_van_ban_tra_loi": "12/CAT-PV06", "ngay_tra_loi": "2026-03-04"})),
+        )
+        .await;
+    task_at(&d, "du_thao_phieu");
+    assert_eq!(d.tokens.len(), 1);
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn a_supplement_request_pauses_the_clock() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    let d = h.receive(&d.code).await;
+    let due = d.due_at.unwrap();
+    let task = task_at(&d, "tham_dinh");
+    h.run(
+        &d.code,
+        &specialist(),
+        Command::ClaimTask { task: task.clone() },
+    )
+    .await;
+    h.clock.advance(Duration::hours(2));
+    let d = h
+        .run(
+            &d.code,
+            &specialist(),
+            Command::RequestSupplement {
+                reason: "Bản chụp CCCD không rõ".into(),
+                missing: vec!["giay_to_tuy_than".into()],
+            },
+        )
+        .await;
+    assert_eq!(d.status, Status::SupplementRequested);
+    assert_eq!(d.status.code(), 5);
+    h.drain().await;
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    let letter = d
+        .notifications
+        .iter()
+        .find(|n| n.template == "bo_sung")
+        .expect("form 02 sent");
+    assert!(
+        letter.body.contains("Bản chụp CCCD không rõ"),
+        "{}",
+        letter.body
+    );
+
+    // Nobody works on a dossier waiting for its owner.
+    let err = h
+        .engine
+        .execute(
+            &d.code,
+            None,
+            &specialist(),
+            &Command::CompleteTask {
+                task: task.clone(),
+                outcome: None,
+                data: Some(json!({"co_an_tich": false, "can_xac_minh": false})),
+                reason: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_state");
+
+    // The owner answers a week later (five working days).
+    h.clock.advance(Duration::days(7));
+    let d = h
+        .run(
+            &d.code,
+            &citizen(),
+            Command::Supplement {
+                data: Default::default(),
+                documents: vec![engine::dossier::DocumentRef {
+                    id: "doc-cccd".into(),
+                    component: "giay_to_tuy_than".into(),
+                    name: "CCCD".into(),
+                    kind: Some(engine::definition::DocumentKind::Copy),
+                    sha256: "a".repeat(64),
+                    size: 1024,
+                    content_type: "application/pdf".into(),
+                    provenance: None,
+                }],
+            },
+        )
+        .await;
+    assert_eq!(d.status, Status::Processing);
+    let new_due = d.due_at.unwrap();
+    assert_eq!(
+        h.engine.calendar().working_minutes_between(due, new_due),
+        5 * 8 * 60,
+        "the due date moves by the five working days spent waiting"
+    );
+    assert_eq!(d.supplement_rounds, 1);
+    h.complete(
+        &d.code,
+        &specialist(),
+        "tham_dinh",
+        None,
+        Some(json!({"co_an_tich": false, "can_xac_minh": false})),
+    )
+    .await;
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn refusal_at_reception_ends_not_received_with_a_letter() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    let d = h
+        .run(
+            &d.code,
+            &desk(),
+            Command::RefuseReception {
+                reason: "Không thuộc thẩm quyền giải quyết".into(),
+            },
+        )
+        .await;
+    h.drain().await;
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    assert_eq!(d.status, Status::NotReceived);
+    assert_eq!(d.status.code(), 3);
+    assert!(d.is_closed());
+    let letter = d
+        .notifications
+        .iter()
+        .find(|n| n.template == "tu_choi")
+        .expect("form 03 sent");
+    assert!(
+        letter.body.contains("Không thuộc thẩm quyền giải quyết"),
+        "{}",
+        letter.body
+    );
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn the_owner_withdraws_and_open_tasks_close() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    let d = h.receive(&d.code).await;
+    let d = h
+        .run(
+            &d.code,
+            &citizen(),
+            Command::Withdraw {
+                reason: "Không còn nhu cầu".into(),
+            },
+        )
+        .await;
+    assert_eq!(d.status, Status::Withdrawn);
+    assert_eq!(d.status.code(), 7);
+    assert!(d.tasks.is_empty());
+    let rows = h
+        .engine
+        .store()
+        .worklist(AGENCY, &["chuyen_vien".into()], None, 50, 0)
+        .await
+        .unwrap();
+    assert!(
+        rows.iter().all(|r| r.dossier_code != d.code),
+        "no task is left on the worklist"
+    );
+    let err = h
+        .engine
+        .execute(
+            &d.code,
+            None,
+            &citizen(),
+            &Command::Withdraw {
+                reason: "again".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_state");
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn an_overdue_dossier_gets_its_apology_letter_then_a_flag() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    let d = h.receive(&d.code).await;
+    let due = d.due_at.unwrap();
+
+    assert!(
+        h.engine.scan_overdue().await.unwrap().apologies.is_empty(),
+        "too early"
+    );
+    // Less than one working day before the due date.
+    h.clock.set(due - Duration::hours(23));
+    let scan = h.engine.scan_overdue().await.unwrap();
+    assert_eq!(scan.apologies, vec![d.code.clone()]);
+    h.drain().await;
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    assert!(d.apology_sent);
+    assert!(d.promised_at.unwrap() > due);
+    let letter = d
+        .notifications
+        .iter()
+        .find(|n| n.template == "xin_loi")
+        .expect("form 04 sent");
+    assert!(letter.body.contains(&d.code));
+    assert!(!d.overdue);
+
+    h.clock.set(due + Duration::hours(1));
+    let scan = h.engine.scan_overdue().await.unwrap();
+    assert_eq!(scan.flagged, vec![d.code.clone()]);
+    assert!(scan.apologies.is_empty(), "one letter per dossier");
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    assert!(d.overdue);
+    let overdue = h
+        .engine
+        .store()
+        .search(&engine::store::DossierQuery {
+            agency: Some(AGENCY.into()),
+            overdue_at: Some(h.engine.now()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(overdue.len(), 1);
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn a_hook_failing_twice_then_succeeding_is_retried_with_backoff() {
+    let h = harness().await;
+    h.sync.fail_first(2);
+    let d = h.file_lltp(1).await;
+    h.receive(&d.code).await;
+    let d = h.process_to_signed(&d.code).await;
+    // The first attempt failed; the retry waits for its backoff.
+    let job = d
+        .jobs
+        .values()
+        .find(|j| j.call == "portal.sync_dossier")
+        .unwrap()
+        .clone();
+    assert_eq!(job.attempts, 1);
+    assert!(job.run_at > h.engine.now());
+    h.clock.advance(Duration::seconds(10));
+    h.drain().await;
+    h.clock.advance(Duration::seconds(20));
+    h.drain().await;
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    let job = &d.jobs[&job.id];
+    assert_eq!(job.attempts, 3);
+    assert_eq!(job.state, engine::dossier::JobState::Done);
+    let keys = h.sync.keys();
+    assert_eq!(keys.len(), 3);
+    assert!(
+        keys.iter().all(|k| k == &keys[0]),
+        "every attempt carries the same idempotency key"
+    );
+    task_at(&d, "tra_ket_qua");
+    assert!(h.engine.store().open_incidents().await.unwrap().is_empty());
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn a_hook_failing_for_good_opens_an_incident_an_administrator_retries() {
+    let h = harness().await;
+    *h.khodl.fail_always.lock().unwrap() = true;
+    let d = h.file_lltp(1).await;
+    h.receive(&d.code).await;
+    let d = h.process_to_signed(&d.code).await;
+    for _ in 0..20 {
+        h.clock.advance(Duration::minutes(30));
+        h.drain().await;
+    }
+    let incidents = h.engine.store().open_incidents().await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0].dossier_code, d.code);
+    assert!(incidents[0].error.contains("khodl.save unavailable"));
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    assert_eq!(
+        d.jobs[&incidents[0].job_id].attempts, 5,
+        "the default policy makes five attempts"
+    );
+    assert!(d.tasks.is_empty(), "the dossier waits on the incident");
+
+    // Only an administrator resolves it.
+    let cmd = Command::ResolveIncident {
+        incident: incidents[0].incident_id.clone(),
+        action: IncidentAction::Retry,
+        note: Some("Kho DL đã hoạt động lại".into()),
+    };
+    let err = h
+        .engine
+        .execute(&d.code, None, &desk(), &cmd)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "forbidden");
+    *h.khodl.fail_always.lock().unwrap() = false;
+    h.run(&d.code, &admin(), cmd).await;
+    h.drain().await;
+    let d = h.engine.dossier(&d.code).await.unwrap();
+    assert!(h.engine.store().open_incidents().await.unwrap().is_empty());
+    task_at(&d, "tra_ket_qua");
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn two_concurrent_completions_of_one_task_one_wins_one_conflicts() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    let d = h.receive(&d.code).await;
+    let task = task_at(&d, "tham_dinh");
+    let cmd = Command::CompleteTask {
+        task,
+        outcome: None,
+        data: Some(json!({"co_an_tich": false, "can_xac_minh": false})),
+        reason: None,
+    };
+    let a = officer("a", &["chuyen_vien"]);
+    let b = officer("b", &["chuyen_vien"]);
+    let (ra, rb) = tokio::join!(
+        h.engine.execute(&d.code, Some(d.seq), &a, &cmd),
+        h.engine.execute(&d.code, Some(d.seq), &b, &cmd)
+    );
+    let outcomes = [ra.is_ok(), rb.is_ok()];
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "{ra:?} {rb:?}"
+    );
+    let err = ra.err().or(rb.err()).unwrap();
+    match err {
+        EngineError::Conflict {
+            current, expected, ..
+        } => {
+            assert_eq!(expected, d.seq);
+            assert!(current > d.seq);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let after = h.engine.dossier(&d.code).await.unwrap();
+    assert_eq!(
+        after
+            .tasks
+            .values()
+            .filter(|t| t.step == "du_thao_phieu")
+            .count(),
+        1,
+        "the task was completed once"
+    );
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_typed_error_and_changes_nothing() {
+    let h = harness().await;
+    let mut filing = lltp_filing(1);
+    filing.procedure_code = "9.999999".into();
+    let err = h.engine.file(&citizen(), &filing).await.unwrap_err();
+    assert!(matches!(err, EngineError::UnknownProcedure(_)), "{err:?}");
+
+    let mut filing = lltp_filing(1);
+    let form = filing.data.get_mut("to_khai").unwrap();
+    form["ngay_sinh"] = json!(19900517);
+    form["loai_phieu"] = json!(3);
+    form.as_object_mut().unwrap().remove("ho_ten");
+    let err = h.engine.file(&citizen(), &filing).await.unwrap_err();
+    let EngineError::Command(CommandError::InvalidForm { violations }) = &err else {
+        panic!("{err:?}")
+    };
+    let paths: Vec<&str> = violations.iter().map(|v| v.path.as_str()).collect();
+    assert!(
+        paths.contains(&"/ngay_sinh") && paths.contains(&"/loai_phieu") && paths.contains(&""),
+        "{violations:?}"
+    );
+    assert!(
+        violations.iter().any(|v| v.message.contains("ho_ten")),
+        "{violations:?}"
+    );
+
+    // Someone else's identity.
+    let mut filing = lltp_filing(1);
+    filing.owner.id = engine::dossier::OwnerId::parse("079088001234").unwrap();
+    assert_eq!(
+        h.engine.file(&citizen(), &filing).await.unwrap_err().code(),
+        "forbidden"
+    );
+
+    let d = h.file_lltp(1).await;
+    assert!(
+        d.code.ends_with("-0001"),
+        "refused filings spend no dossier number: {}",
+        d.code
+    );
+    let before = h.engine.store().events(&d.code).await.unwrap();
+
+    let wrong_role = h
+        .engine
+        .execute(&d.code, None, &specialist(), &Command::Receive)
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_role.code(), "forbidden", "{wrong_role}");
+    let other_agency = officer_at("x", "000.00.02.H59", &["mot_cua"]);
+    assert_eq!(
+        h.engine
+            .execute(&d.code, None, &other_agency, &Command::Receive)
+            .await
+            .unwrap_err()
+            .code(),
+        "forbidden"
+    );
+    let wrong_state = h
+        .engine
+        .execute(&d.code, None, &desk(), &Command::ReturnResult)
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_state.code(), "invalid_state");
+    let bad_outcome = h
+        .engine
+        .execute(
+            &d.code,
+            None,
+            &desk(),
+            &Command::CompleteTask {
+                task: task_at(&d, "tiep_nhan"),
+                outcome: Some("maybe".into()),
+                data: None,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad_outcome.code(), "invalid_input");
+    assert!(bad_outcome.to_string().contains("accept"), "{bad_outcome}");
+    let auditor = engine::dossier::Actor::Auditor {
+        id: "au".into(),
+        name: "Kiểm toán".into(),
+    };
+    assert_eq!(
+        h.engine
+            .execute(&d.code, None, &auditor, &Command::Receive)
+            .await
+            .unwrap_err()
+            .code(),
+        "forbidden"
+    );
+    let system_only = h
+        .engine
+        .execute(&d.code, None, &desk(), &Command::FlagOverdue)
+        .await
+        .unwrap_err();
+    assert_eq!(system_only.code(), "forbidden");
+    assert!(matches!(
+        h.engine
+            .dossier("000.00.01.H59-260302-9999")
+            .await
+            .unwrap_err(),
+        EngineError::DossierNotFound(_)
+    ));
+
+    assert_eq!(
+        h.engine.store().events(&d.code).await.unwrap(),
+        before,
+        "nothing was stored"
+    );
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn in_person_filing_checks_documents_at_reception() {
+    let h = harness().await;
+    let mut filing = lltp_filing(1);
+    filing.channel = engine::dossier::Channel::InPerson;
+    assert_eq!(
+        h.engine.file(&citizen(), &filing).await.unwrap_err().code(),
+        "forbidden",
+        "citizens file online"
+    );
+    let d = h.engine.file(&desk(), &filing).await.unwrap();
+    let err = h
+        .engine
+        .execute(&d.code, None, &desk(), &Command::Receive)
+        .await
+        .unwrap_err();
+    let EngineError::Command(CommandError::MissingComponents { components }) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        components,
+        &vec!["giay_to_tuy_than".to_owned()],
+        "the ID copy is required at the desk"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_filings_get_distinct_sequential_codes() {
+    let h = harness().await;
+    let mut handles = Vec::new();
+    for _ in 0..12 {
+        let engine = h.engine.clone();
+        handles.push(tokio::spawn(async move {
+            engine.file(&citizen(), &lltp_filing(1)).await.unwrap().code
+        }));
+    }
+    let mut codes = Vec::new();
+    for handle in handles {
+        codes.push(handle.await.unwrap());
+    }
+    codes.sort();
+    let expected: Vec<String> = (1..=12)
+        .map(|n| format!("{AGENCY}-260302-{n:04}"))
+        .collect();
+    assert_eq!(codes, expected);
+}
+
+#[tokio::test]
+async fn a_new_version_leaves_running_dossiers_on_theirs() {
+    let h = harness().await;
+    let old = h.file_lltp(1).await;
+    let loader = engine::definition::Loader::new(engine::definition::LoaderConfig::at_root(
+        &crate::support::repo_root(),
+    ))
+    .unwrap();
+    let path = crate::support::repo_root().join("procedures/cap-phieu-lltp.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("version: 1", "version: 2")
+        .replace(
+            "processing_time: { working_days: 10 }",
+            "processing_time: { working_days: 8 }",
+        );
+    let (v2, _) = loader.load_str(&path, &text).unwrap();
+    assert!(matches!(
+        h.engine.deploy(&v2).await.unwrap(),
+        engine::engine::Deployed::New { version: 2, .. }
+    ));
+    // Redeploying the same text is a no-op; different text under a deployed version is refused.
+    assert!(matches!(
+        h.engine.deploy(&v2).await.unwrap(),
+        engine::engine::Deployed::Unchanged { .. }
+    ));
+    let (changed, _) = loader
+        .load_str(&path, &text.replace("working_days: 8", "working_days: 9"))
+        .unwrap();
+    assert_eq!(
+        h.engine.deploy(&changed).await.unwrap_err().code(),
+        "invalid_definition"
+    );
+
+    let new = h.file_lltp(1).await;
+    assert_eq!(old.procedure_version, 1);
+    assert_eq!(new.procedure_version, 2);
+    let old = h.receive(&old.code).await;
+    let new = h.receive(&new.code).await;
+    assert_eq!(
+        h.engine
+            .calendar()
+            .working_minutes_between(old.received_at.unwrap(), old.due_at.unwrap()),
+        10 * 480
+    );
+    assert_eq!(
+        h.engine
+            .calendar()
+            .working_minutes_between(new.received_at.unwrap(), new.due_at.unwrap()),
+        8 * 480
+    );
+
+    // After a restart the engine still runs each dossier on its own version.
+    drop(h.engine);
+    let engine = open_engine(&h.dir, h.clock.clone()).await;
+    assert_eq!(
+        engine
+            .procedure("2.000488", None)
+            .unwrap()
+            .procedure()
+            .version,
+        2
+    );
+    assert_eq!(
+        engine.dossier(&old.code).await.unwrap().procedure_version,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_job_committed_before_a_crash_runs_exactly_once_after_restart() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    // Reception commits the receipt notification job; the process dies before any worker runs.
+    h.run(&d.code, &desk(), Command::Receive).await;
+    let Harness {
+        engine, dir, clock, ..
+    } = h;
+    drop(engine);
+
+    let engine = open_engine(&dir, clock.clone()).await;
+    attach_recorders(&engine);
+    // A worker claims the job and dies mid-way: its lease keeps others off until it expires.
+    let claimed = engine
+        .store()
+        .claim_due_jobs(engine.now(), 10, chrono::Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    drop(engine);
+
+    let engine = open_engine(&dir, clock.clone()).await;
+    attach_recorders(&engine);
+    assert_eq!(
+        engine.drain_jobs().await.unwrap().claimed,
+        0,
+        "the dead worker's lease still holds"
+    );
+    clock.advance(Duration::seconds(61));
+    let report = engine.drain_jobs().await.unwrap();
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(engine.drain_jobs().await.unwrap().claimed, 0);
+    let d = engine.dossier(&d.code).await.unwrap();
+    assert_eq!(
+        d.notifications.len(),
+        1,
+        "the receipt went out exactly once"
+    );
+    let replay = engine.replay(&d.code).await.unwrap();
+    assert!(replay.matches, "{:?}", replay.differences);
+}
