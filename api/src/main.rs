@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use engine::definition::LoaderConfig;
 
 mod definitions;
+mod history;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,9 @@ struct Cli {
     /// Folder that form schema paths are relative to (default: ROOT/schemas).
     #[arg(long, global = true, env = "TTHC_SCHEMAS")]
     schemas: Option<PathBuf>,
+    /// The database: `sqlite://PATH` (created when missing).
+    #[arg(long, global = true, env = "TTHC_DATABASE_URL", default_value = "sqlite://tthc.db")]
+    database: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +47,37 @@ enum Command {
         #[arg(long)]
         version: Option<u32>,
     },
+    /// Auditors' checks on the stored history.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print a dossier's timeline and rebuild its state from events, checking it equals the
+    /// stored read models. Calls no external system.
+    Replay {
+        /// Dossier code, e.g. 000.00.01.H59-260302-0001.
+        code: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of every dossier (or one), naming the first altered event.
+    Verify {
+        #[arg(long)]
+        dossier: Option<String>,
+    },
+}
+
+/// Opens the engine on the configured database, read for auditing.
+async fn open_engine(cli_root: &std::path::Path, database: &str) -> anyhow::Result<engine::Engine> {
+    let config = engine::EngineConfig::new(database, cli_root.join("procedures").join("templates"));
+    let calendar = engine::calendar::Calendar::default_vietnam()?;
+    Ok(engine::Engine::open(config, calendar, engine::Clock::System).await?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn main() -> ExitCode {
@@ -56,6 +91,20 @@ fn main() -> ExitCode {
             definitions::validate(&cli.root, config, &paths, strict)
         }
         Command::Show { code, version } => definitions::show(&cli.root, config, &code, version),
+        Command::Audit {
+            command: AuditCommand::Verify { dossier },
+        } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let engine = open_engine(&cli.root, &cli.database).await?;
+                history::verify(&engine, dossier.as_deref()).await
+            })
+        }),
+        Command::Replay { code } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let engine = open_engine(&cli.root, &cli.database).await?;
+                history::replay(&engine, &code).await
+            })
+        }),
     };
     match result {
         Ok(code) => code,
