@@ -6,8 +6,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use engine::definition::LoaderConfig;
 
+mod auth;
+mod config;
 mod definitions;
 mod history;
+mod metrics;
+mod problem;
+mod routes;
+mod server;
+mod views;
 
 #[derive(Parser)]
 #[command(
@@ -23,9 +30,9 @@ struct Cli {
     /// Folder that form schema paths are relative to (default: ROOT/schemas).
     #[arg(long, global = true, env = "TTHC_SCHEMAS")]
     schemas: Option<PathBuf>,
-    /// The database: `sqlite://PATH` (created when missing).
-    #[arg(long, global = true, env = "TTHC_DATABASE_URL", default_value = "sqlite://tthc.db")]
-    database: String,
+    /// The database: `sqlite://PATH` (created when missing; default sqlite://tthc.db).
+    #[arg(long, global = true, env = "TTHC_DATABASE_URL")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +53,39 @@ enum Command {
         /// A version other than the newest.
         #[arg(long)]
         version: Option<u32>,
+    },
+    /// Run the HTTP API and the background worker on the embedded database (the main job).
+    Serve {
+        /// YAML configuration file (default: tthc.yaml when present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Mint a bearer token for development and tests, signed with the server's HS256 secret.
+    Token {
+        #[arg(long, value_enum)]
+        kind: auth::UserKind,
+        /// The user's id.
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated roles (officers).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Agency code (officers).
+        #[arg(long)]
+        agency: Option<String>,
+        /// Owner identifier the citizen acts for.
+        #[arg(long)]
+        owner_id: Option<String>,
+        /// Lifetime in minutes.
+        #[arg(long, default_value_t = 480)]
+        ttl_minutes: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Auditors' checks on the stored history.
     Audit {
@@ -76,12 +116,49 @@ async fn open_engine(cli_root: &std::path::Path, database: &str) -> anyhow::Resu
     Ok(engine::Engine::open(config, calendar, engine::Clock::System).await?)
 }
 
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    root: PathBuf,
+    database: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut c = config::ServeConfig::load(config.as_deref())?;
+    if let Some(l) = listen {
+        c.listen = l;
+    }
+    if let Some(d) = database {
+        c.database_url = d;
+    }
+    if root != std::path::Path::new(".") {
+        c.root = root;
+    }
+    init_tracing(&c.log_format);
+    runtime()?.block_on(server::serve(c, engine::Clock::System))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let database = cli.database.clone().unwrap_or_else(|| "sqlite://tthc.db".to_owned());
     let mut config = LoaderConfig::at_root(&cli.root);
     if let Some(s) = cli.schemas {
         config.schemas_dir = s;
@@ -95,13 +172,36 @@ fn main() -> ExitCode {
             command: AuditCommand::Verify { dossier },
         } => runtime().and_then(|rt| {
             rt.block_on(async {
-                let engine = open_engine(&cli.root, &cli.database).await?;
+                let engine = open_engine(&cli.root, &database).await?;
                 history::verify(&engine, dossier.as_deref()).await
             })
         }),
+        Command::Serve { config, listen } => serve(config, listen, cli.root.clone(), cli.database.clone()),
+        Command::Token {
+            kind,
+            sub,
+            name,
+            roles,
+            agency,
+            owner_id,
+            ttl_minutes,
+            config,
+        } => config::ServeConfig::load(config.as_deref()).and_then(|c| {
+            let claims = auth::claims(
+                kind,
+                &sub,
+                name.as_deref().unwrap_or(&sub),
+                roles,
+                agency,
+                owner_id,
+                chrono::Duration::minutes(ttl_minutes),
+            );
+            println!("{}", auth::mint(&c.secret()?, &claims)?);
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Replay { code } => runtime().and_then(|rt| {
             rt.block_on(async {
-                let engine = open_engine(&cli.root, &cli.database).await?;
+                let engine = open_engine(&cli.root, &database).await?;
                 history::replay(&engine, &code).await
             })
         }),

@@ -744,3 +744,82 @@ impl Engine {
         self.agency_name(code)
     }
 }
+
+/// Schedules of the engine's background work.
+#[derive(Debug, Clone)]
+pub struct Background {
+    /// When the overdue scan runs (cron, seconds first, in the calendar's time zone).
+    pub overdue_scan: cron::Schedule,
+    /// The longest an idle worker sleeps before looking for due jobs again.
+    pub poll: std::time::Duration,
+}
+
+impl Background {
+    /// Parses a cron expression (`sec min hour day month weekday [year]`).
+    pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
+        use std::str::FromStr;
+        cron::Schedule::from_str(expr).map_err(|e| format!("invalid cron schedule `{expr}`: {e}"))
+    }
+}
+
+impl Engine {
+    /// Runs the job worker and the overdue scan until `shutdown` turns true. A job being run
+    /// when shutdown comes is finished first, so its outcome is recorded.
+    pub async fn run_background(&self, background: Background, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let worker = {
+            let engine = self.clone();
+            let mut shutdown = shutdown.clone();
+            let poll = background.poll;
+            async move {
+                loop {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                    let idle = match engine.run_due_jobs(32).await {
+                        Ok(r) => r.claimed == 0,
+                        Err(e) => {
+                            tracing::error!(error = %e, "worker pass failed");
+                            true
+                        }
+                    };
+                    if idle {
+                        let wait = match engine.store().next_job_at().await {
+                            Ok(Some(at)) => (at - engine.now()).to_std().unwrap_or_default().min(poll),
+                            _ => poll,
+                        };
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait.max(std::time::Duration::from_millis(20))) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                }
+            }
+        };
+        let scanner = {
+            let engine = self.clone();
+            let schedule = background.overdue_scan.clone();
+            async move {
+                let tz = engine.calendar().timezone();
+                loop {
+                    let now = engine.now().with_timezone(&tz);
+                    let Some(next) = schedule.after(&now).next() else {
+                        break;
+                    };
+                    let wait = (next.with_timezone(&Utc) - engine.now()).to_std().unwrap_or_default();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                    match engine.scan_overdue().await {
+                        Ok(r) => tracing::info!(apologies = r.apologies.len(), flagged = r.flagged.len(), "overdue scan"),
+                        Err(e) => tracing::error!(error = %e, "overdue scan failed"),
+                    }
+                }
+            }
+        };
+        tokio::join!(worker, scanner);
+    }
+}

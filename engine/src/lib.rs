@@ -7,6 +7,7 @@ pub mod definition;
 pub mod dossier;
 pub mod engine;
 pub mod notify;
+pub mod portal;
 pub mod runtime;
 pub mod store;
 

@@ -982,3 +982,77 @@ fn notification_row(r: &sqlx::sqlite::SqliteRow) -> Result<NotificationRow, Stor
         created_at: from_micros(r.try_get("created_at")?),
     })
 }
+
+/// A remembered answer to a request with an Idempotency-Key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RememberedResponse {
+    pub scope: String,
+    pub request_hash: String,
+    pub status: u16,
+    pub body: String,
+}
+
+impl Store {
+    pub async fn recall_response(&self, actor_id: &str, key: &str) -> Result<Option<RememberedResponse>, StoreError> {
+        let row: Option<(String, String, i64, String)> = sqlx::query_as(
+            "SELECT scope, request_hash, status, body FROM idempotency_keys WHERE actor_id = ? AND key = ?",
+        )
+        .bind(actor_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(scope, request_hash, status, body)| RememberedResponse {
+            scope,
+            request_hash,
+            status: u16::try_from(status).unwrap_or(500),
+            body,
+        }))
+    }
+
+    /// Keeps the first answer for a key; a concurrent duplicate keeps the one stored first.
+    pub async fn remember_response(
+        &self,
+        actor_id: &str,
+        key: &str,
+        response: &RememberedResponse,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (actor_id, key, scope, request_hash, status, body, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (actor_id, key) DO NOTHING",
+        )
+        .bind(actor_id)
+        .bind(key)
+        .bind(&response.scope)
+        .bind(&response.request_hash)
+        .bind(i64::from(response.status))
+        .bind(&response.body)
+        .bind(micros(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts for metrics: pending jobs, open incidents, open dossiers past due at `now`.
+    pub async fn gauges(&self, now: DateTime<Utc>) -> Result<(i64, i64, i64), StoreError> {
+        let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        let incidents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE resolution IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        let overdue: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM dossiers WHERE closed = 0 AND status NOT IN (9, 10) AND due_at IS NOT NULL AND due_at < ?",
+        )
+        .bind(micros(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((jobs, incidents, overdue))
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

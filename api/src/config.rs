@@ -1,0 +1,163 @@
+//! Configuration of `tthc serve`: defaults that run on a fresh machine, an optional YAML file
+//! (`--config`, or `tthc.yaml` in the working directory), then environment variables.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH`.
+    pub database_url: String,
+    /// Holds `procedures/` (definitions, catalog, templates, calendar) and `schemas/`.
+    pub root: PathBuf,
+    /// Deploy the definitions under ROOT/procedures when starting.
+    pub deploy_on_start: bool,
+    /// HS256 secret for bearer tokens; when neither this nor `jwt_public_key_file` is set, a
+    /// development secret is kept in `.tthc/jwt-secret` (created on first start).
+    pub jwt_secret: Option<String>,
+    /// PEM file of the RS256 public key that verifies tokens issued elsewhere.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Cron schedule of the overdue scan (seconds first), in Asia/Ho_Chi_Minh.
+    pub overdue_scan: String,
+    /// Longest sleep of an idle job worker, in milliseconds.
+    pub job_poll_ms: u64,
+    /// Largest JSON body accepted.
+    pub body_limit_bytes: usize,
+    /// Largest uploaded document.
+    pub upload_limit_bytes: usize,
+    /// Where uploaded documents are kept (content-addressed).
+    pub blobs_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Agency names by code, for notifications.
+    pub agencies: BTreeMap<String, String>,
+    /// Extra holiday files merged into the shipped calendar.
+    pub holiday_files: Vec<PathBuf>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://tthc.db".into(),
+            root: PathBuf::from("."),
+            deploy_on_start: true,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            overdue_scan: "0 0 7 * * Mon-Fri".into(),
+            job_poll_ms: 1000,
+            body_limit_bytes: 1024 * 1024,
+            upload_limit_bytes: 20 * 1024 * 1024,
+            blobs_dir: PathBuf::from("data/blobs"),
+            log_format: "text".into(),
+            agencies: BTreeMap::new(),
+            holiday_files: Vec::new(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Defaults, then the file (explicit, or `tthc.yaml` when present), then `TTHC_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<ServeConfig> {
+        let default_file = Path::new("tthc.yaml");
+        let file = match file {
+            Some(f) => Some(f.to_path_buf()),
+            None if default_file.exists() => Some(default_file.to_path_buf()),
+            None => None,
+        };
+        let mut config = match &file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+                serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+            }
+            None => ServeConfig::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("TTHC_LISTEN") {
+            self.listen = v.parse().with_context(|| format!("TTHC_LISTEN={v}"))?;
+        }
+        if let Some(v) = get("TTHC_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = get("TTHC_ROOT") {
+            self.root = v.into();
+        }
+        if let Some(v) = get("TTHC_JWT_SECRET") {
+            self.jwt_secret = Some(v);
+        }
+        if let Some(v) = get("TTHC_JWT_PUBLIC_KEY_FILE") {
+            self.jwt_public_key_file = Some(v.into());
+        }
+        if let Some(v) = get("TTHC_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        if let Some(v) = get("TTHC_BLOBS_DIR") {
+            self.blobs_dir = v.into();
+        }
+        if let Some(v) = get("TTHC_OVERDUE_SCAN") {
+            self.overdue_scan = v;
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be `text` or `json`, not `{}`", self.log_format);
+        }
+        Ok(())
+    }
+
+    /// The HS256 secret: configured, or the development secret file (created when missing).
+    pub fn secret(&self) -> Result<Vec<u8>> {
+        if let Some(s) = &self.jwt_secret {
+            if s.len() < 32 {
+                bail!("jwt_secret must be at least 32 characters");
+            }
+            return Ok(s.as_bytes().to_vec());
+        }
+        dev_secret()
+    }
+}
+
+/// The development secret in `.tthc/jwt-secret`, shared by `tthc serve` and `tthc token`.
+pub fn dev_secret() -> Result<Vec<u8>> {
+    let path = Path::new(".tthc").join("jwt-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if s.len() >= 32 {
+            return Ok(s.as_bytes().to_vec());
+        }
+    }
+    std::fs::create_dir_all(".tthc")?;
+    let bytes: [u8; 32] = rand::random();
+    let secret = hex::encode(bytes);
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c = ServeConfig::default();
+        c.apply_env(|k| match k {
+            "TTHC_LISTEN" => Some("127.0.0.1:9999".into()),
+            "TTHC_LOG_FORMAT" => Some("json".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.log_format, "json");
+        let mut c = ServeConfig::default();
+        assert!(c.apply_env(|k| (k == "TTHC_LOG_FORMAT").then(|| "xml".into())).is_err());
+    }
+}

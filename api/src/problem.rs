@@ -1,0 +1,181 @@
+//! Errors as RFC 9457 problem details (`application/problem+json`) with stable codes.
+//! Every error the API returns is built here, so codes and statuses stay consistent.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use engine::EngineError;
+use engine::dossier::CommandError;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A problem detail. `code` is stable: clients branch on it, not on `title` or `detail`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    /// Field-level problems: `pointer` is a JSON pointer into the request body.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// On a conflict: the dossier's current event number, to re-read and retry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub extra: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldError {
+    pub pointer: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError(pub Problem);
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> ApiError {
+        ApiError(Problem {
+            kind: format!("https://tthc.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code: code.to_owned(),
+            errors: Vec::new(),
+            current_seq: None,
+            extra: None,
+        })
+    }
+
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> ApiError {
+        self.0.errors = errors;
+        self
+    }
+
+    pub fn unauthenticated(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unprocessable(code: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %detail, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; it was logged")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(self.0)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let detail = e.to_string();
+        match e {
+            EngineError::Command(c) => command_error(c),
+            EngineError::Conflict { current, .. } => {
+                let mut p = ApiError::new(StatusCode::CONFLICT, "conflict", detail);
+                p.0.current_seq = Some(current);
+                p
+            }
+            EngineError::DossierNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "dossier_not_found", detail),
+            EngineError::UnknownProcedure(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_procedure", detail)
+            }
+            EngineError::Definition(_) => ApiError::unprocessable("invalid_definition", detail),
+            EngineError::Store(s) => ApiError::internal(s),
+        }
+    }
+}
+
+fn command_error(c: CommandError) -> ApiError {
+    let detail = c.to_string();
+    let code = c.code();
+    match c {
+        CommandError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, code, detail),
+        CommandError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, code, detail),
+        CommandError::InvalidState { .. } | CommandError::StaleJob { .. } => {
+            ApiError::new(StatusCode::CONFLICT, code, detail)
+        }
+        CommandError::InvalidForm { violations } => ApiError::unprocessable(code, detail).with_errors(
+            violations
+                .into_iter()
+                .map(|v| FieldError {
+                    pointer: format!("/data/{}{}", v.form, v.path),
+                    message: v.message,
+                })
+                .collect(),
+        ),
+        CommandError::MissingComponents { components } => ApiError::unprocessable(code, detail).with_errors(
+            components
+                .into_iter()
+                .map(|c| FieldError {
+                    pointer: format!("/components/{c}"),
+                    message: "required component is missing".into(),
+                })
+                .collect(),
+        ),
+        CommandError::InvalidInput { .. } => ApiError::unprocessable(code, detail),
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        match r {
+            JsonRejection::JsonDataError(e) => ApiError::unprocessable("invalid_body", body_text(&e.body_text())),
+            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_body", body_text(&e.body_text())),
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
+            }
+            other => ApiError::bad_request("malformed_body", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::bad_request("invalid_query", r.body_text())
+    }
+}
+
+/// axum's messages name Rust types; keep the part a client can act on.
+fn body_text(s: &str) -> String {
+    s.replace("Failed to deserialize the JSON body into the target type: ", "")
+        .replace("Failed to parse the request body as JSON: ", "")
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

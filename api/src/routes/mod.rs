@@ -1,0 +1,122 @@
+//! HTTP routes, grouped by who calls them. Handlers parse, check who may call, build an
+//! engine command, run it and answer; the rules themselves live in the engine.
+
+pub mod admin;
+pub mod audit;
+pub mod dossiers;
+pub mod system;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use engine::dossier::Dossier;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Caller, UserKind};
+use crate::problem::{ApiError, ApiResult};
+use crate::server::AppState;
+
+/// Whether the caller may read the dossier: its owner, an officer of its agency or holding one
+/// of its tasks, an auditor, an administrator.
+pub fn can_read(caller: &Caller, d: &Dossier) -> bool {
+    match caller.kind() {
+        UserKind::Citizen => caller.claims.owner_id.as_deref() == Some(d.owner.id.as_str()),
+        UserKind::Officer => {
+            let agency = caller.agency().unwrap_or_default();
+            agency == d.agency_code || d.tasks.values().any(|t| t.agency == agency)
+        }
+        UserKind::Auditor | UserKind::Admin => true,
+    }
+}
+
+pub async fn readable_dossier(state: &AppState, caller: &Caller, code: &str) -> ApiResult<Dossier> {
+    let d = state.engine.dossier(code).await?;
+    if !can_read(caller, &d) {
+        return Err(ApiError::forbidden(format!("you may not see dossier {code}")));
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    /// At most this many items (1–200, default 50).
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+impl Paging {
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(50).clamp(1, 200)
+    }
+    pub fn offset(&self) -> u32 {
+        self.offset.unwrap_or(0)
+    }
+}
+
+/// Runs `create` once per Idempotency-Key (per caller): a repeated request with the same key
+/// and body gets the first answer; the same key with another body is refused.
+pub async fn idempotent<F, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &axum::http::HeaderMap,
+    scope: &str,
+    body: &serde_json::Value,
+    create: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
+{
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().unwrap_or_default().trim();
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters"));
+            }
+            Some(k.to_owned())
+        }
+    };
+    let hash = hex::encode(Sha256::digest(format!("{scope}\n{body}").as_bytes()));
+    let store = state.engine.store();
+    if let Some(k) = &key {
+        if let Some(r) = store.recall_response(caller.actor.id(), k).await.map_err(ApiError::internal)? {
+            if r.request_hash != hash {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for a different request",
+                ));
+            }
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+            let value: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            let mut response = (status, Json(value)).into_response();
+            response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+    }
+    let (status, value) = create().await?;
+    if let Some(k) = &key {
+        let remembered = engine::store::RememberedResponse {
+            scope: scope.to_owned(),
+            request_hash: hash,
+            status: status.as_u16(),
+            body: value.to_string(),
+        };
+        store
+            .remember_response(caller.actor.id(), k, &remembered, state.engine.now())
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    Ok((status, Json(value)).into_response())
+}
+
+/// A dossier answer with its version in `ETag`, for `If-Match` on the next command.
+pub fn dossier_response(status: StatusCode, d: &Dossier) -> Response {
+    let mut r = (status, Json(crate::views::DossierView::of(d))).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{}\"", d.seq)) {
+        r.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    r
+}

@@ -1,0 +1,211 @@
+//! `tthc serve`: the HTTP API (axum) over the engine, with its background worker.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::{Json, Router};
+use engine::calendar::Calendar;
+use engine::definition::{Loader, LoaderConfig};
+use engine::engine::Background;
+use engine::{Clock, Engine, EngineConfig};
+use serde::de::DeserializeOwned;
+use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::Verifier;
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::problem::ApiError;
+use crate::routes;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub verifier: Verifier,
+    pub loader: LoaderConfig,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A JSON body whose rejections are problem details.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(Body(v))
+    }
+}
+
+/// The version the caller acted on, from `If-Match: "SEQ"`.
+pub fn expected_seq(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or_default().trim().trim_start_matches("W/").trim_matches('"');
+    s.parse()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match must be the dossier's seq, e.g. \"12\""))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tthc", description = "Process engine for Vietnamese administrative procedures: the HTTP API for officers, citizens, administrators and auditors."),
+    components(schemas(crate::problem::Problem)),
+    modifiers(&SecurityAddon)
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The router and the OpenAPI document, built from the same route registrations.
+pub fn app(state: AppState, body_limit: usize) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::system::router())
+        .merge(routes::admin::router())
+        .merge(routes::dossiers::router())
+        .merge(routes::audit::router())
+        .split_for_parts();
+    let doc = api.clone();
+    let router = router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .with_state(state);
+    (router, api)
+}
+
+/// Counts requests and their latency by route, and logs each.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let elapsed = start.elapsed();
+    state.metrics.observe(method.as_str(), &route, response.status().as_u16(), elapsed);
+    tracing::info!(method = %method, route = %route, status = response.status().as_u16(), micros = elapsed.as_micros() as u64, "request");
+    response
+}
+
+/// Starts the engine and serves until Ctrl-C or SIGTERM, then finishes in-flight requests
+/// and jobs before exiting.
+pub async fn serve(config: ServeConfig, clock: Clock) -> Result<()> {
+    let (router, state, background) = build(&config, clock).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("tthc listening on http://{addr} (database {})", config.database_url);
+    tracing::info!(%addr, "listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let engine = state.engine.clone();
+        tokio::spawn(async move { engine.run_background(background, stop_rx).await })
+    };
+    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopping: finishing background jobs");
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Opens the engine, deploys the definitions, and builds the router.
+pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppState, Background)> {
+    let mut calendar = Calendar::default_vietnam()?;
+    for f in &config.holiday_files {
+        calendar.merge(Calendar::load(f)?);
+    }
+    let mut engine_config = EngineConfig::new(&config.database_url, config.root.join("procedures").join("templates"));
+    engine_config.agencies = config.agencies.clone();
+    let engine = Engine::open(engine_config, calendar, clock).await?;
+    let loader = LoaderConfig::at_root(&config.root);
+    if config.deploy_on_start {
+        let l = Loader::new(loader.clone()).map_err(|d| {
+            anyhow::anyhow!(
+                "the catalog has errors:\n{}",
+                d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        let report = l.load_paths(&[config.root.join("procedures")]);
+        for d in report.diagnostics.iter().filter(|d| d.is_error()) {
+            tracing::warn!(diagnostic = %d, "definition not deployed");
+        }
+        for d in &report.definitions {
+            match engine.deploy(d).await {
+                Ok(engine::engine::Deployed::New { code, version }) => tracing::info!(%code, version, "procedure deployed"),
+                Ok(engine::engine::Deployed::Unchanged { code, version }) => tracing::debug!(%code, version, "procedure already deployed"),
+                Err(e) => tracing::warn!(code = %d.procedure.code, error = %e, "definition not deployed"),
+            }
+        }
+    }
+    let verifier = match &config.jwt_public_key_file {
+        Some(f) => Verifier::rs256(&std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?,
+        None => Verifier::hs256(&config.secret()?),
+    };
+    let state = AppState {
+        engine,
+        verifier,
+        loader,
+        metrics: Arc::new(Metrics::new()),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let (router, _) = app(state.clone(), config.body_limit_bytes);
+    let background = Background {
+        overdue_scan: Background::parse_schedule(&config.overdue_scan).map_err(anyhow::Error::msg)?,
+        poll: std::time::Duration::from_millis(config.job_poll_ms),
+    };
+    Ok((router, state, background))
+}

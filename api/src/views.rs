@@ -1,0 +1,440 @@
+//! Wire types of the API. Engine types stay inside; these are what clients see and send.
+
+use chrono::{DateTime, Utc};
+use engine::dossier::{Dossier, EventRecord, Task};
+use engine::store::{DossierRow, IncidentRow, NotificationRow, TaskRow};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusView {
+    /// Portal status code (TrangThaiHoSo), 1–10.
+    pub code: u8,
+    pub label: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OwnerView {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentView {
+    pub id: String,
+    pub component: String,
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    #[schema(value_type = Object)]
+    pub provenance: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    pub dossier_code: String,
+    pub task_id: String,
+    pub step: String,
+    pub name: String,
+    pub role: String,
+    pub agency_code: String,
+    pub claimed_by: Option<String>,
+    pub opened_at: DateTime<Utc>,
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+impl TaskView {
+    pub fn of(code: &str, t: &Task) -> TaskView {
+        TaskView {
+            dossier_code: code.to_owned(),
+            task_id: t.id.clone(),
+            step: t.step.clone(),
+            name: t.name.clone(),
+            role: t.role.clone(),
+            agency_code: t.agency.clone(),
+            claimed_by: t.claimed_by.clone(),
+            opened_at: t.opened_at,
+            due_at: t.due_at,
+        }
+    }
+}
+
+impl From<TaskRow> for TaskView {
+    fn from(t: TaskRow) -> TaskView {
+        TaskView {
+            dossier_code: t.dossier_code,
+            task_id: t.task_id,
+            step: t.step,
+            name: t.name,
+            role: t.role,
+            agency_code: t.agency_code,
+            claimed_by: t.claimed_by,
+            opened_at: t.opened_at,
+            due_at: t.due_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PauseView {
+    pub since: DateTime<Utc>,
+    pub missing: Vec<String>,
+}
+
+/// A dossier as its readers see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DossierView {
+    pub code: String,
+    pub procedure_code: String,
+    pub procedure_version: u32,
+    pub procedure_name: String,
+    pub agency_code: String,
+    pub owner: OwnerView,
+    pub channel: String,
+    pub status: StatusView,
+    /// The dossier's event number: send it back in `If-Match` to act on this version.
+    pub seq: u64,
+    pub filed_at: DateTime<Utc>,
+    pub received_at: Option<DateTime<Utc>>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub promised_at: Option<DateTime<Utc>>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub returned_at: Option<DateTime<Utc>>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub overdue: bool,
+    pub paused: Option<PauseView>,
+    pub supplement_rounds: u32,
+    pub reason: Option<String>,
+    /// Form data by component or task id.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub documents: Vec<DocumentView>,
+    pub tasks: Vec<TaskView>,
+    pub signed_results: Vec<String>,
+}
+
+impl DossierView {
+    pub fn of(d: &Dossier) -> DossierView {
+        DossierView {
+            code: d.code.clone(),
+            procedure_code: d.procedure_code.clone(),
+            procedure_version: d.procedure_version,
+            procedure_name: d.procedure_name.clone(),
+            agency_code: d.agency_code.clone(),
+            owner: OwnerView {
+                id: d.owner.id.to_string(),
+                name: d.owner.name.clone(),
+            },
+            channel: d.channel.as_str().to_owned(),
+            status: StatusView {
+                code: d.status.code(),
+                label: d.status.label().to_owned(),
+            },
+            seq: d.seq,
+            filed_at: d.filed_at,
+            received_at: d.received_at,
+            due_at: d.due_at,
+            promised_at: d.promised_at,
+            processed_at: d.processed_at,
+            returned_at: d.returned_at,
+            closed_at: d.closed_at,
+            outcome: d.end.map(|e| e.label().to_owned()),
+            overdue: d.overdue,
+            paused: d.paused.as_ref().map(|p| PauseView {
+                since: p.since,
+                missing: p.missing.clone(),
+            }),
+            supplement_rounds: d.supplement_rounds,
+            reason: d.reason.clone(),
+            data: Value::Object(d.data.clone().into_iter().collect()),
+            documents: d
+                .documents
+                .iter()
+                .map(|x| DocumentView {
+                    id: x.id.clone(),
+                    component: x.component.clone(),
+                    name: x.name.clone(),
+                    sha256: x.sha256.clone(),
+                    size: x.size,
+                    content_type: x.content_type.clone(),
+                    provenance: x.provenance.clone(),
+                })
+                .collect(),
+            tasks: d.tasks.values().map(|t| TaskView::of(&d.code, t)).collect(),
+            signed_results: d.signatures.iter().map(|s| s.result_code.clone()).collect(),
+        }
+    }
+}
+
+/// One line of a dossier list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DossierSummary {
+    pub code: String,
+    pub procedure_code: String,
+    pub agency_code: String,
+    pub owner_id: String,
+    pub owner_name: String,
+    pub status: u8,
+    pub filed_at: DateTime<Utc>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub overdue: bool,
+    pub closed: bool,
+}
+
+impl From<DossierRow> for DossierSummary {
+    fn from(r: DossierRow) -> DossierSummary {
+        DossierSummary {
+            code: r.code,
+            procedure_code: r.procedure_code,
+            agency_code: r.agency_code,
+            owner_id: r.owner_id,
+            owner_name: r.owner_name,
+            status: r.status,
+            filed_at: r.filed_at,
+            due_at: r.due_at,
+            overdue: r.overdue,
+            closed: r.closed,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub actor_id: String,
+    pub actor_name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub summary: String,
+    pub step: Option<String>,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl EventView {
+    pub fn of(e: &EventRecord) -> EventView {
+        EventView {
+            seq: e.seq,
+            at: e.at,
+            actor_id: e.actor_id.clone(),
+            actor_name: e.actor_name.clone(),
+            kind: e.event.type_name(),
+            summary: e.event.summary(),
+            step: e.event.step().map(str::to_owned),
+            payload: serde_json::to_value(&e.event).unwrap_or_default(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationView {
+    pub id: String,
+    pub template: String,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<NotificationRow> for NotificationView {
+    fn from(n: NotificationRow) -> NotificationView {
+        NotificationView {
+            id: n.notification_id,
+            template: n.template,
+            recipient: n.recipient,
+            subject: n.subject,
+            body: n.body,
+            created_at: n.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IncidentView {
+    pub dossier_code: String,
+    pub incident_id: String,
+    pub job_id: String,
+    pub error: String,
+    pub opened_at: DateTime<Utc>,
+    pub resolution: Option<String>,
+}
+
+impl From<IncidentRow> for IncidentView {
+    fn from(i: IncidentRow) -> IncidentView {
+        IncidentView {
+            dossier_code: i.dossier_code,
+            incident_id: i.incident_id,
+            job_id: i.job_id,
+            error: i.error,
+            opened_at: i.opened_at,
+            resolution: i.resolution,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayView {
+    pub events: usize,
+    pub matches: bool,
+    pub differences: Vec<String>,
+    pub status: StatusView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyView {
+    pub intact: bool,
+    pub dossiers: u64,
+    pub events: u64,
+    pub breaks: Vec<BreakView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakView {
+    pub dossier: String,
+    pub seq: u64,
+    pub problem: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcedureView {
+    pub code: String,
+    pub version: u32,
+    pub name: String,
+    pub agency_level: String,
+    pub field: String,
+    pub processing_time: String,
+    /// The definition as deployed (the typed model, as JSON).
+    #[schema(value_type = Object)]
+    pub definition: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiagnosticView {
+    pub line: u64,
+    pub column: u64,
+    pub severity: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeployView {
+    pub code: String,
+    pub version: u32,
+    /// `deployed`, or `unchanged` when that version was already deployed with the same text.
+    pub result: String,
+    pub warnings: Vec<DiagnosticView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidateView {
+    pub valid: bool,
+    pub diagnostics: Vec<DiagnosticView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HolidayView {
+    pub date: chrono::NaiveDate,
+    pub name: String,
+}
+
+// Requests.
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerInput {
+    /// 12-digit citizen ID, passport number, or tax code.
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileRequest {
+    pub procedure_code: String,
+    pub agency_code: String,
+    /// Citizens file for themselves: leave out, or give their own identifier. Officers at the
+    /// desk name the owner.
+    #[serde(default)]
+    pub owner: Option<OwnerInput>,
+    /// `online` (citizens), `in_person` or `postal` (officers).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Form data by component id.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    #[serde(default)]
+    pub outcome: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SupplementRequestBody {
+    pub reason: String,
+    /// Component ids the owner must provide.
+    #[serde(default)]
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SupplementBody {
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentBody {
+    pub fee_code: String,
+    pub amount_vnd: u64,
+    #[serde(default)]
+    pub receipt: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignBody {
+    pub result_code: String,
+    #[serde(default)]
+    pub number: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveBody {
+    /// `retry` runs the hook again; `skip` treats it as done and moves on.
+    pub action: String,
+    #[serde(default)]
+    pub note: Option<String>,
+}
