@@ -75,9 +75,11 @@ impl Verifier {
         jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => {
-                    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token_expired", "the token has expired")
-                }
+                ErrorKind::ExpiredSignature => ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    "the token has expired",
+                ),
                 _ => ApiError::new(
                     axum::http::StatusCode::UNAUTHORIZED,
                     "invalid_token",
@@ -137,7 +139,11 @@ impl Caller {
         } else {
             Err(ApiError::forbidden(format!(
                 "this needs one of: {}",
-                kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect::<Vec<_>>().join(", ")
+                kinds
+                    .iter()
+                    .map(|k| format!("{k:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )))
         }
     }
@@ -148,10 +154,19 @@ impl Caller {
 }
 
 fn actor_of(c: &Claims) -> Result<Actor, ApiError> {
-    let bad = |m: &str| ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "invalid_token", m.to_owned());
+    let bad = |m: &str| {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            m.to_owned(),
+        )
+    };
     Ok(match c.kind {
         UserKind::Citizen => {
-            let raw = c.owner_id.as_deref().ok_or_else(|| bad("a citizen token needs `owner_id`"))?;
+            let raw = c
+                .owner_id
+                .as_deref()
+                .ok_or_else(|| bad("a citizen token needs `owner_id`"))?;
             let owner_id = OwnerId::parse(raw).map_err(|e| bad(&e.to_string()))?;
             Actor::Citizen {
                 id: c.sub.clone(),
@@ -162,7 +177,10 @@ fn actor_of(c: &Claims) -> Result<Actor, ApiError> {
         UserKind::Officer => Actor::Officer {
             id: c.sub.clone(),
             name: c.name.clone(),
-            agency: c.agency.clone().ok_or_else(|| bad("an officer token needs `agency`"))?,
+            agency: c
+                .agency
+                .clone()
+                .ok_or_else(|| bad("an officer token needs `agency`"))?,
             roles: c.roles.clone(),
         },
         UserKind::Admin => Actor::Admin {
@@ -179,7 +197,10 @@ fn actor_of(c: &Claims) -> Result<Actor, ApiError> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -187,9 +208,9 @@ impl FromRequestParts<AppState> for Caller {
         let value = header
             .to_str()
             .map_err(|_| ApiError::unauthenticated("the Authorization header is not text"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer TOKEN`"))?;
+        let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be `Bearer TOKEN`")
+        })?;
         let claims = state.verifier.verify(token.trim())?;
         let actor = actor_of(&claims)?;
         Ok(Caller { claims, actor })

@@ -74,8 +74,10 @@ impl ServeConfig {
         };
         let mut config = match &file {
             Some(f) => {
-                let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-                serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                serde_saphyr::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
             }
             None => ServeConfig::default(),
         };
@@ -109,7 +111,10 @@ impl ServeConfig {
             self.overdue_scan = v;
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            bail!("log_format must be `text` or `json`, not `{}`", self.log_format);
+            bail!(
+                "log_format must be `text` or `json`, not `{}`",
+                self.log_format
+            );
         }
         Ok(())
     }
@@ -158,6 +163,9 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.log_format, "json");
         let mut c = ServeConfig::default();
-        assert!(c.apply_env(|k| (k == "TTHC_LOG_FORMAT").then(|| "xml".into())).is_err());
+        assert!(
+            c.apply_env(|k| (k == "TTHC_LOG_FORMAT").then(|| "xml".into()))
+                .is_err()
+        );
     }
 }

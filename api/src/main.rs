@@ -6,15 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use engine::definition::LoaderConfig;
 
-mod auth;
-mod config;
-mod definitions;
-mod history;
-mod metrics;
-mod problem;
-mod routes;
-mod server;
-mod views;
+use tthc_api::{auth, config, definitions, history, server};
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +84,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run a simulator of the national portal's contract (docs/portal-api.md) for tests and
+    /// demos, with fault injection; prints the address it listens on.
+    PortalSim(tthc_api::portal_sim::Args),
     /// Print a dossier's timeline and rebuild its state from events, checking it equals the
     /// stored read models. Calls no external system.
     Replay {
@@ -153,12 +148,17 @@ fn init_tracing(format: &str) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let database = cli.database.clone().unwrap_or_else(|| "sqlite://tthc.db".to_owned());
+    let database = cli
+        .database
+        .clone()
+        .unwrap_or_else(|| "sqlite://tthc.db".to_owned());
     let mut config = LoaderConfig::at_root(&cli.root);
     if let Some(s) = cli.schemas {
         config.schemas_dir = s;
@@ -176,7 +176,9 @@ fn main() -> ExitCode {
                 history::verify(&engine, dossier.as_deref()).await
             })
         }),
-        Command::Serve { config, listen } => serve(config, listen, cli.root.clone(), cli.database.clone()),
+        Command::Serve { config, listen } => {
+            serve(config, listen, cli.root.clone(), cli.database.clone())
+        }
         Command::Token {
             kind,
             sub,
@@ -199,6 +201,9 @@ fn main() -> ExitCode {
             println!("{}", auth::mint(&c.secret()?, &claims)?);
             Ok(ExitCode::SUCCESS)
         }),
+        Command::PortalSim(args) => {
+            runtime().and_then(|rt| rt.block_on(tthc_api::portal_sim::run(args)))
+        }
         Command::Replay { code } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let engine = open_engine(&cli.root, &database).await?;

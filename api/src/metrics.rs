@@ -41,11 +41,31 @@ impl Metrics {
         let jobs_pending = Gauge::default();
         let incidents_open = Gauge::default();
         let dossiers_overdue = Gauge::default();
-        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
-        registry.register("jobs_pending", "Hook and timer jobs waiting to run", jobs_pending.clone());
-        registry.register("incidents_open", "Incidents waiting for an administrator", incidents_open.clone());
-        registry.register("dossiers_overdue", "Open dossiers past their due date", dossiers_overdue.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "jobs_pending",
+            "Hook and timer jobs waiting to run",
+            jobs_pending.clone(),
+        );
+        registry.register(
+            "incidents_open",
+            "Incidents waiting for an administrator",
+            incidents_open.clone(),
+        );
+        registry.register(
+            "dossiers_overdue",
+            "Open dossiers past their due date",
+            dossiers_overdue.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -65,7 +85,9 @@ impl Metrics {
             })
             .inc();
         self.latency
-            .get_or_create(&RouteLabels { route: route.to_owned() })
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 

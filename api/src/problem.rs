@@ -38,11 +38,11 @@ pub struct FieldError {
 }
 
 #[derive(Debug)]
-pub struct ApiError(pub Problem);
+pub struct ApiError(pub Box<Problem>);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> ApiError {
-        ApiError(Problem {
+        ApiError(Box::new(Problem {
             kind: format!("https://tthc.dev/problems/{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
@@ -51,7 +51,7 @@ impl ApiError {
             errors: Vec::new(),
             current_seq: None,
             extra: None,
-        })
+        }))
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> ApiError {
@@ -81,14 +81,19 @@ impl ApiError {
 
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; it was logged")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it was logged",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, Json(self.0)).into_response();
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(*self.0)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -107,10 +112,14 @@ impl From<EngineError> for ApiError {
                 p.0.current_seq = Some(current);
                 p
             }
-            EngineError::DossierNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "dossier_not_found", detail),
-            EngineError::UnknownProcedure(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_procedure", detail)
+            EngineError::DossierNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "dossier_not_found", detail)
             }
+            EngineError::UnknownProcedure(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_procedure",
+                detail,
+            ),
             EngineError::Definition(_) => ApiError::unprocessable("invalid_definition", detail),
             EngineError::Store(s) => ApiError::internal(s),
         }
@@ -126,24 +135,26 @@ fn command_error(c: CommandError) -> ApiError {
         CommandError::InvalidState { .. } | CommandError::StaleJob { .. } => {
             ApiError::new(StatusCode::CONFLICT, code, detail)
         }
-        CommandError::InvalidForm { violations } => ApiError::unprocessable(code, detail).with_errors(
-            violations
-                .into_iter()
-                .map(|v| FieldError {
-                    pointer: format!("/data/{}{}", v.form, v.path),
-                    message: v.message,
-                })
-                .collect(),
-        ),
-        CommandError::MissingComponents { components } => ApiError::unprocessable(code, detail).with_errors(
-            components
-                .into_iter()
-                .map(|c| FieldError {
-                    pointer: format!("/components/{c}"),
-                    message: "required component is missing".into(),
-                })
-                .collect(),
-        ),
+        CommandError::InvalidForm { violations } => ApiError::unprocessable(code, detail)
+            .with_errors(
+                violations
+                    .into_iter()
+                    .map(|v| FieldError {
+                        pointer: format!("/data/{}{}", v.form, v.path),
+                        message: v.message,
+                    })
+                    .collect(),
+            ),
+        CommandError::MissingComponents { components } => ApiError::unprocessable(code, detail)
+            .with_errors(
+                components
+                    .into_iter()
+                    .map(|c| FieldError {
+                        pointer: format!("/components/{c}"),
+                        message: "required component is missing".into(),
+                    })
+                    .collect(),
+            ),
         CommandError::InvalidInput { .. } => ApiError::unprocessable(code, detail),
     }
 }
@@ -151,15 +162,23 @@ fn command_error(c: CommandError) -> ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
         match r {
-            JsonRejection::JsonDataError(e) => ApiError::unprocessable("invalid_body", body_text(&e.body_text())),
-            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_body", body_text(&e.body_text())),
+            JsonRejection::JsonDataError(e) => {
+                ApiError::unprocessable("invalid_body", body_text(&e.body_text()))
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::bad_request("malformed_body", body_text(&e.body_text()))
+            }
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send JSON with `Content-Type: application/json`",
             ),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is too large",
+                )
             }
             other => ApiError::bad_request("malformed_body", other.body_text()),
         }
@@ -174,8 +193,11 @@ impl From<QueryRejection> for ApiError {
 
 /// axum's messages name Rust types; keep the part a client can act on.
 fn body_text(s: &str) -> String {
-    s.replace("Failed to deserialize the JSON body into the target type: ", "")
-        .replace("Failed to parse the request body as JSON: ", "")
+    s.replace(
+        "Failed to deserialize the JSON body into the target type: ",
+        "",
+    )
+    .replace("Failed to parse the request body as JSON: ", "")
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

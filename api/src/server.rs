@@ -50,10 +50,18 @@ pub fn expected_seq(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v.to_str().unwrap_or_default().trim().trim_start_matches("W/").trim_matches('"');
-    s.parse()
-        .map(Some)
-        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match must be the dossier's seq, e.g. \"12\""))
+    let s = v
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"');
+    s.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_if_match",
+            "If-Match must be the dossier's seq, e.g. \"12\"",
+        )
+    })
 }
 
 #[derive(OpenApi)]
@@ -72,7 +80,12 @@ impl utoipa::Modify for SecurityAddon {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }
@@ -97,8 +110,33 @@ pub fn app(state: AppState, body_limit: usize) -> (Router, utoipa::openapi::Open
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(middleware::from_fn(problemize))
         .with_state(state);
     (router, api)
+}
+
+/// Turns error answers made outside the handlers (body limit, unknown method) into problem
+/// details like every other error.
+async fn problemize(request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    if !status.is_client_error() && !status.is_server_error() || is_json {
+        return response;
+    }
+    let (code, detail) = match status.as_u16() {
+        413 => ("body_too_large", "the request body is too large"),
+        405 => ("method_not_allowed", "this route does not take that method"),
+        415 => ("unsupported_media_type", "unsupported content type"),
+        400 => ("bad_request", "the request could not be read"),
+        _ => ("error", "the request failed"),
+    };
+    ApiError::new(status, code, detail).into_response()
 }
 
 /// Counts requests and their latency by route, and logs each.
@@ -111,7 +149,9 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let elapsed = start.elapsed();
-    state.metrics.observe(method.as_str(), &route, response.status().as_u16(), elapsed);
+    state
+        .metrics
+        .observe(method.as_str(), &route, response.status().as_u16(), elapsed);
     tracing::info!(method = %method, route = %route, status = response.status().as_u16(), micros = elapsed.as_micros() as u64, "request");
     response
 }
@@ -124,7 +164,10 @@ pub async fn serve(config: ServeConfig, clock: Clock) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    println!("tthc listening on http://{addr} (database {})", config.database_url);
+    println!(
+        "tthc listening on http://{addr} (database {})",
+        config.database_url
+    );
     tracing::info!(%addr, "listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = {
@@ -168,7 +211,10 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     for f in &config.holiday_files {
         calendar.merge(Calendar::load(f)?);
     }
-    let mut engine_config = EngineConfig::new(&config.database_url, config.root.join("procedures").join("templates"));
+    let mut engine_config = EngineConfig::new(
+        &config.database_url,
+        config.root.join("procedures").join("templates"),
+    );
     engine_config.agencies = config.agencies.clone();
     let engine = Engine::open(engine_config, calendar, clock).await?;
     let loader = LoaderConfig::at_root(&config.root);
@@ -176,7 +222,10 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         let l = Loader::new(loader.clone()).map_err(|d| {
             anyhow::anyhow!(
                 "the catalog has errors:\n{}",
-                d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n")
+                d.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             )
         })?;
         let report = l.load_paths(&[config.root.join("procedures")]);
@@ -185,14 +234,22 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         }
         for d in &report.definitions {
             match engine.deploy(d).await {
-                Ok(engine::engine::Deployed::New { code, version }) => tracing::info!(%code, version, "procedure deployed"),
-                Ok(engine::engine::Deployed::Unchanged { code, version }) => tracing::debug!(%code, version, "procedure already deployed"),
-                Err(e) => tracing::warn!(code = %d.procedure.code, error = %e, "definition not deployed"),
+                Ok(engine::engine::Deployed::New { code, version }) => {
+                    tracing::info!(%code, version, "procedure deployed")
+                }
+                Ok(engine::engine::Deployed::Unchanged { code, version }) => {
+                    tracing::debug!(%code, version, "procedure already deployed")
+                }
+                Err(e) => {
+                    tracing::warn!(code = %d.procedure.code, error = %e, "definition not deployed")
+                }
             }
         }
     }
     let verifier = match &config.jwt_public_key_file {
-        Some(f) => Verifier::rs256(&std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?,
+        Some(f) => {
+            Verifier::rs256(&std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?
+        }
         None => Verifier::hs256(&config.secret()?),
     };
     let state = AppState {
@@ -204,7 +261,8 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     };
     let (router, _) = app(state.clone(), config.body_limit_bytes);
     let background = Background {
-        overdue_scan: Background::parse_schedule(&config.overdue_scan).map_err(anyhow::Error::msg)?,
+        overdue_scan: Background::parse_schedule(&config.overdue_scan)
+            .map_err(anyhow::Error::msg)?,
         poll: std::time::Duration::from_millis(config.job_poll_ms),
     };
     Ok((router, state, background))

@@ -435,14 +435,14 @@ impl Engine {
         loop {
             attempts += 1;
             let state = self.dossier(code).await?;
-            if let Some(expected) = expected_seq {
-                if expected != state.seq {
-                    return Err(EngineError::Conflict {
-                        code: code.to_owned(),
-                        expected,
-                        current: state.seq,
-                    });
-                }
+            if let Some(expected) = expected_seq
+                && expected != state.seq
+            {
+                return Err(EngineError::Conflict {
+                    code: code.to_owned(),
+                    expected,
+                    current: state.seq,
+                });
             }
             let procedure = self.procedure_of(&state)?;
             let now = self.now();
@@ -765,7 +765,11 @@ impl Background {
 impl Engine {
     /// Runs the job worker and the overdue scan until `shutdown` turns true. A job being run
     /// when shutdown comes is finished first, so its outcome is recorded.
-    pub async fn run_background(&self, background: Background, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_background(
+        &self,
+        background: Background,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let worker = {
             let engine = self.clone();
             let mut shutdown = shutdown.clone();
@@ -784,7 +788,9 @@ impl Engine {
                     };
                     if idle {
                         let wait = match engine.store().next_job_at().await {
-                            Ok(Some(at)) => (at - engine.now()).to_std().unwrap_or_default().min(poll),
+                            Ok(Some(at)) => {
+                                (at - engine.now()).to_std().unwrap_or_default().min(poll)
+                            }
                             _ => poll,
                         };
                         tokio::select! {
@@ -805,7 +811,9 @@ impl Engine {
                     let Some(next) = schedule.after(&now).next() else {
                         break;
                     };
-                    let wait = (next.with_timezone(&Utc) - engine.now()).to_std().unwrap_or_default();
+                    let wait = (next.with_timezone(&Utc) - engine.now())
+                        .to_std()
+                        .unwrap_or_default();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => {}
@@ -814,7 +822,11 @@ impl Engine {
                         break;
                     }
                     match engine.scan_overdue().await {
-                        Ok(r) => tracing::info!(apologies = r.apologies.len(), flagged = r.flagged.len(), "overdue scan"),
+                        Ok(r) => tracing::info!(
+                            apologies = r.apologies.len(),
+                            flagged = r.flagged.len(),
+                            "overdue scan"
+                        ),
                         Err(e) => tracing::error!(error = %e, "overdue scan failed"),
                     }
                 }

@@ -6,9 +6,11 @@ pub mod calendar;
 pub mod definition;
 pub mod dossier;
 pub mod engine;
+pub mod khodl;
 pub mod notify;
 pub mod portal;
 pub mod runtime;
+pub mod signing;
 pub mod store;
 
 pub use engine::{Clock, Engine, EngineConfig, EngineError, HookHandler, HookRequest};

@@ -308,7 +308,9 @@ pub mod wire {
 
 /// A time as the portal writes it: `yyyyMMddHHmmss` in Asia/Ho_Chi_Minh.
 pub fn portal_time(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Ho_Chi_Minh).format(TIME_FORMAT).to_string()
+    t.with_timezone(&Ho_Chi_Minh)
+        .format(TIME_FORMAT)
+        .to_string()
 }
 
 /// Reads a portal time back. `None` unless it is exactly 14 digits of a valid local time.
@@ -391,7 +393,10 @@ pub fn supplement_rounds(events: &[EventRecord], upto_seq: u64) -> Vec<wire::Sup
                 if let Some(d) = due_at {
                     due = Some(*d);
                 }
-                if let Some(open) = rounds.iter_mut().rev().find(|r| r.supplemented_at.is_none())
+                if let Some(open) = rounds
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.supplemented_at.is_none())
                 {
                     open.supplemented_at = Some(portal_time(e.at));
                     open.due_after = due.map(portal_time);
@@ -573,8 +578,7 @@ pub fn paper_metadata(
             .map(|doc| doc.content_type.clone())
             .unwrap_or_else(|| "application/octet-stream".to_owned()),
         note: signature.document.is_none().then(|| {
-            "the signed result has no electronic document: metadata only, empty content"
-                .to_owned()
+            "the signed result has no electronic document: metadata only, empty content".to_owned()
         }),
     }
 }
@@ -659,7 +663,9 @@ pub enum PortalError {
     },
     #[error("unexpected answer from the portal to {what}: {message}")]
     InvalidResponse { what: String, message: String },
-    #[error("content of paper {paper_id} from the portal does not match its hash: expected {expected}, got {actual}")]
+    #[error(
+        "content of paper {paper_id} from the portal does not match its hash: expected {expected}, got {actual}"
+    )]
     HashMismatch {
         paper_id: String,
         expected: String,
@@ -873,10 +879,10 @@ impl PortalClient {
     /// The current token, fetched when there is none or it is about to expire.
     async fn bearer(&self) -> Result<String, PortalError> {
         let mut slot = self.inner.token.lock().await;
-        if let Some(t) = slot.as_ref() {
-            if Instant::now() < t.refresh_at {
-                return Ok(t.value.clone());
-            }
+        if let Some(t) = slot.as_ref()
+            && Instant::now() < t.refresh_at
+        {
+            return Ok(t.value.clone());
         }
         let fresh = self.fetch_token().await?;
         // Refresh a little early (a tenth of the lifetime, at most 60 s), so a token does not
@@ -996,7 +1002,13 @@ impl PortalClient {
     pub async fn synced_dossier(&self, code: &str) -> Result<wire::SyncedDossier, PortalError> {
         let what = format!("GET /dossiers/{code}");
         let response = self
-            .call(Method::GET, self.url(&["dossiers", code]), &what, None, None)
+            .call(
+                Method::GET,
+                self.url(&["dossiers", code]),
+                &what,
+                None,
+                None,
+            )
             .await?;
         self.read_json(&what, response).await
     }
@@ -1224,7 +1236,9 @@ pub struct PortalPushHook {
 pub enum PushError {
     #[error("the content of {paper_id} (sha256 {sha256}) is not in the blob store")]
     MissingContent { paper_id: String, sha256: String },
-    #[error("the content of {paper_id} in the blob store does not match its hash: expected {expected}, got {actual}")]
+    #[error(
+        "the content of {paper_id} in the blob store does not match its hash: expected {expected}, got {actual}"
+    )]
     ContentMismatch {
         paper_id: String,
         expected: String,
@@ -1264,8 +1278,7 @@ impl PortalPushHook {
         index: usize,
         signature: &Signature,
     ) -> Result<wire::PushPaper, PushError> {
-        let validity =
-            result_validity(procedure, self.catalog.as_ref(), &signature.result_code);
+        let validity = result_validity(procedure, self.catalog.as_ref(), &signature.result_code);
         let metadata = paper_metadata(
             d,
             index,
@@ -1448,7 +1461,9 @@ mod tests {
         d.status = Status::Stopped;
         d.closed_at = Some(at(2026, 3, 4, 1, 0));
         assert_eq!(
-            sync_payload(&d, "", Vec::new(), None).finished_at.as_deref(),
+            sync_payload(&d, "", Vec::new(), None)
+                .finished_at
+                .as_deref(),
             Some("20260304080000")
         );
     }
@@ -1578,7 +1593,10 @@ mod tests {
         let permanent = paper_metadata(&d, 0, &d.signatures[0], Validity::Permanent, None, None);
         assert!(permanent.permanent);
         assert_eq!(permanent.valid_until, None);
-        assert_eq!(permanent.name, "KQ.LLTP.01", "no catalog: the code names it");
+        assert_eq!(
+            permanent.name, "KQ.LLTP.01",
+            "no catalog: the code names it"
+        );
         // Unknown results fall back to six months.
         assert_eq!(result_validity(None, None, "KQ.X"), DEFAULT_VALIDITY);
         // 31 August + 6 months ends on the last day of February.
@@ -1637,13 +1655,16 @@ mod tests {
         let HookOutcome::Failed { error } = failed("portal.x", "sync", &server) else {
             panic!("a failure")
         };
-        assert!(error.contains("503") && error.ends_with("(retryable)"), "{error}");
+        assert!(
+            error.contains("503") && error.ends_with("(retryable)"),
+            "{error}"
+        );
     }
 
     #[test]
     fn the_base_url_keeps_its_path_prefix_and_encodes_segments() {
-        let c = PortalClient::new(PortalConfig::new("http://127.0.0.1:9/adapter", "a", "b"))
-            .unwrap();
+        let c =
+            PortalClient::new(PortalConfig::new("http://127.0.0.1:9/adapter", "a", "b")).unwrap();
         assert_eq!(
             c.url(&["khodl", "papers", "a b/c"]).as_str(),
             "http://127.0.0.1:9/adapter/khodl/papers/a%20b%2Fc"

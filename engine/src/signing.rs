@@ -60,7 +60,9 @@ pub enum SigningError {
     InvalidDocumentHash(String),
     #[error("the signature covers document {signed}, not {given}")]
     DocumentMismatch { signed: String, given: String },
-    #[error("the metadata was changed after signing: it hashes to {given}, the signature covers {signed}")]
+    #[error(
+        "the metadata was changed after signing: it hashes to {given}, the signature covers {signed}"
+    )]
     MetadataMismatch { signed: String, given: String },
     #[error("the signature does not match: the document, metadata or signature was altered")]
     SignatureInvalid,
@@ -428,13 +430,14 @@ impl KeyRing {
             (SignerKind::Agency, &file.trusted.agencies),
         ] {
             for (id, public) in keys {
-                let key = VerifyingKey::from_bytes(&decode_32(kind, id, public)?).map_err(|_| {
-                    SigningError::InvalidKey {
-                        kind,
-                        id: id.clone(),
-                        reason: "not an Ed25519 public key".into(),
-                    }
-                })?;
+                let key =
+                    VerifyingKey::from_bytes(&decode_32(kind, id, public)?).map_err(|_| {
+                        SigningError::InvalidKey {
+                            kind,
+                            id: id.clone(),
+                            reason: "not an Ed25519 public key".into(),
+                        }
+                    })?;
                 ring.trust(kind, id, key)?;
             }
         }
@@ -444,7 +447,8 @@ impl KeyRing {
     /// Adds a signing key from its 32-byte seed (its public key is trusted too).
     pub fn add_seed(&mut self, kind: SignerKind, id: &str, seed: [u8; 32]) {
         let key = SigningKey::from_bytes(&seed);
-        self.public.insert((kind, id.to_owned()), key.verifying_key());
+        self.public
+            .insert((kind, id.to_owned()), key.verifying_key());
         self.signing.insert((kind, id.to_owned()), key);
     }
 
@@ -456,14 +460,14 @@ impl KeyRing {
         id: &str,
         key: VerifyingKey,
     ) -> Result<(), SigningError> {
-        if let Some(own) = self.signing.get(&(kind, id.to_owned())) {
-            if own.verifying_key() != key {
-                return Err(SigningError::InvalidKey {
-                    kind,
-                    id: id.to_owned(),
-                    reason: "a different signing key is already held for this signer".into(),
-                });
-            }
+        if let Some(own) = self.signing.get(&(kind, id.to_owned()))
+            && own.verifying_key() != key
+        {
+            return Err(SigningError::InvalidKey {
+                kind,
+                id: id.to_owned(),
+                reason: "a different signing key is already held for this signer".into(),
+            });
         }
         if key.is_weak() {
             return Err(SigningError::InvalidKey {
@@ -479,7 +483,10 @@ impl KeyRing {
     /// Fresh random keys for the given officers and agencies: for tests.
     pub fn generate_for_tests(officers: &[&str], agencies: &[&str]) -> KeyRing {
         let mut ring = KeyRing::new();
-        for (kind, ids) in [(SignerKind::Officer, officers), (SignerKind::Agency, agencies)] {
+        for (kind, ids) in [
+            (SignerKind::Officer, officers),
+            (SignerKind::Agency, agencies),
+        ] {
             for id in ids {
                 ring.add_seed(kind, id, rand::random::<[u8; 32]>());
             }
@@ -491,7 +498,10 @@ impl KeyRing {
     /// since anyone who knows the passphrase can sign.
     pub fn derived(passphrase: &str, officers: &[&str], agencies: &[&str]) -> KeyRing {
         let mut ring = KeyRing::new();
-        for (kind, ids) in [(SignerKind::Officer, officers), (SignerKind::Agency, agencies)] {
+        for (kind, ids) in [
+            (SignerKind::Officer, officers),
+            (SignerKind::Agency, agencies),
+        ] {
             for id in ids {
                 let mut h = Sha256::new();
                 // NUL separators keep ("a", "b c") and ("a b", "c") apart.
@@ -535,13 +545,12 @@ impl KeyRing {
         at: DateTime<Utc>,
     ) -> Result<SignatureRecord, SigningError> {
         checked_document(document_sha256)?;
-        let key = self
-            .signing
-            .get(&(kind, id.to_owned()))
-            .ok_or_else(|| SigningError::UnknownSigner {
+        let key = self.signing.get(&(kind, id.to_owned())).ok_or_else(|| {
+            SigningError::UnknownSigner {
                 kind,
                 id: id.to_owned(),
-            })?;
+            }
+        })?;
         // Microseconds, like the store: the time read back verifies exactly.
         let signed_at = DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at);
         let mut record = SignatureRecord {
@@ -665,7 +674,9 @@ impl KeyRing {
         metadata: &Value,
     ) -> Result<(), SigningError> {
         if records.is_empty() {
-            return Err(SigningError::Order("the document carries no signature".into()));
+            return Err(SigningError::Order(
+                "the document carries no signature".into(),
+            ));
         }
         let mut seen_seal = false;
         for (i, record) in records.iter().enumerate() {
@@ -752,7 +763,9 @@ pub fn verify_certified_copy(keys: &KeyRing, copy: &CertifiedCopy) -> Result<(),
         ));
     }
     let Some(original) = m.pointer("/copy_of/sha256").and_then(Value::as_str) else {
-        return Err(SigningError::NotACopy("the metadata names no original".into()));
+        return Err(SigningError::NotACopy(
+            "the metadata names no original".into(),
+        ));
     };
     let s = &copy.signature;
     if s.signer_kind != SignerKind::Agency
@@ -771,7 +784,9 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level_and_drops_whitespace() {
-        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"z": [1, {"y": 2, "x": "é"}], "c": null}}"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"z": [1, {"y": 2, "x": "é"}], "c": null}}"#)
+                .unwrap();
         assert_eq!(
             canonical_json(&a).unwrap(),
             r#"{"a":{"c":null,"z":[1,{"x":"é","y":2}]},"b":1}"#

@@ -663,8 +663,8 @@ impl Store {
             let hash: String = row.try_get("hash")?;
             let actor_id: String = row.try_get("actor_id")?;
             let actor_name: String = row.try_get("actor_name")?;
-            if let Some(v) = current.as_mut() {
-                if let Some(b) = v.next(
+            if let Some(v) = current.as_mut()
+                && let Some(b) = v.next(
                     u64::try_from(seq).unwrap_or(0),
                     from_micros(row.try_get("at")?),
                     &actor_id,
@@ -672,9 +672,9 @@ impl Store {
                     &payload,
                     &prev,
                     &hash,
-                ) {
-                    report.breaks.push(b);
-                }
+                )
+            {
+                report.breaks.push(b);
             }
         }
         // The stored head of each chain must be its last event: a truncated stream is a break.
@@ -993,7 +993,11 @@ pub struct RememberedResponse {
 }
 
 impl Store {
-    pub async fn recall_response(&self, actor_id: &str, key: &str) -> Result<Option<RememberedResponse>, StoreError> {
+    pub async fn recall_response(
+        &self,
+        actor_id: &str,
+        key: &str,
+    ) -> Result<Option<RememberedResponse>, StoreError> {
         let row: Option<(String, String, i64, String)> = sqlx::query_as(
             "SELECT scope, request_hash, status, body FROM idempotency_keys WHERE actor_id = ? AND key = ?",
         )
@@ -1001,12 +1005,14 @@ impl Store {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(scope, request_hash, status, body)| RememberedResponse {
-            scope,
-            request_hash,
-            status: u16::try_from(status).unwrap_or(500),
-            body,
-        }))
+        Ok(
+            row.map(|(scope, request_hash, status, body)| RememberedResponse {
+                scope,
+                request_hash,
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+            }),
+        )
     }
 
     /// Keeps the first answer for a key; a concurrent duplicate keeps the one stored first.
@@ -1038,9 +1044,10 @@ impl Store {
         let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'pending'")
             .fetch_one(&self.pool)
             .await?;
-        let incidents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE resolution IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
+        let incidents: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE resolution IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         let overdue: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM dossiers WHERE closed = 0 AND status NOT IN (9, 10) AND due_at IS NOT NULL AND due_at < ?",
         )

@@ -785,13 +785,25 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
 
     let out = crate::support::tthc(&["--database", &url, "audit", "verify"]);
     assert!(out.status.success(), "{}", crate::support::stdout(&out));
-    assert!(crate::support::stdout(&out).starts_with("intact: "), "{}", crate::support::stdout(&out));
+    assert!(
+        crate::support::stdout(&out).starts_with("intact: "),
+        "{}",
+        crate::support::stdout(&out)
+    );
 
     let out = crate::support::tthc(&["--database", &url, "replay", &d.code]);
     let text = crate::support::stdout(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("Cán bộ desk") && text.contains("received; due 2026-03-16") && text.contains("status 2"), "{text}");
-    assert!(text.contains("State check: the stored read models match the events."), "{text}");
+    assert!(
+        text.contains("Cán bộ desk")
+            && text.contains("received; due 2026-03-16")
+            && text.contains("status 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("State check: the stored read models match the events."),
+        "{text}"
+    );
 
     // Someone edits the reception in the database: the refusal reason, say.
     sqlx::query("UPDATE events SET payload = replace(payload, '\"accept\"', '\"refuse\"') WHERE dossier_code = ? AND type = 'task_completed'")
@@ -799,16 +811,27 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
         .execute(h.engine.store().pool())
         .await
         .unwrap();
-    let seq: i64 = sqlx::query_scalar("SELECT seq FROM events WHERE dossier_code = ? AND type = 'task_completed'")
-        .bind(&d.code)
-        .fetch_one(h.engine.store().pool())
-        .await
-        .unwrap();
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT seq FROM events WHERE dossier_code = ? AND type = 'task_completed'",
+    )
+    .bind(&d.code)
+    .fetch_one(h.engine.store().pool())
+    .await
+    .unwrap();
     let out = crate::support::tthc(&["--database", &url, "audit", "verify"]);
     let text = crate::support::stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.starts_with(&format!("{}: event {seq}: its content does not match its hash", d.code)), "{text}");
-    assert!(!text.contains(&other.code), "the other dossier is intact: {text}");
+    assert!(
+        text.starts_with(&format!(
+            "{}: event {seq}: its content does not match its hash",
+            d.code
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&other.code),
+        "the other dossier is intact: {text}"
+    );
 
     // Removing the last event is caught too.
     sqlx::query("DELETE FROM events WHERE dossier_code = ? AND seq = (SELECT MAX(seq) FROM events WHERE dossier_code = ?)")
@@ -817,7 +840,18 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
         .execute(h.engine.store().pool())
         .await
         .unwrap();
-    let out = crate::support::tthc(&["--database", &url, "audit", "verify", "--dossier", &other.code]);
+    let out = crate::support::tthc(&[
+        "--database",
+        &url,
+        "audit",
+        "verify",
+        "--dossier",
+        &other.code,
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(crate::support::stdout(&out).contains("events were removed"), "{}", crate::support::stdout(&out));
+    assert!(
+        crate::support::stdout(&out).contains("events were removed"),
+        "{}",
+        crate::support::stdout(&out)
+    );
 }

@@ -18,8 +18,8 @@ fn officer_for(task: &engine::dossier::Task, n: u8) -> Actor {
 
 fn data_for(step: &str, pick: u8) -> Option<Value> {
     match step {
-        "tham_dinh" => Some(if pick % 3 == 0 {
-            json!({"co_an_tich": pick % 2 == 0, "can_xac_minh": true, "ly_do_xac_minh": ["cu_tru_nhieu_noi"]})
+        "tham_dinh" => Some(if pick.is_multiple_of(3) {
+            json!({"co_an_tich": pick.is_multiple_of(2), "can_xac_minh": true, "ly_do_xac_minh": ["cu_tru_nhieu_noi"]})
         } else {
             json!({"co_an_tich": false, "can_xac_minh": false})
         }),
@@ -32,9 +32,16 @@ fn data_for(step: &str, pick: u8) -> Option<Value> {
 
 fn outcome_for(step: &str, pick: u8) -> Option<String> {
     match step {
-        "tiep_nhan" => Some(if pick % 7 == 0 { "refuse" } else { "accept" }.into()),
+        "tiep_nhan" => Some(
+            if pick.is_multiple_of(7) {
+                "refuse"
+            } else {
+                "accept"
+            }
+            .into(),
+        ),
         "duyet_phong" => Some(
-            if pick % 4 == 0 {
+            if pick.is_multiple_of(4) {
                 "send_back"
             } else {
                 "approve"
@@ -151,7 +158,7 @@ async fn step(h: &Harness, code: &str, op: u8, arg: u8) {
             h.engine.scan_overdue().await.unwrap();
             return;
         }
-        (8, _) if arg % 5 == 0 => {
+        (8, _) if arg.is_multiple_of(5) => {
             h.engine
                 .execute(
                     code,

@@ -1,8 +1,12 @@
 //! Black-box tests of the `tthc` binary and the engine, driven by the files in
 //! `procedures/` and `tests/data/`.
 
+mod api;
+mod api_support;
 mod definitions;
 mod engine;
 mod engine_props;
 mod engine_support;
+mod khodl;
+mod portal;
 mod support;

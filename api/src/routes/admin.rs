@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use axum::Json;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use axum::Json;
 use engine::definition::{Diagnostic, Loader, Severity};
 use engine::dossier::{Command, IncidentAction};
 use serde::Deserialize;
@@ -46,7 +46,10 @@ fn view(p: &engine::runtime::CompiledProcedure) -> ProcedureView {
 /// Deployed procedure versions.
 #[utoipa::path(get, path = "/api/v1/procedures", tag = "procedures", security(("bearer" = [])),
     responses((status = 200, body = [ProcedureView]), (status = "default", body = Problem)))]
-async fn list_procedures(State(state): State<AppState>, _caller: Caller) -> Json<Vec<ProcedureView>> {
+async fn list_procedures(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Json<Vec<ProcedureView>> {
     Json(state.engine.procedures().iter().map(|p| view(p)).collect())
 }
 
@@ -71,7 +74,13 @@ async fn show_procedure(
         .engine
         .procedure(&code, q.version)
         .map(|p| Json(view(&p)))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_procedure", format!("procedure {code} is not deployed")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_procedure",
+                format!("procedure {code} is not deployed"),
+            )
+        })
 }
 
 fn diagnostic_views(ds: &[Diagnostic]) -> Vec<DiagnosticView> {
@@ -109,7 +118,10 @@ fn yaml_body(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-fn load(state: &AppState, text: &str) -> ApiResult<Result<(engine::definition::Definition, Vec<Diagnostic>), Vec<Diagnostic>>> {
+/// A checked definition with its warnings, or every problem found.
+type Loaded = Result<(engine::definition::Definition, Vec<Diagnostic>), Vec<Diagnostic>>;
+
+fn load(state: &AppState, text: &str) -> ApiResult<Loaded> {
     let loader = Loader::new(state.loader.clone())
         .map_err(|d| ApiError::internal(format!("the catalog has errors: {d:?}")))?;
     Ok(loader.load_str(Path::new("definition.yaml"), text))
@@ -157,12 +169,19 @@ async fn deploy_procedure(
         let (definition, warnings) = match load(&state, &text)? {
             Ok(v) => v,
             Err(diagnostics) => {
-                return Err(ApiError::unprocessable("invalid_definition", "the definition has errors").with_errors(
+                return Err(ApiError::unprocessable(
+                    "invalid_definition",
+                    "the definition has errors",
+                )
+                .with_errors(
                     diagnostics
                         .iter()
                         .filter(|d| d.is_error())
                         .map(|d| FieldError {
-                            pointer: format!("line {}, column {}", d.position.line, d.position.column),
+                            pointer: format!(
+                                "line {}, column {}",
+                                d.position.line, d.position.column
+                            ),
                             message: match &d.hint {
                                 Some(h) => format!("{} (hint: {h})", d.message),
                                 None => d.message.clone(),
@@ -174,8 +193,12 @@ async fn deploy_procedure(
         };
         let outcome = state.engine.deploy(&definition).await?;
         let (status, code, version, result) = match outcome {
-            engine::engine::Deployed::New { code, version } => (StatusCode::CREATED, code, version, "deployed"),
-            engine::engine::Deployed::Unchanged { code, version } => (StatusCode::OK, code, version, "unchanged"),
+            engine::engine::Deployed::New { code, version } => {
+                (StatusCode::CREATED, code, version, "deployed")
+            }
+            engine::engine::Deployed::Unchanged { code, version } => {
+                (StatusCode::OK, code, version, "unchanged")
+            }
         };
         let view = DeployView {
             code,
@@ -191,9 +214,17 @@ async fn deploy_procedure(
 /// Open incidents: hooks that failed for good and wait for an administrator.
 #[utoipa::path(get, path = "/api/v1/admin/incidents", tag = "administrators", security(("bearer" = [])),
     responses((status = 200, body = [IncidentView]), (status = "default", body = Problem)))]
-async fn list_incidents(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<IncidentView>>> {
+async fn list_incidents(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<IncidentView>>> {
     caller.require(&[UserKind::Admin])?;
-    let rows = state.engine.store().open_incidents().await.map_err(ApiError::internal)?;
+    let rows = state
+        .engine
+        .store()
+        .open_incidents()
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(rows.into_iter().map(IncidentView::from).collect()))
 }
 
@@ -212,11 +243,25 @@ async fn resolve_incident(
     let action = match body.action.as_str() {
         "retry" => IncidentAction::Retry,
         "skip" => IncidentAction::Skip,
-        other => return Err(ApiError::unprocessable("invalid_input", format!("action `{other}` is not `retry` or `skip`"))),
+        other => {
+            return Err(ApiError::unprocessable(
+                "invalid_input",
+                format!("action `{other}` is not `retry` or `skip`"),
+            ));
+        }
     };
     let d = state
         .engine
-        .execute(&code, None, &caller.actor, &Command::ResolveIncident { incident, action, note: body.note })
+        .execute(
+            &code,
+            None,
+            &caller.actor,
+            &Command::ResolveIncident {
+                incident,
+                action,
+                note: body.note,
+            },
+        )
         .await?;
     Ok(super::dossier_response(StatusCode::OK, &d))
 }
@@ -230,7 +275,11 @@ struct YearQuery {
 /// Public holidays of a year in the working-day calendar.
 #[utoipa::path(get, path = "/api/v1/holidays", tag = "procedures", security(("bearer" = [])), params(YearQuery),
     responses((status = 200, body = [HolidayView]), (status = "default", body = Problem)))]
-async fn holidays(State(state): State<AppState>, _caller: Caller, Query(q): Query<YearQuery>) -> Json<Vec<HolidayView>> {
+async fn holidays(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(q): Query<YearQuery>,
+) -> Json<Vec<HolidayView>> {
     use chrono::Datelike;
     let year = q.year.unwrap_or_else(|| state.engine.now().year());
     Json(

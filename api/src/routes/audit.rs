@@ -1,7 +1,7 @@
 //! Auditors: a dossier's full history, its replay with the state check, chain verification.
 
-use axum::extract::{Path, Query, State};
 use axum::Json;
+use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,9 +23,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/v1/dossiers/{code}/events", tag = "auditors", security(("bearer" = [])),
     params(("code" = String, Path, description = "Dossier code")),
     responses((status = 200, body = [EventView]), (status = "default", body = Problem)))]
-async fn history(State(state): State<AppState>, caller: Caller, Path(code): Path<String>) -> ApiResult<Json<Vec<EventView>>> {
+async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(code): Path<String>,
+) -> ApiResult<Json<Vec<EventView>>> {
     readable_dossier(&state, &caller, &code).await?;
-    let events = state.engine.store().events(&code).await.map_err(crate::problem::ApiError::internal)?;
+    let events = state
+        .engine
+        .store()
+        .events(&code)
+        .await
+        .map_err(crate::problem::ApiError::internal)?;
     Ok(Json(events.iter().map(EventView::of).collect()))
 }
 
@@ -33,14 +42,21 @@ async fn history(State(state): State<AppState>, caller: Caller, Path(code): Path
 #[utoipa::path(get, path = "/api/v1/dossiers/{code}/replay", tag = "auditors", security(("bearer" = [])),
     params(("code" = String, Path, description = "Dossier code")),
     responses((status = 200, body = ReplayView), (status = "default", body = Problem)))]
-async fn replay(State(state): State<AppState>, caller: Caller, Path(code): Path<String>) -> ApiResult<Json<ReplayView>> {
+async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(code): Path<String>,
+) -> ApiResult<Json<ReplayView>> {
     caller.require(&[UserKind::Auditor, UserKind::Admin])?;
     let r = state.engine.replay(&code).await?;
     Ok(Json(ReplayView {
         events: r.events.len(),
         matches: r.matches,
         differences: r.differences,
-        status: StatusView { code: r.state.status.code(), label: r.state.status.label().to_owned() },
+        status: StatusView {
+            code: r.state.status.code(),
+            label: r.state.status.label().to_owned(),
+        },
     }))
 }
 
@@ -54,13 +70,25 @@ struct VerifyQuery {
 /// Verifies the hash chains, naming the first altered event of each broken dossier.
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "auditors", security(("bearer" = [])), params(VerifyQuery),
     responses((status = 200, body = VerifyView), (status = "default", body = Problem)))]
-async fn verify(State(state): State<AppState>, caller: Caller, Query(q): Query<VerifyQuery>) -> ApiResult<Json<VerifyView>> {
+async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<VerifyQuery>,
+) -> ApiResult<Json<VerifyView>> {
     caller.require(&[UserKind::Auditor, UserKind::Admin])?;
     let r = state.engine.verify(q.dossier.as_deref()).await?;
     Ok(Json(VerifyView {
         intact: r.is_intact(),
         dossiers: r.dossiers,
         events: r.events,
-        breaks: r.breaks.into_iter().map(|b| BreakView { dossier: b.dossier, seq: b.seq, problem: b.problem }).collect(),
+        breaks: r
+            .breaks
+            .into_iter()
+            .map(|b| BreakView {
+                dossier: b.dossier,
+                seq: b.seq,
+                problem: b.problem,
+            })
+            .collect(),
     }))
 }

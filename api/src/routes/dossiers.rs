@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Json;
 use engine::dossier::{Channel, Command, Filing, Owner, OwnerId};
 use engine::store::DossierQuery;
 use serde::Deserialize;
@@ -64,11 +64,12 @@ async fn file_dossier(
     Body(raw): Body<serde_json::Value>,
 ) -> ApiResult<Response> {
     caller.require(&[UserKind::Citizen, UserKind::Officer])?;
-    let request: FileRequest =
-        serde_json::from_value(raw.clone()).map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
+    let request: FileRequest = serde_json::from_value(raw.clone())
+        .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
     let owner = match (&request.owner, caller.kind()) {
         (Some(o), _) => Owner {
-            id: OwnerId::parse(&o.id).map_err(|e| ApiError::unprocessable("invalid_owner", e.to_string()))?,
+            id: OwnerId::parse(&o.id)
+                .map_err(|e| ApiError::unprocessable("invalid_owner", e.to_string()))?,
             name: o.name.clone(),
             email: o.email.clone(),
             phone: o.phone.clone(),
@@ -80,7 +81,12 @@ async fn file_dossier(
             email: None,
             phone: None,
         },
-        (None, _) => return Err(ApiError::unprocessable("invalid_owner", "name the dossier's owner")),
+        (None, _) => {
+            return Err(ApiError::unprocessable(
+                "invalid_owner",
+                "name the dossier's owner",
+            ));
+        }
     };
     let filing = Filing {
         procedure_code: request.procedure_code.clone(),
@@ -92,7 +98,10 @@ async fn file_dossier(
     };
     idempotent(&state, &caller, &headers, "file_dossier", &raw, || async {
         let d = state.engine.file(&caller.actor, &filing).await?;
-        Ok((StatusCode::CREATED, serde_json::to_value(DossierView::of(&d)).unwrap_or_default()))
+        Ok((
+            StatusCode::CREATED,
+            serde_json::to_value(DossierView::of(&d)).unwrap_or_default(),
+        ))
     })
     .await
 }
@@ -119,7 +128,10 @@ async fn search_dossiers(
     Query(q): Query<SearchQuery>,
 ) -> ApiResult<Json<Vec<DossierSummary>>> {
     caller.require(&[UserKind::Officer, UserKind::Auditor, UserKind::Admin])?;
-    let paging = Paging { limit: q.limit, offset: q.offset };
+    let paging = Paging {
+        limit: q.limit,
+        offset: q.offset,
+    };
     let query = DossierQuery {
         agency: match caller.kind() {
             UserKind::Officer => caller.agency().map(str::to_owned),
@@ -132,7 +144,12 @@ async fn search_dossiers(
         limit: paging.limit(),
         offset: paging.offset(),
     };
-    let rows = state.engine.store().search(&query).await.map_err(ApiError::internal)?;
+    let rows = state
+        .engine
+        .store()
+        .search(&query)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(rows.into_iter().map(DossierSummary::from).collect()))
 }
 
@@ -159,7 +176,11 @@ async fn my_dossiers(
 #[utoipa::path(get, path = "/api/v1/dossiers/{code}", tag = "citizens", security(("bearer" = [])),
     params(("code" = String, Path, description = "Dossier code")),
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn get_dossier(State(state): State<AppState>, caller: Caller, Path(code): Path<String>) -> ApiResult<Response> {
+async fn get_dossier(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(code): Path<String>,
+) -> ApiResult<Response> {
     let d = readable_dossier(&state, &caller, &code).await?;
     Ok(dossier_response(StatusCode::OK, &d))
 }
@@ -174,8 +195,21 @@ async fn notifications(
     Path(code): Path<String>,
 ) -> ApiResult<Json<Vec<NotificationView>>> {
     readable_dossier(&state, &caller, &code).await?;
-    let p = state.engine.store().projection(&code).await.map_err(ApiError::internal)?;
-    Ok(Json(p.map(|p| p.notifications.into_iter().map(NotificationView::from).collect()).unwrap_or_default()))
+    let p = state
+        .engine
+        .store()
+        .projection(&code)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        p.map(|p| {
+            p.notifications
+                .into_iter()
+                .map(NotificationView::from)
+                .collect()
+        })
+        .unwrap_or_default(),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -203,23 +237,45 @@ async fn worklist(
         Some(r) => return Err(ApiError::forbidden(format!("you do not have the role {r}"))),
         None => caller.claims.roles.clone(),
     };
-    let paging = Paging { limit: q.limit, offset: q.offset };
-    let mine = q.mine.unwrap_or(false).then(|| caller.actor.id().to_owned());
+    let paging = Paging {
+        limit: q.limit,
+        offset: q.offset,
+    };
+    let mine = q
+        .mine
+        .unwrap_or(false)
+        .then(|| caller.actor.id().to_owned());
     let rows = state
         .engine
         .store()
-        .worklist(caller.agency().unwrap_or_default(), &roles, mine.as_deref(), paging.limit(), paging.offset())
+        .worklist(
+            caller.agency().unwrap_or_default(),
+            &roles,
+            mine.as_deref(),
+            paging.limit(),
+            paging.offset(),
+        )
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(rows.into_iter().map(TaskView::from).collect()))
 }
 
 /// Runs a command for the caller; `If-Match` makes it conditional on the dossier's version.
-async fn run(state: &AppState, caller: &Caller, headers: &HeaderMap, code: &str, kinds: &[UserKind], command: Command) -> ApiResult<Response> {
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    code: &str,
+    kinds: &[UserKind],
+    command: Command,
+) -> ApiResult<Response> {
     caller.require(kinds)?;
     // Reading first keeps the answer for another owner's or agency's dossier a plain 403.
     readable_dossier(state, caller, code).await?;
-    let d = state.engine.execute(code, expected_seq(headers)?, &caller.actor, &command).await?;
+    let d = state
+        .engine
+        .execute(code, expected_seq(headers)?, &caller.actor, &command)
+        .await?;
     Ok(dossier_response(StatusCode::OK, &d))
 }
 
@@ -230,16 +286,42 @@ const OWNER_OR_OFFICER: &[UserKind] = &[UserKind::Citizen, UserKind::Officer];
 #[utoipa::path(post, path = "/api/v1/dossiers/{code}/tasks/{task}/claim", tag = "officers", security(("bearer" = [])),
     params(("code" = String, Path), ("task" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn claim_task(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path((code, task)): Path<(String, String)>) -> ApiResult<Response> {
-    run(&state, &caller, &headers, &code, OFFICER, Command::ClaimTask { task }).await
+async fn claim_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((code, task)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    run(
+        &state,
+        &caller,
+        &headers,
+        &code,
+        OFFICER,
+        Command::ClaimTask { task },
+    )
+    .await
 }
 
 /// Gives a claimed task back to the worklist.
 #[utoipa::path(post, path = "/api/v1/dossiers/{code}/tasks/{task}/release", tag = "officers", security(("bearer" = [])),
     params(("code" = String, Path), ("task" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn release_task(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path((code, task)): Path<(String, String)>) -> ApiResult<Response> {
-    run(&state, &caller, &headers, &code, OFFICER, Command::ReleaseTask { task }).await
+async fn release_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((code, task)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    run(
+        &state,
+        &caller,
+        &headers,
+        &code,
+        OFFICER,
+        Command::ReleaseTask { task },
+    )
+    .await
 }
 
 /// Completes a task with an outcome and the task form's data.
@@ -254,7 +336,12 @@ async fn complete_task(
     Path((code, task)): Path<(String, String)>,
     Body(body): Body<CompleteRequest>,
 ) -> ApiResult<Response> {
-    let cmd = Command::CompleteTask { task, outcome: body.outcome, data: body.data, reason: body.reason };
+    let cmd = Command::CompleteTask {
+        task,
+        outcome: body.outcome,
+        data: body.data,
+        reason: body.reason,
+    };
     run(&state, &caller, &headers, &code, OFFICER, cmd).await
 }
 
@@ -262,7 +349,12 @@ async fn complete_task(
 #[utoipa::path(post, path = "/api/v1/dossiers/{code}/receive", tag = "officers", security(("bearer" = [])),
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn receive(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>) -> ApiResult<Response> {
+async fn receive(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> ApiResult<Response> {
     run(&state, &caller, &headers, &code, OFFICER, Command::Receive).await
 }
 
@@ -271,8 +363,22 @@ async fn receive(State(state): State<AppState>, caller: Caller, headers: HeaderM
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = ReasonRequest,
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn refuse(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>, Body(b): Body<ReasonRequest>) -> ApiResult<Response> {
-    run(&state, &caller, &headers, &code, OFFICER, Command::RefuseReception { reason: b.reason }).await
+async fn refuse(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Body(b): Body<ReasonRequest>,
+) -> ApiResult<Response> {
+    run(
+        &state,
+        &caller,
+        &headers,
+        &code,
+        OFFICER,
+        Command::RefuseReception { reason: b.reason },
+    )
+    .await
 }
 
 /// Asks the owner for missing papers (form 02); the clock stops until they supplement.
@@ -280,8 +386,25 @@ async fn refuse(State(state): State<AppState>, caller: Caller, headers: HeaderMa
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = SupplementRequestBody,
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn request_supplement(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>, Body(b): Body<SupplementRequestBody>) -> ApiResult<Response> {
-    run(&state, &caller, &headers, &code, OFFICER, Command::RequestSupplement { reason: b.reason, missing: b.missing }).await
+async fn request_supplement(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Body(b): Body<SupplementRequestBody>,
+) -> ApiResult<Response> {
+    run(
+        &state,
+        &caller,
+        &headers,
+        &code,
+        OFFICER,
+        Command::RequestSupplement {
+            reason: b.reason,
+            missing: b.missing,
+        },
+    )
+    .await
 }
 
 /// The owner (or the desk for them) brings what was asked for; the clock runs again.
@@ -289,8 +412,17 @@ async fn request_supplement(State(state): State<AppState>, caller: Caller, heade
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = SupplementBody,
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn supplement(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>, Body(b): Body<SupplementBody>) -> ApiResult<Response> {
-    let cmd = Command::Supplement { data: b.data.into_iter().collect(), documents: Vec::new() };
+async fn supplement(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Body(b): Body<SupplementBody>,
+) -> ApiResult<Response> {
+    let cmd = Command::Supplement {
+        data: b.data.into_iter().collect(),
+        documents: Vec::new(),
+    };
     run(&state, &caller, &headers, &code, OWNER_OR_OFFICER, cmd).await
 }
 
@@ -299,8 +431,22 @@ async fn supplement(State(state): State<AppState>, caller: Caller, headers: Head
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = ReasonRequest,
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn withdraw(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>, Body(b): Body<ReasonRequest>) -> ApiResult<Response> {
-    run(&state, &caller, &headers, &code, OWNER_OR_OFFICER, Command::Withdraw { reason: b.reason }).await
+async fn withdraw(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Body(b): Body<ReasonRequest>,
+) -> ApiResult<Response> {
+    run(
+        &state,
+        &caller,
+        &headers,
+        &code,
+        OWNER_OR_OFFICER,
+        Command::Withdraw { reason: b.reason },
+    )
+    .await
 }
 
 /// Stops processing (dừng xử lý).
@@ -308,8 +454,22 @@ async fn withdraw(State(state): State<AppState>, caller: Caller, headers: Header
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = ReasonRequest,
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn stop(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>, Body(b): Body<ReasonRequest>) -> ApiResult<Response> {
-    run(&state, &caller, &headers, &code, OFFICER, Command::Stop { reason: b.reason }).await
+async fn stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Body(b): Body<ReasonRequest>,
+) -> ApiResult<Response> {
+    run(
+        &state,
+        &caller,
+        &headers,
+        &code,
+        OFFICER,
+        Command::Stop { reason: b.reason },
+    )
+    .await
 }
 
 /// Records a fee payment.
@@ -317,8 +477,18 @@ async fn stop(State(state): State<AppState>, caller: Caller, headers: HeaderMap,
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = PaymentBody,
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn record_payment(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>, Body(b): Body<PaymentBody>) -> ApiResult<Response> {
-    let cmd = Command::RecordPayment { fee_code: b.fee_code, amount_vnd: b.amount_vnd, receipt: b.receipt };
+async fn record_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Body(b): Body<PaymentBody>,
+) -> ApiResult<Response> {
+    let cmd = Command::RecordPayment {
+        fee_code: b.fee_code,
+        amount_vnd: b.amount_vnd,
+        receipt: b.receipt,
+    };
     run(&state, &caller, &headers, &code, OFFICER, cmd).await
 }
 
@@ -327,8 +497,18 @@ async fn record_payment(State(state): State<AppState>, caller: Caller, headers: 
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = SignBody,
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn sign_result(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>, Body(b): Body<SignBody>) -> ApiResult<Response> {
-    let cmd = Command::SignResult { result_code: b.result_code, number: b.number, document: None };
+async fn sign_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Body(b): Body<SignBody>,
+) -> ApiResult<Response> {
+    let cmd = Command::SignResult {
+        result_code: b.result_code,
+        number: b.number,
+        document: None,
+    };
     run(&state, &caller, &headers, &code, OFFICER, cmd).await
 }
 
@@ -336,6 +516,19 @@ async fn sign_result(State(state): State<AppState>, caller: Caller, headers: Hea
 #[utoipa::path(post, path = "/api/v1/dossiers/{code}/return", tag = "officers", security(("bearer" = [])),
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
-async fn return_result(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(code): Path<String>) -> ApiResult<Response> {
-    run(&state, &caller, &headers, &code, OFFICER, Command::ReturnResult).await
+async fn return_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> ApiResult<Response> {
+    run(
+        &state,
+        &caller,
+        &headers,
+        &code,
+        OFFICER,
+        Command::ReturnResult,
+    )
+    .await
 }

@@ -6,9 +6,9 @@ pub mod audit;
 pub mod dossiers;
 pub mod system;
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use engine::dossier::Dossier;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -33,7 +33,9 @@ pub fn can_read(caller: &Caller, d: &Dossier) -> bool {
 pub async fn readable_dossier(state: &AppState, caller: &Caller, code: &str) -> ApiResult<Dossier> {
     let d = state.engine.dossier(code).await?;
     if !can_read(caller, &d) {
-        return Err(ApiError::forbidden(format!("you may not see dossier {code}")));
+        return Err(ApiError::forbidden(format!(
+            "you may not see dossier {code}"
+        )));
     }
     Ok(d)
 }
@@ -74,27 +76,36 @@ where
         Some(v) => {
             let k = v.to_str().unwrap_or_default().trim();
             if k.is_empty() || k.len() > 200 {
-                return Err(ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 200 characters"));
+                return Err(ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 200 characters",
+                ));
             }
             Some(k.to_owned())
         }
     };
     let hash = hex::encode(Sha256::digest(format!("{scope}\n{body}").as_bytes()));
     let store = state.engine.store();
-    if let Some(k) = &key {
-        if let Some(r) = store.recall_response(caller.actor.id(), k).await.map_err(ApiError::internal)? {
-            if r.request_hash != hash {
-                return Err(ApiError::unprocessable(
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used for a different request",
-                ));
-            }
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-            let value: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            let mut response = (status, Json(value)).into_response();
-            response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
-            return Ok(response);
+    if let Some(k) = &key
+        && let Some(r) = store
+            .recall_response(caller.actor.id(), k)
+            .await
+            .map_err(ApiError::internal)?
+    {
+        if r.request_hash != hash {
+            return Err(ApiError::unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+            ));
         }
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+        let value: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let mut response = (status, Json(value)).into_response();
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        return Ok(response);
     }
     let (status, value) = create().await?;
     if let Some(k) = &key {

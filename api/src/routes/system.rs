@@ -1,9 +1,9 @@
 //! Health, readiness and metrics: for load balancers and Prometheus, no token needed.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -26,7 +26,9 @@ pub struct Health {
 /// The process is up.
 #[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
 async fn health() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// The process can serve: the database answers and startup finished.
@@ -34,9 +36,24 @@ async fn health() -> Json<Health> {
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let started = state.ready.load(std::sync::atomic::Ordering::SeqCst);
     match state.engine.store().ping().await {
-        Ok(()) if started => (StatusCode::OK, Json(Health { status: "ready".into() })),
-        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "starting".into() })),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "database unavailable".into() })),
+        Ok(()) if started => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready".into(),
+            }),
+        ),
+        Ok(()) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "starting".into(),
+            }),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "database unavailable".into(),
+            }),
+        ),
     }
 }
 
@@ -49,7 +66,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.dossiers_overdue.set(overdue);
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

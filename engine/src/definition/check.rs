@@ -307,33 +307,31 @@ fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
                         )),
                     );
                 }
-                if let Some(code) = &t.signs {
-                    if !p.results.iter().any(|r| &r.result_code == code) {
-                        sink.error(
+                if let Some(code) = &t.signs
+                    && !p.results.iter().any(|r| &r.result_code == code)
+                {
+                    sink.error(
                             &format!("{at}/signs"),
                             format!("`{code}` is not a result of this procedure"),
                             Some("list it under `results` first; a task signs only what the procedure issues".into()),
                         );
-                    }
                 }
-                if t.marks == Some(Milestone::Received) {
-                    if let Some(first) = received.replace(i) {
-                        sink.error(
-                            &format!("{at}/marks"),
-                            "only one task may mark the dossier `received`",
-                            Some(format!("step `{}` already does", p.steps[first].id())),
-                        );
-                    }
-                }
-            }
-            Step::Decision(d) => {
-                if d.otherwise.is_none() {
+                if t.marks == Some(Milestone::Received)
+                    && let Some(first) = received.replace(i)
+                {
                     sink.error(
-                        &at,
-                        format!("decision `{}` has no default branch", d.id),
-                        Some("add `else: STEP` for when no condition holds".into()),
+                        &format!("{at}/marks"),
+                        "only one task may mark the dossier `received`",
+                        Some(format!("step `{}` already does", p.steps[first].id())),
                     );
                 }
+            }
+            Step::Decision(d) if d.otherwise.is_none() => {
+                sink.error(
+                    &at,
+                    format!("decision `{}` has no default branch", d.id),
+                    Some("add `else: STEP` for when no condition holds".into()),
+                );
             }
             Step::Hook(h) => {
                 let names = BUILTIN_HOOKS.iter().map(|(n, _)| *n);
@@ -450,14 +448,14 @@ fn check_results(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
             ),
             Some(_) => {}
         }
-        if let Some(Validity::For(d)) = r.validity {
-            if d.amount() == 0 {
-                sink.error(
-                    &format!("/results/{i}/validity"),
-                    "a validity of zero makes no sense",
-                    None,
-                );
-            }
+        if let Some(Validity::For(d)) = r.validity
+            && d.amount() == 0
+        {
+            sink.error(
+                &format!("/results/{i}/validity"),
+                "a validity of zero makes no sense",
+                None,
+            );
         }
     }
     let saves = p.results.iter().any(|r| r.save_to_khodl);

@@ -224,8 +224,9 @@ pub fn decide(
         }
         Command::ReleaseTask { task } => {
             let t = open_task(state, task)?;
+            may_work_on(ctx, state, t)?;
             if t.claimed_by.as_deref() != Some(ctx.actor.id()) {
-                return Err(CommandError::forbidden(format!(
+                return Err(CommandError::state(format!(
                     "task {task} is not claimed by you"
                 )));
             }
@@ -264,8 +265,9 @@ pub fn decide(
                 .values()
                 .any(|t| t.claimed_by.as_deref() == Some(ctx.actor.id()));
             if !holds_task {
-                return Err(CommandError::forbidden(
-                    "only the officer working on the dossier requests a supplement",
+                officer_of(ctx, state)?;
+                return Err(CommandError::state(
+                    "claim a task of this dossier first: the officer working on it requests a supplement",
                 ));
             }
             let p = ctx.procedure.procedure();
@@ -412,8 +414,9 @@ pub fn decide(
                     && matches!(p.step(&t.step), Some(Step::UserTask(u)) if u.signs.as_deref() == Some(result_code.as_str()))
             });
             if task.is_none() {
-                return Err(CommandError::forbidden(format!(
-                    "sign {result_code} from the signing task you have claimed"
+                officer_of(ctx, state)?;
+                return Err(CommandError::state(format!(
+                    "claim the task that signs {result_code} first"
                 )));
             }
             if state
@@ -726,13 +729,13 @@ fn complete_task(
     let t = open_task(&em.state, task)?.clone();
     may_work_on(ctx, &em.state, &t)?;
     not_paused(&em.state)?;
-    if let Some(by) = &t.claimed_by {
-        if by != ctx.actor.id() {
-            return Err(CommandError::state(format!(
-                "task {task} is claimed by {}",
-                t.claimed_by_name.as_deref().unwrap_or("another officer")
-            )));
-        }
+    if let Some(by) = &t.claimed_by
+        && by != ctx.actor.id()
+    {
+        return Err(CommandError::state(format!(
+            "task {task} is claimed by {}",
+            t.claimed_by_name.as_deref().unwrap_or("another officer")
+        )));
     }
     let Some(Step::UserTask(step)) = ctx.procedure.procedure().step(&t.step) else {
         return Err(CommandError::state(format!(
@@ -777,12 +780,12 @@ fn complete_task(
         (None, Some(_)) => return Err(CommandError::input(format!("task {task} has no form"))),
         (None, None) => {}
     }
-    if let Some(code) = &step.signs {
-        if !em.state.signatures.iter().any(|s| &s.result_code == code) {
-            return Err(CommandError::state(format!(
-                "sign {code} before completing the task"
-            )));
-        }
+    if let Some(code) = &step.signs
+        && !em.state.signatures.iter().any(|s| &s.result_code == code)
+    {
+        return Err(CommandError::state(format!(
+            "sign {code} before completing the task"
+        )));
     }
     let receives = step.marks == Some(Milestone::Received) && outcome.as_deref() == Some("accept");
     if receives {

@@ -265,46 +265,111 @@ impl Event {
                 owner,
                 channel,
                 ..
-            } => format!("filed {procedure_name} for {} ({}) via {}", owner.name, owner.id, channel.as_str()),
+            } => format!(
+                "filed {procedure_name} for {} ({}) via {}",
+                owner.name,
+                owner.id,
+                channel.as_str()
+            ),
             Event::Advanced { to, via, .. } => format!("moved to {to} ({via})"),
             Event::Forked { at, branches, .. } => format!(
                 "{at} split into {}",
-                branches.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>().join(" + ")
+                branches
+                    .iter()
+                    .map(|(_, s)| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
             ),
             Event::Arrived { join, .. } => format!("a branch reached {join}"),
             Event::Joined { join, .. } => format!("all branches met at {join}"),
-            Event::TaskOpened { name, role, agency, .. } => format!("task opened: {name} (role {role}, agency {agency})"),
+            Event::TaskOpened {
+                name, role, agency, ..
+            } => format!("task opened: {name} (role {role}, agency {agency})"),
             Event::TaskClaimed { task, by_name, .. } => format!("{by_name} took task {task}"),
             Event::TaskReleased { task } => format!("task {task} released"),
-            Event::TaskCompleted { task, outcome, reason, .. } => format!(
+            Event::TaskCompleted {
+                task,
+                outcome,
+                reason,
+                ..
+            } => format!(
                 "task {task} completed{}{}",
-                outcome.as_ref().map(|o| format!(": {o}")).unwrap_or_default(),
-                reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+                outcome
+                    .as_ref()
+                    .map(|o| format!(": {o}"))
+                    .unwrap_or_default(),
+                reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             ),
             Event::TaskCancelled { task } => format!("task {task} cancelled"),
             Event::Received { due_at } => format!("received; due {}", due_at.to_rfc3339()),
             Event::Processed => "result ready (processed)".into(),
             Event::ResultReturned => "result returned to the owner".into(),
-            Event::ResultSigned { result_code, signer, .. } => format!("{signer} signed {result_code}"),
+            Event::ResultSigned {
+                result_code,
+                signer,
+                ..
+            } => format!("{signer} signed {result_code}"),
             Event::HookScheduled { call, job, .. } => format!("{call} scheduled ({job})"),
-            Event::HookSucceeded { job, attempt, .. } => format!("{job} succeeded on attempt {attempt}"),
-            Event::HookFailed { job, attempt, error, retry_at } => format!(
+            Event::HookSucceeded { job, attempt, .. } => {
+                format!("{job} succeeded on attempt {attempt}")
+            }
+            Event::HookFailed {
+                job,
+                attempt,
+                error,
+                retry_at,
+            } => format!(
                 "{job} attempt {attempt} failed: {error}{}",
-                retry_at.map(|r| format!("; retry at {}", r.to_rfc3339())).unwrap_or_else(|| "; no more attempts".into())
+                retry_at
+                    .map(|r| format!("; retry at {}", r.to_rfc3339()))
+                    .unwrap_or_else(|| "; no more attempts".into())
             ),
-            Event::IncidentOpened { incident, error, .. } => format!("incident {incident} opened: {error}"),
-            Event::IncidentResolved { incident, resolution, .. } => format!("incident {incident} resolved: {resolution:?}"),
-            Event::TimerScheduled { step, fire_at, .. } => format!("timer {step} set for {}", fire_at.to_rfc3339()),
+            Event::IncidentOpened {
+                incident, error, ..
+            } => format!("incident {incident} opened: {error}"),
+            Event::IncidentResolved {
+                incident,
+                resolution,
+                ..
+            } => format!("incident {incident} resolved: {resolution:?}"),
+            Event::TimerScheduled { step, fire_at, .. } => {
+                format!("timer {step} set for {}", fire_at.to_rfc3339())
+            }
             Event::TimerFired { job } => format!("timer {job} fired"),
-            Event::NotificationRecorded { notification } => format!("notification {} ({}) to {}", notification.id, notification.template, notification.recipient),
-            Event::SupplementRequested { reason, missing, .. } => format!("supplement requested: {reason} [{}]", missing.join(", ")),
-            Event::Supplemented { documents, data, .. } => format!("supplemented ({} form(s), {} document(s))", data.len(), documents.len()),
-            Event::DocumentAttached { document } => format!("document attached: {} to {}", document.name, document.component),
-            Event::DocumentReplaced { replaced, document } => format!("document {replaced} replaced by {}", document.name),
-            Event::PaymentRecorded { fee_code, amount_vnd, .. } => format!("fee {fee_code} paid: {amount_vnd} VND"),
+            Event::NotificationRecorded { notification } => format!(
+                "notification {} ({}) to {}",
+                notification.id, notification.template, notification.recipient
+            ),
+            Event::SupplementRequested {
+                reason, missing, ..
+            } => format!("supplement requested: {reason} [{}]", missing.join(", ")),
+            Event::Supplemented {
+                documents, data, ..
+            } => format!(
+                "supplemented ({} form(s), {} document(s))",
+                data.len(),
+                documents.len()
+            ),
+            Event::DocumentAttached { document } => format!(
+                "document attached: {} to {}",
+                document.name, document.component
+            ),
+            Event::DocumentReplaced { replaced, document } => {
+                format!("document {replaced} replaced by {}", document.name)
+            }
+            Event::PaymentRecorded {
+                fee_code,
+                amount_vnd,
+                ..
+            } => format!("fee {fee_code} paid: {amount_vnd} VND"),
             Event::Withdrawn { reason } => format!("withdrawn by the owner: {reason}"),
             Event::Stopped { reason } => format!("stopped: {reason}"),
-            Event::ApologySent { new_due_at, .. } => format!("apology letter sent; new date {}", new_due_at.to_rfc3339()),
+            Event::ApologySent { new_due_at, .. } => {
+                format!("apology letter sent; new date {}", new_due_at.to_rfc3339())
+            }
             Event::OverdueFlagged { .. } => "overdue".into(),
             Event::Ended { outcome, step } => format!("ended {} at {step}", outcome.label()),
         }

@@ -39,9 +39,9 @@ impl OwnerId {
         let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
         let kind = if s.len() == 12 && digits(s) {
             OwnerIdKind::CitizenId
-        } else if s.len() == 10 && digits(s) {
-            OwnerIdKind::TaxCode
-        } else if s.len() == 14 && digits(&s[..10]) && &s[10..11] == "-" && digits(&s[11..]) {
+        } else if (s.len() == 10 && digits(s))
+            || (s.len() == 14 && digits(&s[..10]) && &s[10..11] == "-" && digits(&s[11..]))
+        {
             OwnerIdKind::TaxCode
         } else if (6..=9).contains(&s.len())
             && s.bytes()

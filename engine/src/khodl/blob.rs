@@ -115,7 +115,10 @@ impl BlobStore {
     /// Where the blob of an already checked hash lives: `root/ab/cd/abcd…`. Two levels of
     /// 256 folders keep each folder small.
     fn path_of(&self, sha256: &str) -> PathBuf {
-        self.root.join(&sha256[0..2]).join(&sha256[2..4]).join(sha256)
+        self.root
+            .join(&sha256[0..2])
+            .join(&sha256[2..4])
+            .join(sha256)
     }
 
     /// Stores `bytes` and returns their SHA-256. Content already stored (and intact) is not

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use crate::calendar::Calendar;
 use crate::definition::Duration;
@@ -29,7 +29,9 @@ use crate::signing::SignatureRecord;
 use crate::store::{from_micros, micros};
 
 pub use blob::{BlobError, BlobStore, DEFAULT_MAX_BLOB_BYTES, is_sha256_hex, sha256_hex};
-pub use hook::{KhoDlSaveHook, SavedPaper, result_paper_id};
+pub use hook::{
+    KhoDlSaveHook, PROVENANCE_SIGNATURES, PROVENANCE_SIGNED_METADATA, SavedPaper, result_paper_id,
+};
 
 /// How long a paper is valid when nothing says otherwise (DOMAIN.md: 6 months).
 pub const DEFAULT_VALIDITY: Duration = Duration::Months(6);
@@ -352,7 +354,11 @@ fn text_of<T: Serialize>(v: &T) -> String {
     }
 }
 
-fn parse_text<T: serde::de::DeserializeOwned>(id: &str, what: &str, s: &str) -> Result<T, KhoDlError> {
+fn parse_text<T: serde::de::DeserializeOwned>(
+    id: &str,
+    what: &str,
+    s: &str,
+) -> Result<T, KhoDlError> {
     serde_json::from_value(Value::String(s.to_owned())).map_err(|_| KhoDlError::Corrupt {
         id: id.to_owned(),
         reason: format!("unknown {what} `{s}`"),
@@ -364,9 +370,13 @@ fn check_text(what: &str, s: &str, required: bool) -> Result<(), KhoDlError> {
         return Err(invalid(format!("{what} is empty")));
     }
     if s.chars().count() > MAX_TEXT_CHARS {
-        return Err(invalid(format!("{what} is longer than {MAX_TEXT_CHARS} characters")));
+        return Err(invalid(format!(
+            "{what} is longer than {MAX_TEXT_CHARS} characters"
+        )));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+    if s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
         return Err(invalid(format!("{what} holds control characters")));
     }
     Ok(())
@@ -456,14 +466,15 @@ impl KhoDl {
             Some(v) => v,
             None => PaperValidity::Until(self.calendar.add(p.issued_at, DEFAULT_VALIDITY)),
         };
-        if let PaperValidity::Until(end) = validity {
-            if end < p.issued_at {
-                return Err(invalid("the validity ends before the issue date"));
-            }
+        if let PaperValidity::Until(end) = validity
+            && end < p.issued_at
+        {
+            return Err(invalid("the validity ends before the issue date"));
         }
         let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         // Times are kept to the microsecond, like the store: a paper read back compares equal.
-        let trunc = |t: DateTime<Utc>| DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t);
+        let trunc =
+            |t: DateTime<Utc>| DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t);
         Ok(Paper {
             id: p.id,
             code: p.code,
@@ -659,10 +670,10 @@ impl KhoDl {
             // Age is counted like validity, in the calendar (months are calendar months), so
             // it is checked here rather than in SQL. Rows come newest first, so what passes is
             // the newest part of what the limit kept.
-            if let Some(m) = filter.max_age {
-                if self.calendar.add(paper.issued_at, m.age) < m.now {
-                    continue;
-                }
+            if let Some(m) = filter.max_age
+                && self.calendar.add(paper.issued_at, m.age) < m.now
+            {
+                continue;
             }
             papers.push(paper);
         }
@@ -785,7 +796,9 @@ fn paper_of(row: &SqliteRow) -> Result<Paper, KhoDlError> {
     };
     let provenance_detail = match row.try_get::<Option<String>, _>("provenance_detail")? {
         None => None,
-        Some(s) => Some(serde_json::from_str(&s).map_err(|e| corrupt(format!("provenance detail: {e}")))?),
+        Some(s) => {
+            Some(serde_json::from_str(&s).map_err(|e| corrupt(format!("provenance detail: {e}")))?)
+        }
     };
     let signatures: String = row.try_get("signatures")?;
     let signatures =
@@ -815,7 +828,9 @@ fn paper_of(row: &SqliteRow) -> Result<Paper, KhoDlError> {
         field: row.try_get("field")?,
         approval: parse_text(&id, "approval", &approval)?,
         approval_by: row.try_get("approval_by")?,
-        approval_at: row.try_get::<Option<i64>, _>("approval_at")?.map(from_micros),
+        approval_at: row
+            .try_get::<Option<i64>, _>("approval_at")?
+            .map(from_micros),
         hidden: row.try_get("hidden")?,
         provenance: parse_text(&id, "provenance", &provenance)?,
         provenance_detail,

@@ -1,0 +1,13 @@
+//! The `tthc` command-line tool and HTTP server, as a library so that tests can start the
+//! real server in-process. Only this crate knows HTTP; the engine does not.
+
+pub mod auth;
+pub mod config;
+pub mod definitions;
+pub mod history;
+pub mod metrics;
+pub mod portal_sim;
+pub mod problem;
+pub mod routes;
+pub mod server;
+pub mod views;

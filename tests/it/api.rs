@@ -1,0 +1,731 @@
+//! `tthc serve` over HTTP: the judicial record procedure from filing to returned result, the
+//! route-by-role matrix, and what bad requests get.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tthc_api::auth::UserKind;
+
+use crate::api_support::*;
+use crate::engine_support::{AGENCY, CITIZEN_ID};
+
+#[tokio::test]
+async fn the_judicial_record_procedure_end_to_end_over_http() {
+    let api = start_api().await;
+    let desk = officer_token("desk", &["mot_cua"]);
+    let specialist = officer_token("specialist", &["chuyen_vien"]);
+    let head = officer_token("head", &["lanh_dao_phong"]);
+    let leader = officer_token("leader", &["lanh_dao"]);
+    let clerk = officer_token("clerk", &["van_thu"]);
+
+    let filed = api.file_lltp().await;
+    let code = filed["code"].as_str().unwrap().to_owned();
+    assert_eq!(filed["status"]["code"], 1);
+    assert_eq!(filed["owner"]["id"], CITIZEN_ID);
+
+    // The desk finds it on its worklist and receives it.
+    let work = api.get("/api/v1/tasks", &desk).await;
+    assert_eq!(work.status, StatusCode::OK);
+    assert!(
+        work.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["dossier_code"] == code.as_str() && t["step"] == "tiep_nhan")
+    );
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"]["code"], 2);
+    assert!(r.body["due_at"].is_string());
+    assert_eq!(r.headers["etag"], format!("\"{}\"", r.body["seq"]));
+
+    // The receipt goes out; then the specialist claims and completes verification.
+    let d = api
+        .wait_for(&code, "the verification task", |d| {
+            d["tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["step"] == "tham_dinh"))
+        })
+        .await;
+    let task = task_of(&d, "tham_dinh");
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/claim"),
+            &specialist,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"]["code"], 4);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+            &specialist,
+            json!({"data": {"co_an_tich": false, "can_xac_minh": false}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let task = task_of(&r.body, "du_thao_phieu");
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+            &specialist,
+            json!({}),
+        )
+        .await;
+    let task = task_of(&r.body, "duyet_phong");
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+            &head,
+            json!({"outcome": "approve"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // The leader signs certificate No. 1 and completes; the clerk issues it.
+    let task = task_of(&r.body, "ky_phieu_so_1");
+    api.post(
+        &format!("/api/v1/dossiers/{code}/tasks/{task}/claim"),
+        &leader,
+        json!(null),
+    )
+    .await;
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/sign"),
+            &leader,
+            json!({"result_code": "KQ.LLTP.01", "number": "15/2026/LLTP"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+            &leader,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status"]["code"], 9, "{}", r.text);
+    let task = task_of(&r.body, "phat_hanh");
+    api.post(
+        &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+        &clerk,
+        json!({}),
+    )
+    .await;
+
+    // Hooks run in the background; then the desk returns the result.
+    api.wait_for(&code, "the return task", |d| {
+        d["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["step"] == "tra_ket_qua"))
+    })
+    .await;
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/return"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let done = api
+        .wait_for(&code, "closed", |d| !d["closed_at"].is_null())
+        .await;
+    assert_eq!(done["status"]["code"], 10);
+    assert_eq!(done["outcome"], "completed");
+
+    // The citizen follows it.
+    let mine = api.get("/api/v1/me/dossiers", &citizen_token()).await;
+    assert!(
+        mine.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["code"] == code.as_str() && d["status"] == 10)
+    );
+    let notes = api
+        .get(
+            &format!("/api/v1/dossiers/{code}/notifications"),
+            &citizen_token(),
+        )
+        .await;
+    let templates: Vec<&str> = notes
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["template"].as_str().unwrap())
+        .collect();
+    assert!(
+        templates.contains(&"tiep_nhan") && templates.contains(&"ket_qua"),
+        "{templates:?}"
+    );
+
+    // The auditor verifies it.
+    let auditor = auditor_token();
+    let events = api
+        .get(&format!("/api/v1/dossiers/{code}/events"), &auditor)
+        .await;
+    let events = events.body.as_array().unwrap();
+    assert_eq!(events[0]["type"], "filed");
+    assert!(
+        events.windows(2).all(|w| w[1]["prev_hash"] == w[0]["hash"]),
+        "the chain links"
+    );
+    let replay = api
+        .get(&format!("/api/v1/dossiers/{code}/replay"), &auditor)
+        .await;
+    assert_eq!(replay.body["matches"], true, "{}", replay.text);
+    let verify = api.get("/api/v1/audit/verify", &auditor).await;
+    assert_eq!(verify.body["intact"], true, "{}", verify.text);
+    assert_eq!(
+        api.sync.keys().len(),
+        2,
+        "status synced twice through the job mechanism"
+    );
+}
+
+/// Who may call what. `A` allowed (anything but 401/403), `F` forbidden (403),
+/// `U` unauthenticated (401).
+#[tokio::test]
+async fn every_route_checks_who_may_call_it() {
+    let api = start_api().await;
+    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
+    let task = "tiep_nhan.1";
+
+    let callers: Vec<(&str, Option<String>)> = vec![
+        ("anonymous", None),
+        ("owner", Some(citizen_token())),
+        ("other citizen", Some(other_citizen_token())),
+        (
+            "officer",
+            Some(officer_token(
+                "o",
+                &[
+                    "mot_cua",
+                    "chuyen_vien",
+                    "lanh_dao_phong",
+                    "lanh_dao",
+                    "van_thu",
+                    "ke_toan",
+                ],
+            )),
+        ),
+        ("foreign officer", Some(foreign_officer_token())),
+        ("admin", Some(admin_token())),
+        ("auditor", Some(auditor_token())),
+    ];
+    // Columns follow `callers`.
+    let table: Vec<(Method, String, Value, &str)> = vec![
+        (Method::GET, "/health".into(), Value::Null, "AAAAAAA"),
+        (Method::GET, "/ready".into(), Value::Null, "AAAAAAA"),
+        (Method::GET, "/metrics".into(), Value::Null, "AAAAAAA"),
+        (Method::GET, "/openapi.json".into(), Value::Null, "AAAAAAA"),
+        (
+            Method::GET,
+            "/api/v1/procedures".into(),
+            Value::Null,
+            "UAAAAAA",
+        ),
+        (
+            Method::GET,
+            "/api/v1/procedures/2.000488".into(),
+            Value::Null,
+            "UAAAAAA",
+        ),
+        (
+            Method::GET,
+            "/api/v1/holidays".into(),
+            Value::Null,
+            "UAAAAAA",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/procedures/validate".into(),
+            Value::Null,
+            "UFFFFAF",
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/procedures".into(),
+            Value::Null,
+            "UFFFFAF",
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/incidents".into(),
+            Value::Null,
+            "UFFFFAF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/admin/incidents/{code}/i1"),
+            json!({"action": "retry"}),
+            "UFFFFAF",
+        ),
+        (
+            Method::POST,
+            "/api/v1/dossiers".into(),
+            json!({"procedure_code": "2.000488", "agency_code": AGENCY}),
+            "UAAAAFF",
+        ),
+        (
+            Method::GET,
+            "/api/v1/dossiers".into(),
+            Value::Null,
+            "UFFAAAA",
+        ),
+        (
+            Method::GET,
+            "/api/v1/me/dossiers".into(),
+            Value::Null,
+            "UAAFFFF",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/dossiers/{code}"),
+            Value::Null,
+            "UAFAFAA",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/dossiers/{code}/notifications"),
+            Value::Null,
+            "UAFAFAA",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/dossiers/{code}/events"),
+            Value::Null,
+            "UAFAFAA",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/dossiers/{code}/replay"),
+            Value::Null,
+            "UFFFFAA",
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit/verify".into(),
+            Value::Null,
+            "UFFFFAA",
+        ),
+        (Method::GET, "/api/v1/tasks".into(), Value::Null, "UFFAAFF"),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/tasks/{task}/release"),
+            json!(null),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+            json!({"outcome": "bogus"}),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/request-supplement"),
+            json!({"reason": "x", "missing": ["bogus"]}),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/supplement"),
+            json!({"data": {}}),
+            "UAFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/payments"),
+            json!({"fee_code": "X", "amount_vnd": 1}),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/sign"),
+            json!({"result_code": "KQ.LLTP.01"}),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/return"),
+            json!(null),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/stop"),
+            json!({"reason": " "}),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/refuse"),
+            json!({"reason": " "}),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/withdraw"),
+            json!({"reason": " "}),
+            "UAFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/tasks/{task}/claim"),
+            json!(null),
+            "UFFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/receive"),
+            json!(null),
+            "UFFAFFF",
+        ),
+    ];
+
+    // Every documented operation is in the table, and every row is documented.
+    let doc = api.get("/openapi.json", "").await.body;
+    let mut documented: Vec<String> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let templated = |p: &str| {
+        p.replace(&code, "{code}")
+            .replace(task, "{task}")
+            .replace("/i1", "/{incident}")
+            .replace("2.000488", "{code}")
+    };
+    let mut rows: Vec<String> = table
+        .iter()
+        .map(|(m, p, _, _)| format!("{m} {}", templated(p)))
+        .collect();
+    rows.retain(|r| r != "GET /openapi.json");
+    documented.sort();
+    rows.sort();
+    assert_eq!(
+        documented, rows,
+        "the matrix covers exactly the documented routes"
+    );
+
+    let mut failures = Vec::new();
+    for (method, path, body, expect) in &table {
+        for ((who, token), want) in callers.iter().zip(expect.chars()) {
+            let mut rb = api.request(method.clone(), path);
+            if let Some(t) = token {
+                rb = rb.bearer_auth(t);
+            }
+            if path.contains("/admin/procedures") {
+                rb = rb
+                    .header("content-type", "application/yaml")
+                    .body("code: x");
+            } else if !body.is_null() || *method == Method::POST {
+                rb = rb.json(body);
+            }
+            let r = api.send(rb).await;
+            let got = match r.status.as_u16() {
+                401 => 'U',
+                403 => 'F',
+                _ => 'A',
+            };
+            if got != want {
+                failures.push(format!(
+                    "{method} {path} as {who}: expected {want}, got {} {}",
+                    r.status, r.text
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn bad_requests_get_documented_problems_and_never_a_server_error() {
+    let api = start_api().await;
+    let citizen = citizen_token();
+    let filed = api.file_lltp().await;
+    let code = filed["code"].as_str().unwrap().to_owned();
+
+    let problem = |r: &Reply, status: u16, code: &str| {
+        assert_eq!(r.status.as_u16(), status, "{}", r.text);
+        assert_eq!(r.body["code"], code, "{}", r.text);
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+    };
+
+    let malformed = api
+        .send(
+            api.request(Method::POST, "/api/v1/dossiers")
+                .bearer_auth(&citizen)
+                .header("content-type", "application/json")
+                .body("{\"procedure_code\": "),
+        )
+        .await;
+    problem(&malformed, 400, "malformed_body");
+    let unknown = api
+        .post(
+            "/api/v1/dossiers",
+            &citizen,
+            json!({"procedure_code": "2.000488", "agency_code": AGENCY, "colour": "red"}),
+        )
+        .await;
+    problem(&unknown, 422, "invalid_body");
+    assert!(
+        unknown.body["detail"].as_str().unwrap().contains("colour"),
+        "{}",
+        unknown.text
+    );
+    let wrong_type = api
+        .send(
+            api.request(Method::POST, "/api/v1/dossiers")
+                .bearer_auth(&citizen)
+                .header("content-type", "text/plain")
+                .body("{}"),
+        )
+        .await;
+    problem(&wrong_type, 415, "unsupported_media_type");
+    let huge = json!({"procedure_code": "2.000488", "agency_code": AGENCY, "data": {"to_khai": {"muc_dich": "x".repeat(100_000)}}});
+    let too_big = api.post("/api/v1/dossiers", &citizen, huge).await;
+    problem(&too_big, 413, "body_too_large");
+
+    problem(
+        &api.call(Method::GET, "/api/v1/me/dossiers", None, None)
+            .await,
+        401,
+        "unauthenticated",
+    );
+    problem(
+        &api.get("/api/v1/me/dossiers", "not-a-token").await,
+        401,
+        "invalid_token",
+    );
+    let forged = token_for(UserKind::Admin, "x", &[], None, None).replace('.', "x.");
+    problem(
+        &api.get("/api/v1/me/dossiers", &forged).await,
+        401,
+        "invalid_token",
+    );
+    let expired = {
+        let mut c = tthc_api::auth::claims(
+            UserKind::Citizen,
+            "c",
+            "c",
+            vec![],
+            None,
+            Some(CITIZEN_ID.into()),
+            chrono::Duration::minutes(1),
+        );
+        c.exp = chrono::Utc::now().timestamp() - 3600;
+        tthc_api::auth::mint(SECRET.as_bytes(), &c).unwrap()
+    };
+    problem(
+        &api.get("/api/v1/me/dossiers", &expired).await,
+        401,
+        "token_expired",
+    );
+
+    // Another agency's dossier.
+    problem(
+        &api.get(
+            &format!("/api/v1/dossiers/{code}"),
+            &foreign_officer_token(),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    problem(
+        &api.post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &foreign_officer_token(),
+            json!(null),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    // A stranger's dossier.
+    problem(
+        &api.get(&format!("/api/v1/dossiers/{code}"), &other_citizen_token())
+            .await,
+        403,
+        "forbidden",
+    );
+    problem(
+        &api.get("/api/v1/dossiers/000.00.01.H59-991231-0001", &admin_token())
+            .await,
+        404,
+        "dossier_not_found",
+    );
+    problem(
+        &api.get("/api/v1/nothing-here", &admin_token()).await,
+        404,
+        "not_found",
+    );
+
+    // Form violations come back with JSON pointers into the request.
+    let mut form = crate::engine_support::lltp_form(1);
+    form["ngay_sinh"] = json!(17);
+    let r = api
+        .post(
+            "/api/v1/dossiers",
+            &citizen,
+            json!({"procedure_code": "2.000488", "agency_code": AGENCY, "data": {"to_khai": form}}),
+        )
+        .await;
+    problem(&r, 422, "invalid_form");
+    assert!(
+        r.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["pointer"] == "/data/to_khai/ngay_sinh"),
+        "{}",
+        r.text
+    );
+
+    // A stale If-Match is a conflict with the current version.
+    let desk = officer_token("desk", &["mot_cua"]);
+    let stale = api
+        .send(
+            api.request(Method::POST, &format!("/api/v1/dossiers/{code}/receive"))
+                .bearer_auth(&desk)
+                .header("if-match", "\"1\""),
+        )
+        .await;
+    problem(&stale, 409, "conflict");
+    assert_eq!(stale.body["current_seq"], filed["seq"]);
+    let current = filed["seq"].to_string();
+    let ok = api
+        .send(
+            api.request(Method::POST, &format!("/api/v1/dossiers/{code}/receive"))
+                .bearer_auth(&desk)
+                .header("if-match", format!("\"{current}\"")),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    problem(
+        &api.post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &desk,
+            json!(null),
+        )
+        .await,
+        409,
+        "invalid_state",
+    );
+
+    // Idempotency: a retried filing files once; the same key for another request is refused.
+    let body = json!({"procedure_code": "2.000488", "agency_code": AGENCY, "data": {"to_khai": crate::engine_support::lltp_form(2)}});
+    let first = api
+        .send(
+            api.request(Method::POST, "/api/v1/dossiers")
+                .bearer_auth(&citizen)
+                .header("idempotency-key", "k-1")
+                .json(&body),
+        )
+        .await;
+    let again = api
+        .send(
+            api.request(Method::POST, "/api/v1/dossiers")
+                .bearer_auth(&citizen)
+                .header("idempotency-key", "k-1")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(first.body["code"], again.body["code"]);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let mine = api.get("/api/v1/me/dossiers", &citizen).await;
+    assert_eq!(mine.body.as_array().unwrap().len(), 2, "filed once");
+    let reused = api
+        .send(
+            api.request(Method::POST, "/api/v1/dossiers")
+                .bearer_auth(&citizen)
+                .header("idempotency-key", "k-1")
+                .json(&json!({"procedure_code": "2.000488", "agency_code": AGENCY})),
+        )
+        .await;
+    problem(&reused, 422, "idempotency_key_reused");
+}
+
+#[tokio::test]
+async fn administrators_validate_and_deploy_definitions_over_http() {
+    let api = start_api().await;
+    let admin = admin_token();
+    let text =
+        std::fs::read_to_string(crate::support::repo_root().join("procedures/cap-phieu-lltp.yaml"))
+            .unwrap();
+    let post_yaml = |path: &'static str, body: String| {
+        api.request(Method::POST, path)
+            .bearer_auth(&admin)
+            .header("content-type", "application/yaml")
+            .body(body)
+    };
+    let bad = text.replace("next: phan_loai", "next: phan_loaii");
+    let r = api
+        .send(post_yaml("/api/v1/admin/procedures/validate", bad.clone()))
+        .await;
+    assert_eq!(r.body["valid"], false);
+    assert!(
+        r.body["diagnostics"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("phan_loaii"),
+        "{}",
+        r.text
+    );
+    assert!(r.body["diagnostics"][0]["line"].as_u64().unwrap() > 1);
+    let r = api.send(post_yaml("/api/v1/admin/procedures", bad)).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.text);
+    assert_eq!(r.body["code"], "invalid_definition");
+
+    let r = api
+        .send(post_yaml("/api/v1/admin/procedures", text.clone()))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "already deployed at start: {}",
+        r.text
+    );
+    assert_eq!(r.body["result"], "unchanged");
+    let v2 = text.replace("version: 1", "version: 2");
+    let r = api
+        .send(
+            post_yaml("/api/v1/admin/procedures", v2.clone()).header("idempotency-key", "deploy-2"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["version"], 2);
+    let again = api
+        .send(post_yaml("/api/v1/admin/procedures", v2).header("idempotency-key", "deploy-2"))
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    let shown = api
+        .get("/api/v1/procedures/2.000488", &citizen_token())
+        .await;
+    assert_eq!(shown.body["version"], 2);
+    let v1 = api
+        .get("/api/v1/procedures/2.000488?version=1", &citizen_token())
+        .await;
+    assert_eq!(v1.body["version"], 1);
+    let metrics = api.call(Method::GET, "/metrics", None, None).await;
+    assert!(
+        metrics.text.contains("tthc_http_requests_total"),
+        "{}",
+        metrics.text
+    );
+    assert!(metrics.text.contains("tthc_jobs_pending"));
+}
