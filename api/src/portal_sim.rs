@@ -460,8 +460,16 @@ async fn inject_faults(State(sim): State<Arc<Sim>>, request: Request, next: Next
         return unavailable(format!("fault injected: fail-first ({n} of {of})"));
     }
     if faults.timeout_rate > 0.0 && rand::random::<f64>() < faults.timeout_rate {
+        // Counted now: the client usually gives up first, and the server then drops this
+        // request without running the rest of it.
+        sim.counters.faults_injected.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(faults.hang_ms)).await;
-        return unavailable(format!("fault injected: hung for {} ms", faults.hang_ms));
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("fault injected: hung for {} ms", faults.hang_ms),
+        )
+        .into_response();
     }
     if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
         return unavailable("fault injected: error rate".to_owned());

@@ -205,6 +205,29 @@ async fn shutdown_signal() {
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgencyCatalog {
+    agencies: Vec<AgencyEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgencyEntry {
+    code: String,
+    name: String,
+}
+
+/// Agency names from the catalog file, when there is one.
+fn agency_names(path: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Default::default());
+    };
+    let catalog: AgencyCatalog =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(catalog.agencies.into_iter().map(|a| (a.code, a.name)).collect())
+}
+
 /// Opens the engine, deploys the definitions, and builds the router.
 pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppState, Background)> {
     let mut calendar = Calendar::default_vietnam()?;
@@ -215,7 +238,8 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         &config.database_url,
         config.root.join("procedures").join("templates"),
     );
-    engine_config.agencies = config.agencies.clone();
+    engine_config.agencies = agency_names(&config.root.join("procedures/catalog/agencies.yaml"))?;
+    engine_config.agencies.extend(config.agencies.clone());
     let engine = Engine::open(engine_config, calendar, clock).await?;
     let loader = LoaderConfig::at_root(&config.root);
     if config.deploy_on_start {

@@ -707,6 +707,19 @@ struct Token {
     refresh_at: Instant,
 }
 
+impl From<&wire::TokenResponse> for Token {
+    fn from(t: &wire::TokenResponse) -> Token {
+        // Refresh a little early (a tenth of the lifetime, at most 60 s), so a token does not
+        // expire between being read here and reaching the portal.
+        let life = Duration::from_secs(t.expires_in);
+        let margin = (life / 10).min(Duration::from_secs(60));
+        Token {
+            value: t.access_token.clone(),
+            refresh_at: Instant::now() + life.saturating_sub(margin),
+        }
+    }
+}
+
 struct ClientInner {
     http: reqwest::Client,
     base: Url,
@@ -848,8 +861,15 @@ impl PortalClient {
         }
     }
 
-    /// Fetches a new token with the client credentials.
+    /// Fetches a new token with the client credentials and keeps it for the next calls.
     pub async fn fetch_token(&self) -> Result<wire::TokenResponse, PortalError> {
+        let mut slot = self.inner.token.lock().await;
+        let fresh = self.request_token().await?;
+        *slot = Some(Token::from(&fresh));
+        Ok(fresh)
+    }
+
+    async fn request_token(&self) -> Result<wire::TokenResponse, PortalError> {
         let what = "POST /auth/token";
         let body = wire::TokenRequest {
             client_id: self.inner.config.client_id.clone(),
@@ -884,17 +904,9 @@ impl PortalClient {
         {
             return Ok(t.value.clone());
         }
-        let fresh = self.fetch_token().await?;
-        // Refresh a little early (a tenth of the lifetime, at most 60 s), so a token does not
-        // expire between being read here and reaching the portal.
-        let life = Duration::from_secs(fresh.expires_in);
-        let margin = (life / 10).min(Duration::from_secs(60));
-        let value = fresh.access_token;
-        *slot = Some(Token {
-            value: value.clone(),
-            refresh_at: Instant::now() + life.saturating_sub(margin),
-        });
-        Ok(value)
+        let fresh = self.request_token().await?;
+        *slot = Some(Token::from(&fresh));
+        Ok(fresh.access_token)
     }
 
     /// Drops `used` if it is still the cached token (another caller may have replaced it).
