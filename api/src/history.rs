@@ -27,10 +27,13 @@ pub async fn verify(engine: &Engine, dossier: Option<&str>) -> Result<ExitCode> 
     }
 }
 
-pub async fn replay(engine: &Engine, code: &str) -> Result<ExitCode> {
+/// A dossier's timeline as text, rebuilt from its events, and whether the stored read models
+/// match them.
+pub async fn timeline(engine: &Engine, code: &str) -> Result<(String, bool)> {
+    use std::fmt::Write as _;
     let report = engine.replay(code).await?;
     let tz = engine.calendar().timezone();
-    println!("Dossier {code}");
+    let mut out = String::new();
     let mut state: Option<Dossier> = None;
     for e in &report.events {
         match state.as_mut() {
@@ -38,18 +41,20 @@ pub async fn replay(engine: &Engine, code: &str) -> Result<ExitCode> {
             Some(s) => s.apply(e.at, &e.event),
         }
         let status = state.as_ref().map(|s| s.status.code()).unwrap_or(0);
-        println!(
-            "{:>4}  {}  {:<24} {:<64} {:<20} status {}",
+        writeln!(
+            out,
+            "{:>4}  {}  {:<26} {:<70} {:<22} status {}",
             e.seq,
-            e.at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S"),
+            e.at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
             e.actor_name,
             e.event.summary(),
             e.event.step().unwrap_or("-"),
             status
-        );
+        )?;
     }
     let s = &report.state;
-    println!(
+    writeln!(
+        out,
         "Rebuilt from {} event(s): status {} ({}), {} open task(s), {} job(s), {} notification(s)",
         report.events.len(),
         s.status.code(),
@@ -57,14 +62,20 @@ pub async fn replay(engine: &Engine, code: &str) -> Result<ExitCode> {
         s.tasks.len(),
         s.jobs.len(),
         s.notifications.len()
-    );
+    )?;
     if report.matches {
-        println!("State check: the stored read models match the events.");
-        Ok(ExitCode::SUCCESS)
+        writeln!(out, "State check: the stored read models match the events.")?;
     } else {
         for d in &report.differences {
-            println!("MISMATCH {d}");
+            writeln!(out, "MISMATCH {d}")?;
         }
-        Ok(ExitCode::FAILURE)
     }
+    Ok((out, report.matches))
+}
+
+pub async fn replay(engine: &Engine, code: &str) -> Result<ExitCode> {
+    let (text, matches) = timeline(engine, code).await?;
+    println!("Dossier {code}");
+    print!("{text}");
+    Ok(if matches { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

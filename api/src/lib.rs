@@ -4,7 +4,9 @@
 pub mod auth;
 pub mod config;
 pub mod definitions;
+pub mod demo;
 pub mod history;
+pub mod integrations;
 pub mod metrics;
 pub mod portal_sim;
 pub mod problem;

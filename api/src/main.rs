@@ -79,6 +79,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Both processes of the founding document end to end: a certificate issued in province A
+    /// and reused from the portal's Kho DL for a licence in province B.
+    Demo {
+        /// Where to keep the two provinces' databases (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Auditors' checks on the stored history.
     Audit {
         #[command(subcommand)]
@@ -203,6 +210,15 @@ fn main() -> ExitCode {
         }),
         Command::PortalSim(args) => {
             runtime().and_then(|rt| rt.block_on(tthc_api::portal_sim::run(args)))
+        }
+        Command::Demo { dir } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("tthc-demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
+            });
+            runtime().and_then(|rt| {
+                rt.block_on(tthc_api::demo::run(&cli.root, &dir, true))?;
+                Ok(ExitCode::SUCCESS)
+            })
         }
         Command::Replay { code } => runtime().and_then(|rt| {
             rt.block_on(async {

@@ -802,19 +802,19 @@ async fn synced_dossier(State(sim): State<Arc<Sim>>, Path(code): Path<String>) -
 // Kho DL papers
 // ---------------------------------------------------------------------------------------------
 
-/// Paper ids travel in URL paths: keep them to characters that need no escaping.
+/// Paper ids travel in URL paths: keep them to characters that need no escaping there.
 fn valid_paper_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 200
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
 }
 
 fn validate_paper(m: &wire::PaperMetadata) -> Result<(), ApiError> {
     if !valid_paper_id(&m.paper_id) {
         return Err(ApiError::invalid(format!(
-            "paper_id `{}` must be 1 to 200 letters, digits, `.`, `-` or `_`",
+            "paper_id `{}` must be 1 to 200 letters, digits, `.`, `-`, `_` or `:`",
             m.paper_id
         )));
     }
@@ -1122,7 +1122,7 @@ mod tests {
 
     #[test]
     fn paper_ids_need_no_escaping() {
-        assert!(valid_paper_id("000.00.01.H59-260302-0001.KQ.LLTP.01.1"));
+        assert!(valid_paper_id("000.00.01.H59-260302-0001:KQ.LLTP.01"));
         assert!(!valid_paper_id(""));
         assert!(!valid_paper_id("a/b"));
         assert!(!valid_paper_id("a b"));

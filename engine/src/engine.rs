@@ -473,6 +473,20 @@ impl Engine {
         }
     }
 
+    /// Decides a command without storing anything: whether it would be accepted now.
+    pub async fn check(&self, code: &str, actor: &Actor, command: &Command) -> Result<(), EngineError> {
+        let state = self.dossier(code).await?;
+        let procedure = self.procedure_of(&state)?;
+        let ctx = Context {
+            procedure: &procedure,
+            calendar: &self.inner.calendar,
+            now: self.now(),
+            actor,
+        };
+        decide(&ctx, &state, command)?;
+        Ok(())
+    }
+
     /// One pass of the worker: claims the jobs due now and runs each.
     pub async fn run_due_jobs(&self, limit: u32) -> Result<WorkReport, EngineError> {
         let now = self.now();

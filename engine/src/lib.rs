@@ -1,5 +1,6 @@
 //! The tthc engine: procedure definitions, dossiers, the runtime that advances them, and
-//! their storage. This crate knows nothing of HTTP; the `tthc` binary in `api/` does.
+//! their storage. It serves no HTTP (the `tthc` binary in `api/` does); it only calls the
+//! national portal as a client (`portal`).
 
 pub mod audit;
 pub mod calendar;
@@ -9,6 +10,7 @@ pub mod engine;
 pub mod khodl;
 pub mod notify;
 pub mod portal;
+pub mod reuse;
 pub mod runtime;
 pub mod signing;
 pub mod store;

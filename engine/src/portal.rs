@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::calendar::Calendar;
 use crate::definition::{Duration as Period, ResultCatalog, Validity};
 use crate::dossier::{DocumentRef, Dossier, Event, EventRecord, HookOutcome, Signature, Status};
 use crate::engine::{HookFuture, HookHandler, HookRequest};
@@ -327,28 +328,36 @@ pub fn parse_portal_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The portal's id of the `index`-th (0-based) signed result of a dossier: stable across
-/// attempts, and shared by the sync (which lists it) and the push (which stores it).
-pub fn paper_id(dossier_code: &str, result_code: &str, index: usize) -> String {
-    format!("{dossier_code}.{result_code}.{}", index + 1)
+/// The portal's id of the paper holding `result_code` issued for a dossier: the id the local
+/// Kho DL gives it ([`crate::khodl::result_paper_id`]), so the two copies are found by one id.
+/// A result code is signed at most once per dossier, so the id is stable across attempts and
+/// shared by the sync (which lists it) and the push (which stores it).
+pub fn paper_id(dossier_code: &str, result_code: &str) -> String {
+    crate::khodl::result_paper_id(dossier_code, result_code)
 }
 
-/// How a document came to the dossier, read from its `provenance`. The keys read are those
-/// the one-stop desk and Kho DL reuse record (see `docs/portal-api.md`, "Reuse flags"):
-/// `source` (`upload`, `digitized`, `khodl`, `portal_khodl`), `result_code` (when the document
-/// is the result of another procedure), and the explicit overrides `digitized`, `reused`,
-/// `replaced_by_result_code`, `from_portal_khodl`. Anything else is ignored.
+/// How a document came to the dossier, read from its `provenance`.
+///
+/// A paper reused from a Kho DL (the engine's `PaperReused` event) records
+/// `{"reused": true, "paper_id", "result_code", "from_portal": bool, …}`; such a paper is
+/// always another procedure's result, so it is `reused` 2 with that result code. Also read:
+/// `source` (`upload`, `digitized`, `khodl`, `portal_khodl`) and the explicit wire values
+/// `digitized`, `reused` (0, 1, 2), `replaced_by_result_code`, `from_portal_khodl`, which win.
+/// Anything else is ignored; no provenance means an upload.
 pub fn submitted_file(doc: &DocumentRef) -> wire::SubmittedFile {
     let p = doc.provenance.as_ref();
-    let text = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_str);
-    let flag = |k: &str| p.and_then(|p| p.get(k)).and_then(Value::as_bool);
+    let get = |k: &str| p.and_then(|p| p.get(k));
+    let text = |k: &str| get(k).and_then(Value::as_str);
+    let flag = |k: &str| get(k).and_then(Value::as_bool);
     let source = text("source").unwrap_or("upload");
-    let from_khodl = matches!(source, "khodl" | "portal_khodl");
-    let from_portal_khodl = flag("from_portal_khodl").unwrap_or(source == "portal_khodl");
+    let from_khodl = matches!(source, "khodl" | "portal_khodl") || flag("reused") == Some(true);
+    let from_portal_khodl = flag("from_portal_khodl")
+        .or_else(|| flag("from_portal"))
+        .unwrap_or(source == "portal_khodl");
     let result_code = text("replaced_by_result_code")
         .or_else(|| text("result_code"))
         .map(str::to_owned);
-    let reused = match p.and_then(|p| p.get("reused")).and_then(Value::as_u64) {
+    let reused = match get("reused").and_then(Value::as_u64) {
         Some(n @ 0..=2) => n as u8,
         // A document taken from a Kho DL is reused; when it is another procedure's result it
         // stands in for the component (2, with the result's code).
@@ -485,9 +494,8 @@ pub fn sync_payload(
         results: d
             .signatures
             .iter()
-            .enumerate()
-            .map(|(i, s)| wire::ResultPaper {
-                paper_id: paper_id(&d.code, &s.result_code, i),
+            .map(|s| wire::ResultPaper {
+                paper_id: paper_id(&d.code, &s.result_code),
                 result_code: s.result_code.clone(),
                 name: result_name(catalog, s),
                 number: s.number.clone(),
@@ -499,13 +507,29 @@ pub fn sync_payload(
     }
 }
 
-/// The end of a validity period starting at `from`; `None` when permanent (or beyond 9999). Validity is a
-/// calendar notion, so working days and hours count here as calendar days and hours.
-pub fn valid_until(from: DateTime<Utc>, validity: Validity) -> Option<DateTime<Utc>> {
+/// The end of a validity period starting at `from`; `None` when permanent (or past year 9999).
+/// With the working-day calendar, the end is what the local Kho DL computes; without it,
+/// working days and hours count as calendar days and hours (validity is rarely given in
+/// working time).
+pub fn valid_until(
+    from: DateTime<Utc>,
+    validity: Validity,
+    calendar: Option<&Calendar>,
+) -> Option<DateTime<Utc>> {
     let Validity::For(period) = validity else {
         return None;
     };
-    let end = match period {
+    let end = match (period, calendar) {
+        (period, Some(calendar)) => Some(calendar.add(from, period)),
+        (period, None) => calendar_time(from, period),
+    };
+    // Past chrono's range (billions of months): as good as permanent, and a date the
+    // 14-digit format could not carry anyway.
+    end.filter(|t| t.year() <= 9999)
+}
+
+fn calendar_time(from: DateTime<Utc>, period: Period) -> Option<DateTime<Utc>> {
+    match period {
         Period::Months(n) => {
             // Months are added to the local date, so 31 Jan + 1 month is 28/29 Feb.
             let local = from.with_timezone(&Ho_Chi_Minh);
@@ -518,10 +542,7 @@ pub fn valid_until(from: DateTime<Utc>, validity: Validity) -> Option<DateTime<U
         }
         Period::WorkingHours(n) => from.checked_add_signed(chrono::Duration::hours(i64::from(n))),
         Period::Minutes(n) => from.checked_add_signed(chrono::Duration::minutes(i64::from(n))),
-    };
-    // Past chrono's range (billions of months): as good as permanent, and a date the
-    // 14-digit format could not carry anyway.
-    end.filter(|t| t.year() <= 9999)
+    }
 }
 
 /// The validity of a result issued by `procedure`: the procedure's own, else the catalog's
@@ -547,18 +568,17 @@ pub fn result_validity(
         .unwrap_or(DEFAULT_VALIDITY)
 }
 
-/// The metadata of the `index`-th signed result of a dossier, as pushed to the owner's Kho DL.
+/// The metadata of a signed result of a dossier, as pushed to the owner's Kho DL. `valid_until`
+/// is the end of its validity (none when permanent), from [`valid_until`].
 pub fn paper_metadata(
     d: &Dossier,
-    index: usize,
     signature: &Signature,
-    validity: Validity,
+    valid_until: Option<DateTime<Utc>>,
     catalog: Option<&ResultCatalog>,
     agency_name: Option<&str>,
 ) -> wire::PaperMetadata {
-    let valid_until = valid_until(signature.at, validity);
     wire::PaperMetadata {
-        paper_id: paper_id(&d.code, &signature.result_code, index),
+        paper_id: paper_id(&d.code, &signature.result_code),
         owner_id: d.owner.id.as_str().to_owned(),
         owner_name: d.owner.name.clone(),
         result_code: signature.result_code.clone(),
@@ -1233,13 +1253,14 @@ impl HookHandler for PortalSyncHook {
 }
 
 /// `portal.push_result`: pushes every signed result of the dossier to the owner's Kho DL on
-/// the portal, one paper per signature, each under its own idempotency key derived from the
-/// job's (`{job key}/paper-{n}`), so a retry after a partial failure re-sends only what the
-/// portal does not have yet (it answers the rest from its idempotency record).
+/// the portal, one paper per signed result code, each under its own idempotency key derived
+/// from the job's (`{job key}/{result code}`), so a retry after a partial failure re-sends
+/// only what the portal does not have yet (it answers the rest from its idempotency record).
 pub struct PortalPushHook {
     client: PortalClient,
     content: Arc<dyn ContentSource>,
     catalog: Option<ResultCatalog>,
+    calendar: Option<Calendar>,
     agency_names: BTreeMap<String, String>,
 }
 
@@ -1266,8 +1287,15 @@ impl PortalPushHook {
             client,
             content,
             catalog: None,
+            calendar: None,
             agency_names: BTreeMap::new(),
         }
+    }
+
+    /// Computes validity ends with the working-day calendar, as the local Kho DL does.
+    pub fn with_calendar(mut self, calendar: Calendar) -> PortalPushHook {
+        self.calendar = Some(calendar);
+        self
     }
 
     /// Result names and default validities (`procedures/catalog/results.yaml`).
@@ -1282,20 +1310,18 @@ impl PortalPushHook {
         self
     }
 
-    /// The paper for the `index`-th signature, content included.
+    /// The paper for one signed result, content included.
     pub async fn paper(
         &self,
         d: &Dossier,
         procedure: Option<&CompiledProcedure>,
-        index: usize,
         signature: &Signature,
     ) -> Result<wire::PushPaper, PushError> {
         let validity = result_validity(procedure, self.catalog.as_ref(), &signature.result_code);
         let metadata = paper_metadata(
             d,
-            index,
             signature,
-            validity,
+            valid_until(signature.at, validity, self.calendar.as_ref()),
             self.catalog.as_ref(),
             self.agency_names.get(&d.agency_code).map(String::as_str),
         );
@@ -1343,7 +1369,7 @@ impl HookHandler for PortalPushHook {
             let mut pushed = Vec::new();
             let mut notes = Vec::new();
             for (i, signature) in d.signatures.iter().enumerate() {
-                let paper = match self.paper(d, Some(request.procedure), i, signature).await {
+                let paper = match self.paper(d, Some(request.procedure), signature).await {
                     Ok(p) => p,
                     Err(e) => {
                         return HookOutcome::Failed {
@@ -1354,7 +1380,7 @@ impl HookHandler for PortalPushHook {
                 if let Some(note) = &paper.metadata.note {
                     notes.push(format!("{}: {note}", paper.metadata.paper_id));
                 }
-                let key = format!("{}/paper-{}", request.idempotency_key, i + 1);
+                let key = format!("{}/{}", request.idempotency_key, signature.result_code);
                 match self.client.push_paper(&key, &paper).await {
                     Ok(answer) => pushed.push(json!({
                         "paper_id": answer.paper_id,
@@ -1511,6 +1537,26 @@ mod tests {
         );
         assert_eq!(local.replaced_by_result_code, None);
 
+        // What the engine records when the owner consents to reuse a paper from the portal.
+        let consented = submitted_file(&doc(Some(json!({
+            "reused": true, "paper_id": "P", "result_code": "KQ.LLTP.01", "from_portal": true
+        }))));
+        assert_eq!(
+            (
+                consented.reused,
+                consented.replaced_by_result_code.as_deref(),
+                consented.from_portal_khodl
+            ),
+            (2, Some("KQ.LLTP.01"), true)
+        );
+        let local_reuse = submitted_file(&doc(Some(
+            json!({"reused": true, "result_code": "KQ.LLTP.01", "from_portal": false}),
+        )));
+        assert_eq!(
+            (local_reuse.reused, local_reuse.from_portal_khodl),
+            (2, false)
+        );
+
         // Explicit flags win; an out-of-range `reused` is ignored.
         let explicit = submitted_file(&doc(Some(json!({"reused": 1, "from_portal_khodl": true}))));
         assert_eq!((explicit.reused, explicit.from_portal_khodl), (1, true));
@@ -1592,8 +1638,9 @@ mod tests {
         .unwrap();
         let validity = result_validity(None, Some(&catalog), "KQ.LLTP.01");
         assert_eq!(validity, Validity::For(Period::Months(6)));
-        let m = paper_metadata(&d, 0, &d.signatures[0], validity, Some(&catalog), None);
-        assert_eq!(m.paper_id, "000.00.01.H59-260302-0001.KQ.LLTP.01.1");
+        let end = valid_until(signed, validity, None);
+        let m = paper_metadata(&d, &d.signatures[0], end, Some(&catalog), None);
+        assert_eq!(m.paper_id, "000.00.01.H59-260302-0001:KQ.LLTP.01");
         assert_eq!(m.name, "Phiếu lý lịch tư pháp số 1");
         assert_eq!(m.issued_at, "20260131100000");
         // 31 January + 6 months is 31 July.
@@ -1602,7 +1649,7 @@ mod tests {
         assert!(m.note.is_some(), "a result without a document is noted");
         assert_eq!(m.owner_id, "001099012345");
 
-        let permanent = paper_metadata(&d, 0, &d.signatures[0], Validity::Permanent, None, None);
+        let permanent = paper_metadata(&d, &d.signatures[0], None, None, None);
         assert!(permanent.permanent);
         assert_eq!(permanent.valid_until, None);
         assert_eq!(
@@ -1612,8 +1659,20 @@ mod tests {
         // Unknown results fall back to six months.
         assert_eq!(result_validity(None, None, "KQ.X"), DEFAULT_VALIDITY);
         // 31 August + 6 months ends on the last day of February.
-        let end = valid_until(at(2026, 8, 31, 3, 0), DEFAULT_VALIDITY).unwrap();
+        let end = valid_until(at(2026, 8, 31, 3, 0), DEFAULT_VALIDITY, None).unwrap();
         assert_eq!(portal_time(end), "20270228100000");
+        // With the calendar, the end is the local Kho DL's: months agree, working days count
+        // office days only.
+        let cal = Calendar::default_vietnam().unwrap();
+        assert_eq!(
+            valid_until(signed, DEFAULT_VALIDITY, Some(&cal)),
+            valid_until(signed, DEFAULT_VALIDITY, None)
+        );
+        let ten = Validity::For(Period::WorkingDays(10));
+        assert_eq!(
+            valid_until(signed, ten, Some(&cal)),
+            Some(cal.add(signed, Period::WorkingDays(10)))
+        );
     }
 
     #[test]
@@ -1628,7 +1687,7 @@ mod tests {
         });
         let p = sync_payload(&d, "", Vec::new(), None);
         assert_eq!(p.results.len(), 1);
-        assert_eq!(p.results[0].paper_id, paper_id(&d.code, "KQ.LLTP.01", 0));
+        assert_eq!(p.results[0].paper_id, paper_id(&d.code, "KQ.LLTP.01"));
         assert_eq!(p.results[0].sha256.as_deref(), Some(&*"ab".repeat(32)));
         assert_eq!(p.files.len(), 1);
     }

@@ -49,6 +49,9 @@ pub async fn start_api() -> Api {
     state
         .engine
         .register_hook("portal.push_result", Recorder::new("portal.push_result"));
+    state
+        .engine
+        .register_hook("khodl.unhide", Recorder::new("khodl.unhide"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });

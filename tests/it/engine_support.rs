@@ -108,6 +108,7 @@ pub fn attach_recorders(engine: &Engine) -> (Arc<Recorder>, Arc<Recorder>, Arc<R
     engine.register_hook("khodl.save", khodl.clone());
     engine.register_hook("portal.sync_dossier", sync.clone());
     engine.register_hook("portal.push_result", push.clone());
+    engine.register_hook("khodl.unhide", Recorder::new("khodl.unhide"));
     (khodl, sync, push)
 }
 

@@ -516,6 +516,11 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     assert_eq!(p.sha256, sha);
     assert_eq!(p.metadata.dossier_code, code);
     assert_eq!(
+        p.metadata.paper_id,
+        engine::khodl::result_paper_id(&code, "KQ.LLTP.01"),
+        "the same id as the paper in the local Kho DL"
+    );
+    assert_eq!(
         p.metadata.name, "Phiếu lý lịch tư pháp số 1",
         "named by the catalog"
     );
@@ -531,10 +536,10 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     assert!(held.dossier.returned_at.is_some());
 
     // A retry whose answer was lost carries the same key: the portal answers from its record.
-    let key = format!("{code}/{}/paper-1", job.id);
+    let key = format!("{code}/{}/KQ.LLTP.01", job.id);
     let bytes = content.clone();
     let paper = PortalPushHook::new(client.clone(), Arc::new(move |_: &str| Some(bytes.clone())))
-        .paper(&d, None, 0, &d.signatures[0])
+        .paper(&d, None, &d.signatures[0])
         .await
         .unwrap();
     let replay = client.push_paper(&key, &paper).await.unwrap();

@@ -25,6 +25,36 @@ pub struct Filing {
     pub documents: Vec<DocumentRef>,
 }
 
+/// Where a reused paper comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaperSource {
+    /// This system's Kho DL.
+    Local,
+    /// The portal's Kho DL (downloaded, its hash checked, stored locally before reuse).
+    Portal,
+}
+
+/// A paper from Kho DL offered for reuse, with what the decision needs to judge it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReusedPaper {
+    pub id: String,
+    pub source: PaperSource,
+    pub owner_id: super::types::OwnerId,
+    pub result_code: String,
+    pub name: String,
+    #[serde(default)]
+    pub number: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    /// None: permanent.
+    #[serde(default)]
+    pub valid_until: Option<DateTime<Utc>>,
+    pub issuing_agency: String,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
 /// What an administrator decides about an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +127,14 @@ pub enum Command {
     },
     /// The one-stop desk hands the result over (completes the task marked `returned`).
     ReturnResult,
+    /// Takes an earlier result from Kho DL for a component, with the owner's consent: online the
+    /// owner picks it; at the desk the officer records that the owner confirmed.
+    ReusePaper {
+        component: String,
+        paper: ReusedPaper,
+        #[serde(default)]
+        owner_confirmed: bool,
+    },
     /// The outcome of one attempt at a hook job, recorded by the worker.
     RecordHookOutcome {
         job: String,
@@ -151,6 +189,7 @@ impl Command {
             Command::ReplaceDocument { .. } => "replace_document",
             Command::SignResult { .. } => "sign_result",
             Command::ReturnResult => "return_result",
+            Command::ReusePaper { .. } => "reuse_paper",
             Command::RecordHookOutcome { .. } => "record_hook_outcome",
             Command::FireTimer { .. } => "fire_timer",
             Command::ResolveIncident { .. } => "resolve_incident",

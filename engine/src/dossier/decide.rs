@@ -257,6 +257,11 @@ pub fn decide(
             let task = milestone_task(ctx, state, Milestone::Returned)?;
             complete_task(&mut em, &task, None, None, None)?;
         }
+        Command::ReusePaper {
+            component,
+            paper,
+            owner_confirmed,
+        } => reuse_paper(&mut em, component, paper, *owner_confirmed)?,
         Command::RequestSupplement { reason, missing } => {
             non_empty(reason, "reason")?;
             not_paused(state)?;
@@ -827,13 +832,15 @@ fn complete_task(
     if step.marks == Some(Milestone::Returned) {
         em.emit(Event::ResultReturned);
     }
-    advance(
-        em,
-        t.token,
-        Some(&t.step),
-        &next,
-        outcome.as_deref().unwrap_or("done"),
-    )
+    let via = outcome.as_deref().unwrap_or("done");
+    advance(em, t.token, Some(&t.step), &next, via)?;
+    // A returned result becomes visible to its owner in Kho DL: a job, like every effect
+    // outside the dossier's own records.
+    let saves = ctx.procedure.procedure().results.iter().any(|r| r.save_to_khodl);
+    if step.marks == Some(Milestone::Returned) && saves {
+        system_job(em, "khodl.unhide", BTreeMap::new());
+    }
+    Ok(())
 }
 
 /// Components that are required and have neither data nor a document.
@@ -851,6 +858,104 @@ fn missing_components(p: &CompiledProcedure, state: &Dossier) -> Vec<String> {
         .collect()
 }
 
+/// Attaches an earlier result from Kho DL, after checking it may stand in for the component:
+/// the owner's own paper, an accepted result code, still valid, not too old, with consent.
+fn reuse_paper(
+    em: &mut Emitter<'_>,
+    component: &str,
+    paper: &super::command::ReusedPaper,
+    owner_confirmed: bool,
+) -> Result<(), CommandError> {
+    let ctx = em.ctx;
+    let state = &em.state;
+    let consent_by_owner = match ctx.actor {
+        Actor::Citizen { .. } => {
+            acts_for_owner(ctx, state)?;
+            true
+        }
+        Actor::Officer { .. } => {
+            officer_of(ctx, state)?;
+            if !owner_confirmed {
+                return Err(CommandError::forbidden(
+                    "reuse needs the owner's consent: record that the owner confirmed it",
+                ));
+            }
+            false
+        }
+        _ => return Err(CommandError::forbidden("only the owner or the desk takes papers from Kho DL")),
+    };
+    if state.processed_at.is_some() {
+        return Err(CommandError::state("the dossier is already processed"));
+    }
+    let Some(c) = ctx.procedure.procedure().component(component) else {
+        return Err(CommandError::input(format!("`{component}` is not a component of this procedure")));
+    };
+    let Some(reuse) = &c.reuse else {
+        return Err(CommandError::input(format!("component `{component}` does not take papers from Kho DL")));
+    };
+    if paper.owner_id != state.owner.id {
+        return Err(CommandError::forbidden("this paper belongs to another owner"));
+    }
+    if !reuse.result_codes.contains(&paper.result_code) {
+        return Err(CommandError::input(format!(
+            "`{component}` accepts {}, not {}",
+            reuse.result_codes.join(", "),
+            paper.result_code
+        )));
+    }
+    if paper.valid_until.is_some_and(|v| v < ctx.now) {
+        return Err(CommandError::input(format!("paper {} has expired", paper.id)));
+    }
+    if let Some(max_age) = reuse.max_age {
+        if ctx.calendar.add(paper.issued_at, max_age) < ctx.now {
+            return Err(CommandError::input(format!(
+                "paper {} was issued more than {max_age} ago",
+                paper.id
+            )));
+        }
+    }
+    check_sha256(&paper.sha256)?;
+    if state
+        .documents
+        .iter()
+        .any(|d| d.component == component && d.provenance.as_ref().and_then(|p| p.get("paper_id")).and_then(Value::as_str) == Some(paper.id.as_str()))
+    {
+        return Err(CommandError::state(format!("paper {} is already attached", paper.id)));
+    }
+    let source = match paper.source {
+        super::command::PaperSource::Local => "local",
+        super::command::PaperSource::Portal => "portal",
+    };
+    let document = DocumentRef {
+        id: format!("reuse-{}", paper.id),
+        component: component.to_owned(),
+        name: paper.name.clone(),
+        kind: Some(crate::definition::DocumentKind::ElectronicCertifiedCopy),
+        sha256: paper.sha256.clone(),
+        size: paper.size,
+        content_type: paper.content_type.clone(),
+        provenance: Some(json!({
+            "reused": true,
+            "paper_id": paper.id,
+            "result_code": paper.result_code,
+            "number": paper.number,
+            "issued_at": paper.issued_at,
+            "valid_until": paper.valid_until,
+            "issuing_agency": paper.issuing_agency,
+            "from_portal": paper.source == super::command::PaperSource::Portal,
+        })),
+    };
+    em.emit(Event::PaperReused {
+        component: component.to_owned(),
+        paper_id: paper.id.clone(),
+        result_code: paper.result_code.clone(),
+        source: source.to_owned(),
+        consent_by_owner,
+        document,
+    });
+    Ok(())
+}
+
 fn cancel_tasks(em: &mut Emitter<'_>) {
     let open: Vec<String> = em.state.tasks.keys().cloned().collect();
     for task in open {
@@ -860,14 +965,19 @@ fn cancel_tasks(em: &mut Emitter<'_>) {
 
 /// A notification outside the graph (supplement request, apology), sent through a job.
 fn notify(em: &mut Emitter<'_>, template: &str) {
-    let job = format!("j{}", em.state.jobs.len() + 1);
     let mut args = BTreeMap::new();
     args.insert("template".to_owned(), Value::String(template.to_owned()));
+    system_job(em, "notify", args);
+}
+
+/// A hook job outside the graph: no token waits for it.
+fn system_job(em: &mut Emitter<'_>, call: &str, args: BTreeMap<String, Value>) {
+    let job = format!("j{}", em.state.jobs.len() + 1);
     em.emit(Event::HookScheduled {
         job,
         token: None,
         step: None,
-        call: "notify".into(),
+        call: call.into(),
         args,
         retry: RetryPolicy::default(),
         run_at: em.ctx.now,

@@ -200,6 +200,19 @@ pub enum Event {
     DocumentAttached {
         document: DocumentRef,
     },
+    /// An earlier result taken from Kho DL for a component, with the owner's consent. The
+    /// document's provenance names the paper and where it came from.
+    PaperReused {
+        component: String,
+        paper_id: String,
+        result_code: String,
+        /// `local` or `portal`.
+        source: String,
+        /// True when the owner chose it online; false when an officer recorded the owner's
+        /// confirmation at the desk.
+        consent_by_owner: bool,
+        document: DocumentRef,
+    },
     DocumentReplaced {
         replaced: String,
         document: DocumentRef,
@@ -356,6 +369,21 @@ impl Event {
             Event::DocumentAttached { document } => format!(
                 "document attached: {} to {}",
                 document.name, document.component
+            ),
+            Event::PaperReused {
+                component,
+                result_code,
+                source,
+                consent_by_owner,
+                ..
+            } => format!(
+                "{result_code} reused from the {} Kho DL for {component} ({})",
+                if source == "portal" { "portal's" } else { "local" },
+                if *consent_by_owner {
+                    "chosen by the owner"
+                } else {
+                    "owner's consent recorded at the desk"
+                }
             ),
             Event::DocumentReplaced { replaced, document } => {
                 format!("document {replaced} replaced by {}", document.name)

@@ -491,7 +491,9 @@ impl Dossier {
                     self.due_at = *due_at;
                 }
             }
-            Event::DocumentAttached { document } => self.documents.push(document.clone()),
+            Event::DocumentAttached { document } | Event::PaperReused { document, .. } => {
+                self.documents.push(document.clone());
+            }
             Event::DocumentReplaced { replaced, document } => {
                 self.documents.retain(|d| &d.id != replaced);
                 self.documents.push(document.clone());

@@ -200,3 +200,33 @@ impl HookHandler for KhoDlSaveHook {
         })
     }
 }
+
+/// The `khodl.unhide` job the engine schedules when a result is returned: the owner's papers
+/// from this dossier become visible to them. Idempotent: unhiding twice changes nothing.
+#[derive(Debug, Clone)]
+pub struct KhoDlUnhideHook {
+    khodl: KhoDl,
+}
+
+impl KhoDlUnhideHook {
+    pub fn new(khodl: KhoDl) -> KhoDlUnhideHook {
+        KhoDlUnhideHook { khodl }
+    }
+}
+
+impl HookHandler for KhoDlUnhideHook {
+    fn call<'a>(&'a self, request: HookRequest<'a>) -> HookFuture<'a> {
+        Box::pin(async move {
+            let d = request.dossier;
+            match self.khodl.unhide_dossier(&d.owner.id, &d.code, request.now).await {
+                Ok(n) => HookOutcome::Succeeded {
+                    detail: serde_json::json!({ "unhidden": n }),
+                    notification: None,
+                },
+                Err(e) => HookOutcome::Failed {
+                    error: format!("unhiding the papers of {}: {e}", d.code),
+                },
+            }
+        })
+    }
+}

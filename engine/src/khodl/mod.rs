@@ -30,7 +30,8 @@ use crate::store::{from_micros, micros};
 
 pub use blob::{BlobError, BlobStore, DEFAULT_MAX_BLOB_BYTES, is_sha256_hex, sha256_hex};
 pub use hook::{
-    KhoDlSaveHook, PROVENANCE_SIGNATURES, PROVENANCE_SIGNED_METADATA, SavedPaper, result_paper_id,
+    KhoDlSaveHook, KhoDlUnhideHook, PROVENANCE_SIGNATURES, PROVENANCE_SIGNED_METADATA, SavedPaper,
+    result_paper_id,
 };
 
 /// How long a paper is valid when nothing says otherwise (DOMAIN.md: 6 months).

@@ -1,0 +1,248 @@
+//! Reuse (seed §IV): an owner's earlier results, from this system's Kho DL first and then the
+//! portal's, offered for a component that accepts them; with consent, attached instead of an
+//! upload. A paper from the portal is downloaded, its hash checked against what the portal
+//! listed, stored locally, and only then attached.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::dossier::{Actor, Command, Dossier, OwnerId, PaperSource, ReusedPaper};
+use crate::khodl::{BlobStore, KhoDl, NewPaper, PaperFile, PaperFilter, PaperKind, PaperValidity, Provenance};
+use crate::portal::{PortalClient, parse_portal_time, wire};
+use crate::{Engine, EngineError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReuseError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("component `{0}` does not take papers from Kho DL")]
+    NotReusable(String),
+    #[error("paper {0} is not among the owner's papers that this component accepts")]
+    UnknownPaper(String),
+    #[error("the portal's Kho DL: {0}")]
+    Portal(String),
+    #[error("paper {paper}: the downloaded content does not match the hash the portal listed")]
+    HashMismatch { paper: String },
+    #[error("storing the paper: {0}")]
+    Storage(String),
+}
+
+impl ReuseError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReuseError::Engine(e) => e.code(),
+            ReuseError::NotReusable(_) => "not_reusable",
+            ReuseError::UnknownPaper(_) => "unknown_paper",
+            ReuseError::Portal(_) => "portal_unavailable",
+            ReuseError::HashMismatch { .. } => "hash_mismatch",
+            ReuseError::Storage(_) => "storage",
+        }
+    }
+}
+
+/// Finds and attaches reusable papers.
+#[derive(Clone)]
+pub struct Reuse {
+    khodl: KhoDl,
+    blobs: Arc<BlobStore>,
+    portal: Option<PortalClient>,
+}
+
+impl Reuse {
+    pub fn new(khodl: KhoDl, blobs: Arc<BlobStore>, portal: Option<PortalClient>) -> Reuse {
+        Reuse { khodl, blobs, portal }
+    }
+
+    /// The owner's papers that may stand in for `component`: valid now, of an accepted result
+    /// code, not older than the component's maximum age. Local ones first; a portal paper
+    /// already copied here is listed once, as local.
+    pub async fn candidates(&self, engine: &Engine, d: &Dossier, component: &str) -> Result<Vec<ReusedPaper>, ReuseError> {
+        let procedure = engine
+            .procedure(&d.procedure_code, Some(d.procedure_version))
+            .ok_or_else(|| EngineError::UnknownProcedure(d.procedure_code.clone()))?;
+        let Some(reuse) = procedure.procedure().component(component).and_then(|c| c.reuse.clone()) else {
+            return Err(ReuseError::NotReusable(component.to_owned()));
+        };
+        let now = engine.now();
+        let mut filter = PaperFilter::default().result_codes(&reuse.result_codes).valid_at(now);
+        if let Some(age) = reuse.max_age {
+            filter = filter.max_age(age, now);
+        }
+        let local = self
+            .khodl
+            .list(&d.owner.id, &filter)
+            .await
+            .map_err(|e| ReuseError::Storage(e.to_string()))?;
+        let mut out: Vec<ReusedPaper> = local
+            .into_iter()
+            .filter_map(|p| {
+                let file = p.file.clone()?;
+                Some(ReusedPaper {
+                    id: p.id.clone(),
+                    source: PaperSource::Local,
+                    owner_id: p.owner.clone(),
+                    result_code: p.paper_type.clone(),
+                    name: p.name.clone(),
+                    number: p.number.clone(),
+                    issued_at: p.issued_at,
+                    valid_until: match p.validity {
+                        PaperValidity::Permanent => None,
+                        PaperValidity::Until(t) => Some(t),
+                    },
+                    issuing_agency: p.issuing_agency.clone(),
+                    sha256: file.sha256,
+                    size: file.size,
+                    content_type: file.content_type,
+                })
+            })
+            .collect();
+        let Some(portal) = &self.portal else {
+            return Ok(out);
+        };
+        for code in &reuse.result_codes {
+            let listed = portal
+                .list_papers(d.owner.id.as_str(), Some(code))
+                .await
+                .map_err(|e| ReuseError::Portal(e.to_string()))?;
+            for info in listed {
+                let Some(p) = from_portal(&info, &d.owner.id) else { continue };
+                let fresh = reuse.max_age.is_none_or(|age| engine.calendar().add(p.issued_at, age) >= now);
+                let valid = p.valid_until.is_none_or(|v| v >= now);
+                let known = out.iter().any(|o| o.sha256 == p.sha256 || o.id == local_id(&p.id));
+                if fresh && valid && !known {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attaches the paper `paper_id` from `source` to the component, for `actor`. A portal
+    /// paper is downloaded and checked first; nothing is stored when any check fails.
+    pub async fn take(
+        &self,
+        engine: &Engine,
+        code: &str,
+        actor: &Actor,
+        component: &str,
+        paper_id: &str,
+        source: PaperSource,
+        owner_confirmed: bool,
+    ) -> Result<Dossier, ReuseError> {
+        let d = engine.dossier(code).await?;
+        let candidates = self.candidates(engine, &d, component).await?;
+        let Some(mut paper) = candidates.into_iter().find(|p| p.id == paper_id && p.source == source) else {
+            return Err(ReuseError::UnknownPaper(paper_id.to_owned()));
+        };
+        // The decision core judges consent, owner, code, validity and age; ask it before any
+        // download so a refusal stores nothing.
+        engine
+            .check(code, actor, &Command::ReusePaper {
+                component: component.to_owned(),
+                paper: paper.clone(),
+                owner_confirmed,
+            })
+            .await?;
+        if source == PaperSource::Portal {
+            paper = self.copy_from_portal(engine, &d, &paper).await?;
+        }
+        let command = Command::ReusePaper {
+            component: component.to_owned(),
+            paper,
+            owner_confirmed,
+        };
+        Ok(engine.execute(code, None, actor, &command).await?)
+    }
+
+    async fn copy_from_portal(&self, engine: &Engine, d: &Dossier, paper: &ReusedPaper) -> Result<ReusedPaper, ReuseError> {
+        let Some(portal) = &self.portal else {
+            return Err(ReuseError::Portal("no portal is configured".into()));
+        };
+        let (bytes, sha) = portal
+            .paper_content(&paper.id)
+            .await
+            .map_err(|e| match e {
+                crate::portal::PortalError::HashMismatch { .. } => ReuseError::HashMismatch { paper: paper.id.clone() },
+                other => ReuseError::Portal(other.to_string()),
+            })?;
+        if sha != paper.sha256 {
+            return Err(ReuseError::HashMismatch { paper: paper.id.clone() });
+        }
+        let stored = self.blobs.put(&bytes).map_err(|e| ReuseError::Storage(e.to_string()))?;
+        let now = engine.now();
+        let new = NewPaper {
+            id: local_id(&paper.id),
+            code: format!("{}.{}.{}", d.owner.id, paper.result_code, paper.id),
+            national_code: Some(paper.id.clone()),
+            name: paper.name.clone(),
+            owner: d.owner.id.clone(),
+            owner_name: d.owner.name.clone(),
+            paper_type: paper.result_code.clone(),
+            number: paper.number.clone(),
+            issued_at: paper.issued_at,
+            issuing_agency: paper.issuing_agency.clone(),
+            signer: None,
+            summary: None,
+            validity: Some(match paper.valid_until {
+                None => PaperValidity::Permanent,
+                Some(t) => PaperValidity::Until(t),
+            }),
+            scope: None,
+            kind: PaperKind::Result,
+            digitized: None,
+            file: Some(PaperFile {
+                sha256: stored.clone(),
+                size: bytes.len() as u64,
+                content_type: paper.content_type.clone(),
+            }),
+            dossier_code: None,
+            procedure_code: None,
+            field: None,
+            approval: crate::khodl::Approval::Approved,
+            hidden: false,
+            provenance: Provenance::FromPortal,
+            provenance_detail: Some(serde_json::json!({ "portal_paper_id": paper.id })),
+            signatures: Vec::new(),
+        };
+        self.khodl
+            .save(new, now)
+            .await
+            .map_err(|e| ReuseError::Storage(e.to_string()))?;
+        Ok(ReusedPaper {
+            sha256: stored,
+            ..paper.clone()
+        })
+    }
+}
+
+/// The id a portal paper gets in the local Kho DL.
+fn local_id(portal_id: &str) -> String {
+    format!("portal:{portal_id}")
+}
+
+fn from_portal(info: &wire::PaperInfo, owner: &OwnerId) -> Option<ReusedPaper> {
+    let m = &info.metadata;
+    if m.owner_id != owner.as_str() {
+        return None;
+    }
+    let issued_at: DateTime<Utc> = parse_portal_time(&m.issued_at)?;
+    let valid_until = match (&m.valid_until, m.permanent) {
+        (_, true) | (None, _) => None,
+        (Some(v), false) => Some(parse_portal_time(v)?),
+    };
+    Some(ReusedPaper {
+        id: m.paper_id.clone(),
+        source: PaperSource::Portal,
+        owner_id: owner.clone(),
+        result_code: m.result_code.clone(),
+        name: m.name.clone(),
+        number: m.number.clone(),
+        issued_at,
+        valid_until,
+        issuing_agency: m.issuing_agency_name.clone().unwrap_or_else(|| m.issuing_agency_code.clone()),
+        sha256: info.sha256.clone(),
+        size: info.size,
+        content_type: m.content_type.clone(),
+    })
+}
