@@ -16,7 +16,9 @@ use anyhow::{Context, Result, bail};
 use chrono::{Duration, Utc};
 use engine::calendar::Calendar;
 use engine::definition::{Loader, LoaderConfig};
-use engine::dossier::{Actor, Channel, Command, Dossier, DocumentRef, Filing, Owner, OwnerId, PaperSource};
+use engine::dossier::{
+    Actor, Channel, Command, DocumentRef, Dossier, Filing, Owner, OwnerId, PaperSource,
+};
 use engine::khodl::PaperFilter;
 use engine::portal::PortalConfig;
 use engine::signing::KeyRing;
@@ -66,7 +68,8 @@ fn citizen() -> Result<Actor> {
     })
 }
 
-async fn province(
+#[allow(clippy::too_many_arguments)]
+pub async fn province(
     root: &Path,
     dir: &Path,
     slug: &str,
@@ -112,7 +115,7 @@ async fn province(
 }
 
 impl Province {
-    fn actor(&self, id: &str, role: &str) -> Actor {
+    pub fn actor(&self, id: &str, role: &str) -> Actor {
         let name = match id {
             "desk" => "Trần Thị Bình (một cửa)",
             "specialist" => "Lê Văn Cường (chuyên viên)",
@@ -123,7 +126,7 @@ impl Province {
         officer(id, name, &self.agency, role)
     }
 
-    async fn run(&self, code: &str, actor: &Actor, command: Command) -> Result<Dossier> {
+    pub async fn run(&self, code: &str, actor: &Actor, command: Command) -> Result<Dossier> {
         let name = command.name();
         self.engine
             .execute(code, None, actor, &command)
@@ -131,7 +134,14 @@ impl Province {
             .with_context(|| format!("{name} on {code}"))
     }
 
-    async fn complete(&self, code: &str, actor: &Actor, step: &str, outcome: Option<&str>, data: Option<Value>) -> Result<Dossier> {
+    pub async fn complete(
+        &self,
+        code: &str,
+        actor: &Actor,
+        step: &str,
+        outcome: Option<&str>,
+        data: Option<Value>,
+    ) -> Result<Dossier> {
         let d = self.engine.dossier(code).await?;
         let Some(task) = d.tasks.values().find(|t| t.step == step) else {
             bail!("dossier {code} has no open task at {step}");
@@ -146,10 +156,17 @@ impl Province {
     }
 
     /// Runs the hooks due, and moves the demo clock as a working day would.
-    async fn settle(&self, clock: &Clock) -> Result<()> {
+    pub async fn settle(&self, clock: &Clock) -> Result<()> {
         for _ in 0..20 {
             let r = self.engine.drain_jobs().await?;
-            if r.claimed == 0 && self.engine.store().next_job_at().await?.is_none_or(|t| t > self.engine.now() + Duration::hours(2)) {
+            if r.claimed == 0
+                && self
+                    .engine
+                    .store()
+                    .next_job_at()
+                    .await?
+                    .is_none_or(|t| t > self.engine.now() + Duration::hours(2))
+            {
                 break;
             }
             clock.advance(Duration::minutes(5));
@@ -158,13 +175,28 @@ impl Province {
         Ok(())
     }
 
-    async fn sign(&self, code: &str, step: &str, result_code: &str, result_name: &str, number: &str, agency_name: &str) -> Result<()> {
+    pub async fn sign(
+        &self,
+        code: &str,
+        step: &str,
+        result_code: &str,
+        result_name: &str,
+        number: &str,
+        agency_name: &str,
+    ) -> Result<()> {
         let leader = self.actor("leader", "lanh_dao");
         let d = self.engine.dossier(code).await?;
         let Some(task) = d.tasks.values().find(|t| t.step == step) else {
             bail!("no signing task on {code}");
         };
-        self.run(code, &leader, Command::ClaimTask { task: task.id.clone() }).await?;
+        self.run(
+            code,
+            &leader,
+            Command::ClaimTask {
+                task: task.id.clone(),
+            },
+        )
+        .await?;
         let document = integrations::sign_result_document(
             &self.io,
             &d,
@@ -191,8 +223,12 @@ impl Province {
         Ok(())
     }
 
-    fn upload(&self, component: &str, name: &str, text: &str) -> Result<DocumentRef> {
-        let sha = self.io.blobs.put(text.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    pub fn upload(&self, component: &str, name: &str, text: &str) -> Result<DocumentRef> {
+        let sha = self
+            .io
+            .blobs
+            .put(text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(DocumentRef {
             id: format!("up-{component}"),
             component: component.into(),
@@ -227,12 +263,35 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let portal_url = format!("http://{addr}");
     say!("Portal simulator (Cổng DVCQG, Kho DL) at {portal_url}");
 
-    let a = province(root, dir, "province-a", "Tỉnh Hưng Yên", "000.00.01.H59", "Sở Tư pháp tỉnh Hưng Yên", &portal_url, &clock).await?;
-    let b = province(root, dir, "province-b", "Thành phố Hà Nội", "000.00.08.H26", "Sở Y tế thành phố Hà Nội", &portal_url, &clock).await?;
+    let a = province(
+        root,
+        dir,
+        "province-a",
+        "Tỉnh Hưng Yên",
+        "000.00.01.H59",
+        "Sở Tư pháp tỉnh Hưng Yên",
+        &portal_url,
+        &clock,
+    )
+    .await?;
+    let b = province(
+        root,
+        dir,
+        "province-b",
+        "Thành phố Hà Nội",
+        "000.00.08.H26",
+        "Sở Y tế thành phố Hà Nội",
+        &portal_url,
+        &clock,
+    )
+    .await?;
     let an = citizen()?;
 
     // Process 1, province A: the judicial record certificate No. 1.
-    say!("\n== Process 1: {} issues a judicial record certificate No. 1 (Phiếu LLTP số 1)", a.name);
+    say!(
+        "\n== Process 1: {} issues a judicial record certificate No. 1 (Phiếu LLTP số 1)",
+        a.name
+    );
     let filing = Filing {
         procedure_code: "2.000488".into(),
         agency_code: a.agency.clone(),
@@ -256,23 +315,72 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let cert = d.code.clone();
     say!("{OWNER_NAME} files online: dossier {cert}");
     clock.advance(Duration::hours(1));
-    a.run(&cert, &a.actor("desk", "mot_cua"), Command::Receive).await?;
+    a.run(&cert, &a.actor("desk", "mot_cua"), Command::Receive)
+        .await?;
     a.settle(&clock).await?;
-    a.complete(&cert, &a.actor("specialist", "chuyen_vien"), "tham_dinh", None, Some(json!({"co_an_tich": false, "can_xac_minh": false}))).await?;
-    a.complete(&cert, &a.actor("specialist", "chuyen_vien"), "du_thao_phieu", None, None).await?;
-    a.complete(&cert, &a.actor("head", "lanh_dao_phong"), "duyet_phong", Some("approve"), None).await?;
-    a.sign(&cert, "ky_phieu_so_1", "KQ.LLTP.01", "Phiếu lý lịch tư pháp số 1", "15/2026/STP-LLTP", "Sở Tư pháp tỉnh Hưng Yên").await?;
-    a.complete(&cert, &a.actor("clerk", "van_thu"), "phat_hanh", None, None).await?;
+    a.complete(
+        &cert,
+        &a.actor("specialist", "chuyen_vien"),
+        "tham_dinh",
+        None,
+        Some(json!({"co_an_tich": false, "can_xac_minh": false})),
+    )
+    .await?;
+    a.complete(
+        &cert,
+        &a.actor("specialist", "chuyen_vien"),
+        "du_thao_phieu",
+        None,
+        None,
+    )
+    .await?;
+    a.complete(
+        &cert,
+        &a.actor("head", "lanh_dao_phong"),
+        "duyet_phong",
+        Some("approve"),
+        None,
+    )
+    .await?;
+    a.sign(
+        &cert,
+        "ky_phieu_so_1",
+        "KQ.LLTP.01",
+        "Phiếu lý lịch tư pháp số 1",
+        "15/2026/STP-LLTP",
+        "Sở Tư pháp tỉnh Hưng Yên",
+    )
+    .await?;
+    a.complete(&cert, &a.actor("clerk", "van_thu"), "phat_hanh", None, None)
+        .await?;
     a.settle(&clock).await?;
-    let hidden = a.io.khodl.list(&OwnerId::parse(OWNER_ID)?, &PaperFilter::default().include_hidden()).await?;
-    say!("Saved to the citizen's Kho DL in {}: {} paper(s), hidden until returned", a.name, hidden.iter().filter(|p| p.hidden).count());
-    a.run(&cert, &a.actor("desk", "mot_cua"), Command::ReturnResult).await?;
+    let hidden =
+        a.io.khodl
+            .list(
+                &OwnerId::parse(OWNER_ID)?,
+                &PaperFilter::default().include_hidden(),
+            )
+            .await?;
+    say!(
+        "Saved to the citizen's Kho DL in {}: {} paper(s), hidden until returned",
+        a.name,
+        hidden.iter().filter(|p| p.hidden).count()
+    );
+    a.run(&cert, &a.actor("desk", "mot_cua"), Command::ReturnResult)
+        .await?;
     a.settle(&clock).await?;
     let d = a.engine.dossier(&cert).await?;
-    say!("Returned: status {} ({}); pushed to the portal's Kho DL", d.status.code(), d.status.label());
+    say!(
+        "Returned: status {} ({}); pushed to the portal's Kho DL",
+        d.status.code(),
+        d.status.label()
+    );
 
     // Process 2, province B: the medical practice licence, reusing the certificate.
-    say!("\n== Process 2: {} — first medical practice licence, reusing the certificate", b.name);
+    say!(
+        "\n== Process 2: {} — first medical practice licence, reusing the certificate",
+        b.name
+    );
     let filing = Filing {
         procedure_code: "1.012265".into(),
         agency_code: b.agency.clone(),
@@ -296,13 +404,17 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let lic = d.code.clone();
     say!("{OWNER_NAME} files online: dossier {lic}");
     for (component, name) in [
-        ("van_bang", "Bằng tốt nghiệp bác sĩ đa khoa (bản sao điện tử có chứng thực)"),
+        (
+            "van_bang",
+            "Bằng tốt nghiệp bác sĩ đa khoa (bản sao điện tử có chứng thực)",
+        ),
         ("giay_kham_suc_khoe", "Giấy chứng nhận đủ sức khỏe"),
         ("anh", "Ảnh chân dung 4x6"),
         ("xac_nhan_thuc_hanh", "Giấy xác nhận hoàn thành thực hành"),
     ] {
         let document = b.upload(component, name, &format!("{name} — {OWNER_NAME}"))?;
-        b.run(&lic, &an, Command::AttachDocument { document }).await?;
+        b.run(&lic, &an, Command::AttachDocument { document })
+            .await?;
     }
     say!("Uploads: diploma, health certificate, photo, practice certificate");
     let d = b.engine.dossier(&lic).await?;
@@ -315,27 +427,80 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
             c.number.as_deref().unwrap_or("-"),
             c.issued_at.date_naive(),
             c.issuing_agency,
-            match c.source { PaperSource::Local => "local", PaperSource::Portal => "portal's" }
+            match c.source {
+                PaperSource::Local => "local",
+                PaperSource::Portal => "portal's",
+            }
         );
     }
     let Some(pick) = candidates.first() else {
         bail!("the portal offered no judicial record certificate");
     };
-    b.io.reuse.take(&b.engine, &lic, &an, "phieu_lltp", &pick.id, pick.source, false).await?;
-    say!("{OWNER_NAME} consents: the certificate is downloaded, its hash checked, attached — nothing uploaded");
+    b.io.reuse
+        .take(
+            &b.engine,
+            &lic,
+            &an,
+            engine::reuse::Pick {
+                component: "phieu_lltp",
+                paper_id: &pick.id,
+                source: pick.source,
+                owner_confirmed: false,
+            },
+        )
+        .await?;
+    say!(
+        "{OWNER_NAME} consents: the certificate is downloaded, its hash checked, attached — nothing uploaded"
+    );
     clock.advance(Duration::hours(2));
-    b.run(&lic, &b.actor("desk", "mot_cua"), Command::Receive).await?;
+    b.run(&lic, &b.actor("desk", "mot_cua"), Command::Receive)
+        .await?;
     b.settle(&clock).await?;
-    b.complete(&lic, &b.actor("specialist", "chuyen_vien"), "tham_dinh_ho_so", None, Some(json!({"hop_le": true, "can_hoi_dong": false}))).await?;
-    b.complete(&lic, &b.actor("specialist", "chuyen_vien"), "du_thao_giay_phep", None, None).await?;
-    b.complete(&lic, &b.actor("head", "lanh_dao_phong"), "duyet_phong", Some("approve"), None).await?;
-    b.sign(&lic, "ky_giay_phep", "KQ.GPHN.KCB", "Giấy phép hành nghề khám bệnh, chữa bệnh", "000123/HN-GPHN", "Sở Y tế thành phố Hà Nội").await?;
-    b.complete(&lic, &b.actor("clerk", "van_thu"), "phat_hanh", None, None).await?;
+    b.complete(
+        &lic,
+        &b.actor("specialist", "chuyen_vien"),
+        "tham_dinh_ho_so",
+        None,
+        Some(json!({"hop_le": true, "can_hoi_dong": false})),
+    )
+    .await?;
+    b.complete(
+        &lic,
+        &b.actor("specialist", "chuyen_vien"),
+        "du_thao_giay_phep",
+        None,
+        None,
+    )
+    .await?;
+    b.complete(
+        &lic,
+        &b.actor("head", "lanh_dao_phong"),
+        "duyet_phong",
+        Some("approve"),
+        None,
+    )
+    .await?;
+    b.sign(
+        &lic,
+        "ky_giay_phep",
+        "KQ.GPHN.KCB",
+        "Giấy phép hành nghề khám bệnh, chữa bệnh",
+        "000123/HN-GPHN",
+        "Sở Y tế thành phố Hà Nội",
+    )
+    .await?;
+    b.complete(&lic, &b.actor("clerk", "van_thu"), "phat_hanh", None, None)
+        .await?;
     b.settle(&clock).await?;
-    b.run(&lic, &b.actor("desk", "mot_cua"), Command::ReturnResult).await?;
+    b.run(&lic, &b.actor("desk", "mot_cua"), Command::ReturnResult)
+        .await?;
     b.settle(&clock).await?;
     let d = b.engine.dossier(&lic).await?;
-    say!("Licence returned: status {} ({}); saved to Kho DL and pushed to the portal", d.status.code(), d.status.label());
+    say!(
+        "Licence returned: status {} ({}); saved to Kho DL and pushed to the portal",
+        d.status.code(),
+        d.status.label()
+    );
 
     // The trails.
     for (p, code) in [(&a, &cert), (&b, &lic)] {
@@ -346,14 +511,27 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
             bail!("replay of {code} does not match its read models");
         }
     }
-    let papers = b.io.khodl.list(&OwnerId::parse(OWNER_ID)?, &PaperFilter::default()).await?;
+    let papers =
+        b.io.khodl
+            .list(&OwnerId::parse(OWNER_ID)?, &PaperFilter::default())
+            .await?;
     say!("\n== The citizen's Kho DL in {}", b.name);
     for p in &papers {
-        say!("{} {} no. {} ({:?}, {} signature(s))", p.paper_type, p.name, p.number.as_deref().unwrap_or("-"), p.provenance, p.signatures.len());
+        say!(
+            "{} {} no. {} ({:?}, {} signature(s))",
+            p.paper_type,
+            p.name,
+            p.number.as_deref().unwrap_or("-"),
+            p.provenance,
+            p.signatures.len()
+        );
     }
     for (p, code) in [(&a, &cert), (&b, &lic)] {
         let v = p.engine.verify(Some(code)).await?;
-        say!("Audit chain of {code}: {}", if v.is_intact() { "intact" } else { "ALTERED" });
+        say!(
+            "Audit chain of {code}: {}",
+            if v.is_intact() { "intact" } else { "ALTERED" }
+        );
     }
     say!(
         "\nDatabases: {} and {}; replay with `tthc --database sqlite://{} replay {cert}`",

@@ -77,5 +77,9 @@ pub async fn replay(engine: &Engine, code: &str) -> Result<ExitCode> {
     let (text, matches) = timeline(engine, code).await?;
     println!("Dossier {code}");
     print!("{text}");
-    Ok(if matches { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if matches {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

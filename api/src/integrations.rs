@@ -36,17 +36,26 @@ pub struct Integrations {
 }
 
 /// Registers the Kho DL and portal hooks on the engine.
-pub fn install(engine: &Engine, catalog: &ResultCatalog, settings: Settings) -> Result<Integrations> {
-    let blobs = Arc::new(
-        BlobStore::open(&settings.blobs_dir)
-            .with_context(|| format!("opening the blob store in {}", settings.blobs_dir.display()))?,
-    );
+pub fn install(
+    engine: &Engine,
+    catalog: &ResultCatalog,
+    settings: Settings,
+) -> Result<Integrations> {
+    let blobs =
+        Arc::new(BlobStore::open(&settings.blobs_dir).with_context(|| {
+            format!("opening the blob store in {}", settings.blobs_dir.display())
+        })?);
     let khodl = KhoDl::for_engine(engine);
     engine.register_hook(
         "khodl.save",
-        Arc::new(KhoDlSaveHook::new(khodl.clone(), catalog).with_agency_names(settings.agencies.clone())),
+        Arc::new(
+            KhoDlSaveHook::new(khodl.clone(), catalog).with_agency_names(settings.agencies.clone()),
+        ),
     );
-    engine.register_hook("khodl.unhide", Arc::new(KhoDlUnhideHook::new(khodl.clone())));
+    engine.register_hook(
+        "khodl.unhide",
+        Arc::new(KhoDlUnhideHook::new(khodl.clone())),
+    );
     let portal = match settings.portal {
         None => None,
         Some(config) => {
@@ -117,7 +126,10 @@ pub fn sign_result_document(
         at.to_rfc3339(),
     );
     let bytes = text.into_bytes();
-    let sha = integrations.blobs.put(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sha = integrations
+        .blobs
+        .put(&bytes)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let metadata = serde_json::json!({
         "result_code": result_code,
         "name": result_name,

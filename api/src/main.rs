@@ -213,7 +213,10 @@ fn main() -> ExitCode {
         }
         Command::Demo { dir } => {
             let dir = dir.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("tthc-demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
+                std::env::temp_dir().join(format!(
+                    "tthc-demo-{}",
+                    chrono::Utc::now().format("%Y%m%d-%H%M%S")
+                ))
             });
             runtime().and_then(|rt| {
                 rt.block_on(tthc_api::demo::run(&cli.root, &dir, true))?;

@@ -225,7 +225,11 @@ fn agency_names(path: &std::path::Path) -> Result<std::collections::BTreeMap<Str
     };
     let catalog: AgencyCatalog =
         serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(catalog.agencies.into_iter().map(|a| (a.code, a.name)).collect())
+    Ok(catalog
+        .agencies
+        .into_iter()
+        .map(|a| (a.code, a.name))
+        .collect())
 }
 
 /// Opens the engine, deploys the definitions, and builds the router.

@@ -474,7 +474,12 @@ impl Engine {
     }
 
     /// Decides a command without storing anything: whether it would be accepted now.
-    pub async fn check(&self, code: &str, actor: &Actor, command: &Command) -> Result<(), EngineError> {
+    pub async fn check(
+        &self,
+        code: &str,
+        actor: &Actor,
+        command: &Command,
+    ) -> Result<(), EngineError> {
         let state = self.dossier(code).await?;
         let procedure = self.procedure_of(&state)?;
         let ctx = Context {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::dossier::{Actor, Command, Dossier, OwnerId, PaperSource, ReusedPaper};
-use crate::khodl::{BlobStore, KhoDl, NewPaper, PaperFile, PaperFilter, PaperKind, PaperValidity, Provenance};
+use crate::khodl::{
+    BlobStore, KhoDl, NewPaper, PaperFile, PaperFilter, PaperKind, PaperValidity, Provenance,
+};
 use crate::portal::{PortalClient, parse_portal_time, wire};
 use crate::{Engine, EngineError};
 
@@ -41,6 +43,16 @@ impl ReuseError {
     }
 }
 
+/// Which paper to take, for which component, and whether the desk recorded the owner's
+/// confirmation (online, the owner's own choice is the consent).
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    pub component: &'a str,
+    pub paper_id: &'a str,
+    pub source: PaperSource,
+    pub owner_confirmed: bool,
+}
+
 /// Finds and attaches reusable papers.
 #[derive(Clone)]
 pub struct Reuse {
@@ -51,21 +63,36 @@ pub struct Reuse {
 
 impl Reuse {
     pub fn new(khodl: KhoDl, blobs: Arc<BlobStore>, portal: Option<PortalClient>) -> Reuse {
-        Reuse { khodl, blobs, portal }
+        Reuse {
+            khodl,
+            blobs,
+            portal,
+        }
     }
 
     /// The owner's papers that may stand in for `component`: valid now, of an accepted result
     /// code, not older than the component's maximum age. Local ones first; a portal paper
     /// already copied here is listed once, as local.
-    pub async fn candidates(&self, engine: &Engine, d: &Dossier, component: &str) -> Result<Vec<ReusedPaper>, ReuseError> {
+    pub async fn candidates(
+        &self,
+        engine: &Engine,
+        d: &Dossier,
+        component: &str,
+    ) -> Result<Vec<ReusedPaper>, ReuseError> {
         let procedure = engine
             .procedure(&d.procedure_code, Some(d.procedure_version))
             .ok_or_else(|| EngineError::UnknownProcedure(d.procedure_code.clone()))?;
-        let Some(reuse) = procedure.procedure().component(component).and_then(|c| c.reuse.clone()) else {
+        let Some(reuse) = procedure
+            .procedure()
+            .component(component)
+            .and_then(|c| c.reuse.clone())
+        else {
             return Err(ReuseError::NotReusable(component.to_owned()));
         };
         let now = engine.now();
-        let mut filter = PaperFilter::default().result_codes(&reuse.result_codes).valid_at(now);
+        let mut filter = PaperFilter::default()
+            .result_codes(&reuse.result_codes)
+            .valid_at(now);
         if let Some(age) = reuse.max_age {
             filter = filter.max_age(age, now);
         }
@@ -106,10 +133,16 @@ impl Reuse {
                 .await
                 .map_err(|e| ReuseError::Portal(e.to_string()))?;
             for info in listed {
-                let Some(p) = from_portal(&info, &d.owner.id) else { continue };
-                let fresh = reuse.max_age.is_none_or(|age| engine.calendar().add(p.issued_at, age) >= now);
+                let Some(p) = from_portal(&info, &d.owner.id) else {
+                    continue;
+                };
+                let fresh = reuse
+                    .max_age
+                    .is_none_or(|age| engine.calendar().add(p.issued_at, age) >= now);
                 let valid = p.valid_until.is_none_or(|v| v >= now);
-                let known = out.iter().any(|o| o.sha256 == p.sha256 || o.id == local_id(&p.id));
+                let known = out
+                    .iter()
+                    .any(|o| o.sha256 == p.sha256 || o.id == local_id(&p.id));
                 if fresh && valid && !known {
                     out.push(p);
                 }
@@ -125,24 +158,34 @@ impl Reuse {
         engine: &Engine,
         code: &str,
         actor: &Actor,
-        component: &str,
-        paper_id: &str,
-        source: PaperSource,
-        owner_confirmed: bool,
+        pick: Pick<'_>,
     ) -> Result<Dossier, ReuseError> {
+        let Pick {
+            component,
+            paper_id,
+            source,
+            owner_confirmed,
+        } = pick;
         let d = engine.dossier(code).await?;
         let candidates = self.candidates(engine, &d, component).await?;
-        let Some(mut paper) = candidates.into_iter().find(|p| p.id == paper_id && p.source == source) else {
+        let Some(mut paper) = candidates
+            .into_iter()
+            .find(|p| p.id == paper_id && p.source == source)
+        else {
             return Err(ReuseError::UnknownPaper(paper_id.to_owned()));
         };
         // The decision core judges consent, owner, code, validity and age; ask it before any
         // download so a refusal stores nothing.
         engine
-            .check(code, actor, &Command::ReusePaper {
-                component: component.to_owned(),
-                paper: paper.clone(),
-                owner_confirmed,
-            })
+            .check(
+                code,
+                actor,
+                &Command::ReusePaper {
+                    component: component.to_owned(),
+                    paper: paper.clone(),
+                    owner_confirmed,
+                },
+            )
             .await?;
         if source == PaperSource::Portal {
             paper = self.copy_from_portal(engine, &d, &paper).await?;
@@ -155,21 +198,30 @@ impl Reuse {
         Ok(engine.execute(code, None, actor, &command).await?)
     }
 
-    async fn copy_from_portal(&self, engine: &Engine, d: &Dossier, paper: &ReusedPaper) -> Result<ReusedPaper, ReuseError> {
+    async fn copy_from_portal(
+        &self,
+        engine: &Engine,
+        d: &Dossier,
+        paper: &ReusedPaper,
+    ) -> Result<ReusedPaper, ReuseError> {
         let Some(portal) = &self.portal else {
             return Err(ReuseError::Portal("no portal is configured".into()));
         };
-        let (bytes, sha) = portal
-            .paper_content(&paper.id)
-            .await
-            .map_err(|e| match e {
-                crate::portal::PortalError::HashMismatch { .. } => ReuseError::HashMismatch { paper: paper.id.clone() },
-                other => ReuseError::Portal(other.to_string()),
-            })?;
+        let (bytes, sha) = portal.paper_content(&paper.id).await.map_err(|e| match e {
+            crate::portal::PortalError::HashMismatch { .. } => ReuseError::HashMismatch {
+                paper: paper.id.clone(),
+            },
+            other => ReuseError::Portal(other.to_string()),
+        })?;
         if sha != paper.sha256 {
-            return Err(ReuseError::HashMismatch { paper: paper.id.clone() });
+            return Err(ReuseError::HashMismatch {
+                paper: paper.id.clone(),
+            });
         }
-        let stored = self.blobs.put(&bytes).map_err(|e| ReuseError::Storage(e.to_string()))?;
+        let stored = self
+            .blobs
+            .put(&bytes)
+            .map_err(|e| ReuseError::Storage(e.to_string()))?;
         let now = engine.now();
         let new = NewPaper {
             id: local_id(&paper.id),
@@ -240,7 +292,10 @@ fn from_portal(info: &wire::PaperInfo, owner: &OwnerId) -> Option<ReusedPaper> {
         number: m.number.clone(),
         issued_at,
         valid_until,
-        issuing_agency: m.issuing_agency_name.clone().unwrap_or_else(|| m.issuing_agency_code.clone()),
+        issuing_agency: m
+            .issuing_agency_name
+            .clone()
+            .unwrap_or_else(|| m.issuing_agency_code.clone()),
         sha256: info.sha256.clone(),
         size: info.size,
         content_type: m.content_type.clone(),

@@ -67,10 +67,20 @@ async fn judicial_record_happy_path_from_filing_to_returned_result() {
     assert_eq!(d.status, Status::Returned);
     assert_eq!(d.status.code(), 10);
     assert!(d.is_closed(), "the dossier ended: {:?}", d.tokens);
-    let push_job = d.jobs.values().find(|j| j.call == "portal.push_result").unwrap();
-    assert_eq!(h.push.keys(), vec![push_job.idempotency_key(&d.code)], "the result is pushed once with its idempotency key");
+    let push_job = d
+        .jobs
+        .values()
+        .find(|j| j.call == "portal.push_result")
+        .unwrap();
+    assert_eq!(
+        h.push.keys(),
+        vec![push_job.idempotency_key(&d.code)],
+        "the result is pushed once with its idempotency key"
+    );
     assert!(
-        d.jobs.values().any(|j| j.call == "khodl.unhide" && j.state == engine::dossier::JobState::Done),
+        d.jobs
+            .values()
+            .any(|j| j.call == "khodl.unhide" && j.state == engine::dossier::JobState::Done),
         "the result is made visible to its owner"
     );
     assert_eq!(

@@ -9,4 +9,5 @@ mod engine_props;
 mod engine_support;
 mod khodl;
 mod portal;
+mod reuse;
 mod support;

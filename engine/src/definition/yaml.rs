@@ -81,6 +81,8 @@ pub fn budget() -> Budget {
 pub fn parse(text: &str) -> Result<(Value, Locator), YamlError> {
     let mut options = Options::default();
     options.budget = Some(budget());
+    // Only `true` and `false` are booleans: a step called `y` or `on` stays a string.
+    options.strict_booleans = true;
     let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let position = e
             .location()

@@ -836,7 +836,12 @@ fn complete_task(
     advance(em, t.token, Some(&t.step), &next, via)?;
     // A returned result becomes visible to its owner in Kho DL: a job, like every effect
     // outside the dossier's own records.
-    let saves = ctx.procedure.procedure().results.iter().any(|r| r.save_to_khodl);
+    let saves = ctx
+        .procedure
+        .procedure()
+        .results
+        .iter()
+        .any(|r| r.save_to_khodl);
     if step.marks == Some(Milestone::Returned) && saves {
         system_job(em, "khodl.unhide", BTreeMap::new());
     }
@@ -882,19 +887,29 @@ fn reuse_paper(
             }
             false
         }
-        _ => return Err(CommandError::forbidden("only the owner or the desk takes papers from Kho DL")),
+        _ => {
+            return Err(CommandError::forbidden(
+                "only the owner or the desk takes papers from Kho DL",
+            ));
+        }
     };
     if state.processed_at.is_some() {
         return Err(CommandError::state("the dossier is already processed"));
     }
     let Some(c) = ctx.procedure.procedure().component(component) else {
-        return Err(CommandError::input(format!("`{component}` is not a component of this procedure")));
+        return Err(CommandError::input(format!(
+            "`{component}` is not a component of this procedure"
+        )));
     };
     let Some(reuse) = &c.reuse else {
-        return Err(CommandError::input(format!("component `{component}` does not take papers from Kho DL")));
+        return Err(CommandError::input(format!(
+            "component `{component}` does not take papers from Kho DL"
+        )));
     };
     if paper.owner_id != state.owner.id {
-        return Err(CommandError::forbidden("this paper belongs to another owner"));
+        return Err(CommandError::forbidden(
+            "this paper belongs to another owner",
+        ));
     }
     if !reuse.result_codes.contains(&paper.result_code) {
         return Err(CommandError::input(format!(
@@ -904,23 +919,32 @@ fn reuse_paper(
         )));
     }
     if paper.valid_until.is_some_and(|v| v < ctx.now) {
-        return Err(CommandError::input(format!("paper {} has expired", paper.id)));
+        return Err(CommandError::input(format!(
+            "paper {} has expired",
+            paper.id
+        )));
     }
-    if let Some(max_age) = reuse.max_age {
-        if ctx.calendar.add(paper.issued_at, max_age) < ctx.now {
-            return Err(CommandError::input(format!(
-                "paper {} was issued more than {max_age} ago",
-                paper.id
-            )));
-        }
+    if let Some(max_age) = reuse.max_age
+        && ctx.calendar.add(paper.issued_at, max_age) < ctx.now
+    {
+        return Err(CommandError::input(format!(
+            "paper {} was issued more than {max_age} ago",
+            paper.id
+        )));
     }
     check_sha256(&paper.sha256)?;
-    if state
-        .documents
-        .iter()
-        .any(|d| d.component == component && d.provenance.as_ref().and_then(|p| p.get("paper_id")).and_then(Value::as_str) == Some(paper.id.as_str()))
-    {
-        return Err(CommandError::state(format!("paper {} is already attached", paper.id)));
+    if state.documents.iter().any(|d| {
+        d.component == component
+            && d.provenance
+                .as_ref()
+                .and_then(|p| p.get("paper_id"))
+                .and_then(Value::as_str)
+                == Some(paper.id.as_str())
+    }) {
+        return Err(CommandError::state(format!(
+            "paper {} is already attached",
+            paper.id
+        )));
     }
     let source = match paper.source {
         super::command::PaperSource::Local => "local",

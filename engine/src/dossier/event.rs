@@ -378,7 +378,11 @@ impl Event {
                 ..
             } => format!(
                 "{result_code} reused from the {} Kho DL for {component} ({})",
-                if source == "portal" { "portal's" } else { "local" },
+                if source == "portal" {
+                    "portal's"
+                } else {
+                    "local"
+                },
                 if *consent_by_owner {
                     "chosen by the owner"
                 } else {

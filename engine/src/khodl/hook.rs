@@ -218,7 +218,11 @@ impl HookHandler for KhoDlUnhideHook {
     fn call<'a>(&'a self, request: HookRequest<'a>) -> HookFuture<'a> {
         Box::pin(async move {
             let d = request.dossier;
-            match self.khodl.unhide_dossier(&d.owner.id, &d.code, request.now).await {
+            match self
+                .khodl
+                .unhide_dossier(&d.owner.id, &d.code, request.now)
+                .await
+            {
                 Ok(n) => HookOutcome::Succeeded {
                     detail: serde_json::json!({ "unhidden": n }),
                     notification: None,
