@@ -40,6 +40,17 @@ pub struct ServeConfig {
     pub agencies: BTreeMap<String, String>,
     /// Extra holiday files merged into the shipped calendar.
     pub holiday_files: Vec<PathBuf>,
+    /// The national portal's base URL (docs/portal-api.md). Without one, the built-in portal
+    /// simulator runs in-process (development), unless `portal_simulator` is false.
+    pub portal_url: Option<String>,
+    pub portal_client_id: String,
+    pub portal_client_secret: Option<String>,
+    pub portal_simulator: bool,
+    /// The simulator's own database, when it runs.
+    pub portal_simulator_database: String,
+    /// Signing keys (JSON or YAML: officers' and agencies' Ed25519 seeds, trusted public keys).
+    /// Without a file, development keys are derived from a fixed passphrase.
+    pub keys_file: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -59,6 +70,12 @@ impl Default for ServeConfig {
             log_format: "text".into(),
             agencies: BTreeMap::new(),
             holiday_files: Vec::new(),
+            portal_url: None,
+            portal_client_id: "tthc".into(),
+            portal_client_secret: None,
+            portal_simulator: true,
+            portal_simulator_database: "sqlite://portal-sim.db".into(),
+            keys_file: None,
         }
     }
 }
@@ -106,6 +123,15 @@ impl ServeConfig {
         }
         if let Some(v) = get("TTHC_BLOBS_DIR") {
             self.blobs_dir = v.into();
+        }
+        if let Some(v) = get("TTHC_PORTAL_URL") {
+            self.portal_url = Some(v);
+        }
+        if let Some(v) = get("TTHC_PORTAL_CLIENT_SECRET") {
+            self.portal_client_secret = Some(v);
+        }
+        if let Some(v) = get("TTHC_KEYS_FILE") {
+            self.keys_file = Some(v.into());
         }
         if let Some(v) = get("TTHC_OVERDUE_SCAN") {
             self.overdue_scan = v;

@@ -21,7 +21,6 @@ use engine::dossier::{
 };
 use engine::khodl::PaperFilter;
 use engine::portal::PortalConfig;
-use engine::signing::KeyRing;
 use engine::{Clock, Engine, EngineConfig};
 use serde_json::{Value, json};
 
@@ -94,8 +93,7 @@ pub async fn province(
     for d in &report.definitions {
         engine.deploy(d).await?;
     }
-    let officers = ["desk", "specialist", "head", "leader", "clerk"];
-    let keys = KeyRing::derived(&format!("tthc-demo-{slug}"), &officers, &[agency]);
+    let keys = integrations::Keys::Development(format!("tthc-demo-{slug}"));
     let io = integrations::install(
         &engine,
         &loader.catalog().results,

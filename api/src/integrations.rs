@@ -21,8 +21,28 @@ pub struct Settings {
     /// The portal to sync with; `None` leaves the portal hooks unconfigured (their jobs fail
     /// and open incidents).
     pub portal: Option<PortalConfig>,
-    pub keys: KeyRing,
+    pub keys: Keys,
     pub agencies: BTreeMap<String, String>,
+}
+
+/// The keys results are signed with.
+#[derive(Debug, Clone)]
+pub enum Keys {
+    /// Configured keys: officers' and agencies' seeds, and other provinces' public keys.
+    Ring(KeyRing),
+    /// Keys derived from a passphrase for any signer, for development and demos only:
+    /// anyone who knows the passphrase can sign.
+    Development(String),
+}
+
+impl Keys {
+    /// A ring that holds the keys of these signers.
+    pub fn ring_for(&self, officers: &[&str], agencies: &[&str]) -> KeyRing {
+        match self {
+            Keys::Ring(r) => r.clone(),
+            Keys::Development(passphrase) => KeyRing::derived(passphrase, officers, agencies),
+        }
+    }
 }
 
 /// What is installed, for the routes and the demo.
@@ -31,8 +51,10 @@ pub struct Integrations {
     pub khodl: KhoDl,
     pub blobs: Arc<BlobStore>,
     pub portal: Option<PortalClient>,
-    pub keys: Arc<KeyRing>,
+    pub keys: Arc<Keys>,
     pub reuse: Reuse,
+    pub catalog: ResultCatalog,
+    pub agencies: BTreeMap<String, String>,
 }
 
 /// Registers the Kho DL and portal hooks on the engine.
@@ -96,6 +118,8 @@ pub fn install(
         portal,
         keys: Arc::new(settings.keys),
         reuse,
+        catalog: catalog.clone(),
+        agencies: settings.agencies,
     })
 }
 
@@ -143,6 +167,7 @@ pub fn sign_result_document(
     });
     let signatures = integrations
         .keys
+        .ring_for(&[signer_id], &[agency_code])
         .sign_and_seal(signer_id, agency_code, &sha, &metadata, at)
         .map_err(|e| anyhow::anyhow!("signing {result_code}: {e}"))?;
     Ok(engine::dossier::DocumentRef {
@@ -158,4 +183,106 @@ pub fn sign_result_document(
             engine::khodl::PROVENANCE_SIGNATURES: signatures,
         })),
     })
+}
+
+/// The outcome of verifying a signed result.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Verification {
+    pub result_code: String,
+    pub valid: bool,
+    /// Why it does not verify.
+    pub problem: Option<String>,
+    pub document_sha256: Option<String>,
+    pub signatures: Vec<SignerView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SignerView {
+    pub signer_kind: String,
+    pub signer_id: String,
+    pub key_id: String,
+    pub signed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Verifies the signatures of a dossier's signed result against its stored content: the
+/// content's hash, the signed metadata, each Ed25519 signature, and their order (signer, then
+/// the organization's seal).
+pub fn verify_result(
+    integrations: &Integrations,
+    dossier: &engine::dossier::Dossier,
+    result_code: &str,
+) -> Verification {
+    let mut v = Verification {
+        result_code: result_code.to_owned(),
+        valid: false,
+        problem: None,
+        document_sha256: None,
+        signatures: Vec::new(),
+    };
+    let Some(sig) = dossier
+        .signatures
+        .iter()
+        .find(|s| s.result_code == result_code)
+    else {
+        v.problem = Some(format!("{result_code} is not signed on this dossier"));
+        return v;
+    };
+    let Some(doc) = &sig.document else {
+        v.problem = Some("the result was recorded as signed without an electronic document".into());
+        return v;
+    };
+    v.document_sha256 = Some(doc.sha256.clone());
+    let provenance = doc.provenance.clone().unwrap_or_default();
+    let metadata = provenance
+        .get(engine::khodl::PROVENANCE_SIGNED_METADATA)
+        .cloned()
+        .unwrap_or_default();
+    let records: Vec<engine::signing::SignatureRecord> = match serde_json::from_value(
+        provenance
+            .get(engine::khodl::PROVENANCE_SIGNATURES)
+            .cloned()
+            .unwrap_or_default(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            v.problem = Some(format!("the signature records are unreadable: {e}"));
+            return v;
+        }
+    };
+    v.signatures = records
+        .iter()
+        .map(|r| SignerView {
+            signer_kind: r.signer_kind.as_str().to_owned(),
+            signer_id: r.signer_id.clone(),
+            key_id: r.key_id.clone(),
+            signed_at: r.signed_at,
+        })
+        .collect();
+    match integrations.blobs.get(&doc.sha256) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            v.problem = Some("the signed document's content is missing".into());
+            return v;
+        }
+        Err(e) => {
+            v.problem = Some(format!("the signed document's content: {e}"));
+            return v;
+        }
+    }
+    let officers: Vec<&str> = records
+        .iter()
+        .filter(|r| r.signer_kind == engine::signing::SignerKind::Officer)
+        .map(|r| r.signer_id.as_str())
+        .collect();
+    let agencies: Vec<&str> = records
+        .iter()
+        .filter(|r| r.signer_kind == engine::signing::SignerKind::Agency)
+        .map(|r| r.signer_id.as_str())
+        .collect();
+    let ring = integrations.keys.ring_for(&officers, &agencies);
+    match ring.verify_chain(&records, &doc.sha256, &metadata) {
+        Ok(()) => v.valid = true,
+        Err(e) => v.problem = Some(e.to_string()),
+    }
+    v
 }

@@ -2,6 +2,7 @@
 //! real server in-process. Only this crate knows HTTP; the engine does not.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod definitions;
 pub mod demo;

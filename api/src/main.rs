@@ -86,6 +86,16 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Verify the signatures of a dossier's signed result (signer, then the agency's seal)
+    /// against its stored content. Uses the server's configuration for blobs and keys.
+    VerifyResult {
+        /// Dossier code.
+        dossier: String,
+        /// Result code, e.g. KQ.LLTP.01.
+        result: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Auditors' checks on the stored history.
     Audit {
         #[command(subcommand)]
@@ -94,6 +104,9 @@ enum Command {
     /// Run a simulator of the national portal's contract (docs/portal-api.md) for tests and
     /// demos, with fault injection; prints the address it listens on.
     PortalSim(tthc_api::portal_sim::Args),
+    /// Measure the engine on the judicial record procedure and print one table (see
+    /// docs/performance.md); `--quick` runs in seconds.
+    Bench(tthc_api::bench::Args),
     /// Print a dossier's timeline and rebuild its state from events, checking it equals the
     /// stored read models. Calls no external system.
     Replay {
@@ -211,6 +224,7 @@ fn main() -> ExitCode {
         Command::PortalSim(args) => {
             runtime().and_then(|rt| rt.block_on(tthc_api::portal_sim::run(args)))
         }
+        Command::Bench(args) => tthc_api::bench::run(&cli.root, args),
         Command::Demo { dir } => {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!(
@@ -223,6 +237,30 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::VerifyResult {
+            dossier,
+            result,
+            config,
+        } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let mut c = config::ServeConfig::load(config.as_deref())?;
+                c.database_url = database.clone();
+                c.portal_simulator = false;
+                c.deploy_on_start = false;
+                if cli.root != std::path::Path::new(".") {
+                    c.root = cli.root.clone();
+                }
+                let (_, state, _) = server::build(&c, engine::Clock::System).await?;
+                let d = state.engine.dossier(&dossier).await?;
+                let v = tthc_api::integrations::verify_result(&state.io, &d, &result);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(if v.valid {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            })
+        }),
         Command::Replay { code } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let engine = open_engine(&cli.root, &database).await?;

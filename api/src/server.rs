@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -14,7 +14,6 @@ use engine::definition::{Loader, LoaderConfig};
 use engine::engine::Background;
 use engine::{Clock, Engine, EngineConfig};
 use serde::de::DeserializeOwned;
-use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -27,6 +26,10 @@ use crate::routes;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// Kho DL, blobs, the portal and the signing keys.
+    pub io: crate::integrations::Integrations,
+    /// Largest uploaded document.
+    pub upload_limit: usize,
     pub verifier: Verifier,
     pub loader: LoaderConfig,
     pub metrics: Arc<Metrics>,
@@ -97,6 +100,7 @@ pub fn app(state: AppState, body_limit: usize) -> (Router, utoipa::openapi::Open
         .merge(routes::admin::router())
         .merge(routes::dossiers::router())
         .merge(routes::audit::router())
+        .merge(routes::papers::router(state.upload_limit))
         .split_for_parts();
     let doc = api.clone();
     let router = router
@@ -109,7 +113,7 @@ pub fn app(state: AppState, body_limit: usize) -> (Router, utoipa::openapi::Open
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(problemize))
         .with_state(state);
     (router, api)
@@ -232,6 +236,66 @@ fn agency_names(path: &std::path::Path) -> Result<std::collections::BTreeMap<Str
         .collect())
 }
 
+fn engine_config_agencies(
+    _engine: &Engine,
+    config: &ServeConfig,
+) -> std::collections::BTreeMap<String, String> {
+    let mut names =
+        agency_names(&config.root.join("procedures/catalog/agencies.yaml")).unwrap_or_default();
+    names.extend(config.agencies.clone());
+    names
+}
+
+/// Kho DL blobs, the portal (or the built-in simulator) and the signing keys.
+async fn integration_settings(
+    config: &ServeConfig,
+    agencies: &std::collections::BTreeMap<String, String>,
+) -> Result<crate::integrations::Settings> {
+    let portal = match (&config.portal_url, config.portal_simulator) {
+        (Some(url), _) => Some(engine::portal::PortalConfig::new(
+            url.clone(),
+            config.portal_client_id.clone(),
+            config.portal_client_secret.clone().unwrap_or_default(),
+        )),
+        (None, true) => {
+            let secret = hex::encode(rand::random::<[u8; 16]>());
+            let (addr, _) = crate::portal_sim::start(crate::portal_sim::SimConfig::local(
+                config.portal_simulator_database.clone(),
+                config.portal_client_id.clone(),
+                secret.clone(),
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the built-in portal simulator: {e}"))?;
+            tracing::warn!(%addr, "no portal_url configured: using the built-in portal simulator (development only)");
+            Some(engine::portal::PortalConfig::new(
+                format!("http://{addr}"),
+                config.portal_client_id.clone(),
+                secret,
+            ))
+        }
+        (None, false) => {
+            tracing::warn!("no portal configured: portal hooks will fail and open incidents");
+            None
+        }
+    };
+    let keys = match &config.keys_file {
+        Some(f) => crate::integrations::Keys::Ring(
+            engine::signing::KeyRing::load(f)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+        ),
+        None => {
+            tracing::warn!("no keys_file configured: results are signed with development keys");
+            crate::integrations::Keys::Development("tthc-development".into())
+        }
+    };
+    Ok(crate::integrations::Settings {
+        blobs_dir: config.blobs_dir.clone(),
+        portal,
+        keys,
+        agencies: agencies.clone(),
+    })
+}
+
 /// Opens the engine, deploys the definitions, and builds the router.
 pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppState, Background)> {
     let mut calendar = Calendar::default_vietnam()?;
@@ -274,6 +338,14 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
             }
         }
     }
+    let catalog = Loader::new(loader.clone())
+        .map(|l| l.catalog().results.clone())
+        .unwrap_or_default();
+    let io = crate::integrations::install(
+        &engine,
+        &catalog,
+        integration_settings(config, &engine_config_agencies(&engine, config)).await?,
+    )?;
     let verifier = match &config.jwt_public_key_file {
         Some(f) => {
             Verifier::rs256(&std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?
@@ -282,6 +354,8 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     };
     let state = AppState {
         engine,
+        io,
+        upload_limit: config.upload_limit_bytes,
         verifier,
         loader,
         metrics: Arc::new(Metrics::new()),

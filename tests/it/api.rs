@@ -185,11 +185,130 @@ async fn the_judicial_record_procedure_end_to_end_over_http() {
     assert_eq!(replay.body["matches"], true, "{}", replay.text);
     let verify = api.get("/api/v1/audit/verify", &auditor).await;
     assert_eq!(verify.body["intact"], true, "{}", verify.text);
-    assert_eq!(
-        api.sync.keys().len(),
-        2,
-        "status synced twice through the job mechanism"
+
+    // The certificate is signed (signer, then the agency's seal) and verifies.
+    let v = api
+        .get(
+            &format!("/api/v1/dossiers/{code}/results/KQ.LLTP.01/verification"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(v.body["valid"], true, "{}", v.text);
+    let kinds: Vec<&str> = v.body["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["signer_kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["officer", "agency"]);
+    let content = api
+        .get(
+            &format!("/api/v1/dossiers/{code}/documents/kq-KQ.LLTP.01/content"),
+            &citizen_token(),
+        )
+        .await;
+    assert_eq!(content.status, StatusCode::OK);
+    assert!(
+        content.text.contains("Phiếu lý lịch tư pháp số 1")
+            && content.text.contains("15/2026/LLTP"),
+        "{}",
+        content.text
     );
+    // Returned, it is in the citizen's Kho DL, and the portal holds the latest status.
+    let papers = api.get("/api/v1/me/papers", &citizen_token()).await;
+    assert!(
+        papers
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["paper_type"] == "KQ.LLTP.01" && p["signatures"] == 2),
+        "{}",
+        papers.text
+    );
+    let synced = api
+        .state
+        .io
+        .portal
+        .as_ref()
+        .unwrap()
+        .synced_dossier(&code)
+        .await
+        .unwrap();
+    assert!(
+        serde_json::to_string(&synced)
+            .unwrap()
+            .contains("\"status\":10"),
+        "{synced:?}"
+    );
+
+    // The citizen applies for a medical practice licence: the certificate is offered from this
+    // system's Kho DL for the judicial-record component, and taken with the citizen's consent.
+    let form = json!({"ho_ten": "Nguyễn Văn An", "ngay_sinh": "1990-05-17", "gioi_tinh": "nam", "so_cccd": CITIZEN_ID,
+        "noi_cu_tru": "Hưng Yên", "chuc_danh": "bac_si", "pham_vi_hanh_nghe": "Nội khoa", "van_bang_chuyen_mon": "Bác sĩ",
+        "co_so_thuc_hanh": "Bệnh viện tỉnh", "thoi_gian_thuc_hanh_thang": 12});
+    let lic = api.post("/api/v1/dossiers", &citizen_token(), json!({"procedure_code": "1.012265", "agency_code": "000.00.08.H59", "data": {"don_de_nghi": form}})).await;
+    assert_eq!(lic.status, StatusCode::CREATED, "{}", lic.text);
+    let lic = lic.body["code"].as_str().unwrap().to_owned();
+    let offered = api
+        .get(
+            &format!("/api/v1/dossiers/{lic}/components/phieu_lltp/candidates"),
+            &citizen_token(),
+        )
+        .await;
+    let offered = offered.body.as_array().unwrap().clone();
+    assert_eq!(offered.len(), 1, "{offered:?}");
+    assert_eq!(offered[0]["source"], "local");
+    assert_eq!(offered[0]["result_code"], "KQ.LLTP.01");
+    let taken = api
+        .post(
+            &format!("/api/v1/dossiers/{lic}/components/phieu_lltp/reuse"),
+            &citizen_token(),
+            json!({"paper_id": offered[0]["paper_id"], "source": "local"}),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::OK, "{}", taken.text);
+    let doc = taken.body["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["component"] == "phieu_lltp")
+        .unwrap()
+        .clone();
+    assert_eq!(doc["provenance"]["reused"], true);
+    assert_eq!(doc["provenance"]["from_portal"], false);
+
+    // The signature verifies from the command line too, and fails once the content is altered.
+    let db = format!("sqlite://{}", api._dir.path().join("api.db").display());
+    let blobs = api._dir.path().join("blobs");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tthc"))
+            .args(args)
+            .current_dir(crate::support::repo_root())
+            .env("TTHC_BLOBS_DIR", &blobs)
+            .env_remove("TTHC_ROOT")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--database", &db, "verify-result", &code, "KQ.LLTP.01"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        crate::support::stdout(&out),
+        crate::support::stderr(&out)
+    );
+    assert!(crate::support::stdout(&out).contains("\"valid\": true"));
+    let sha = v.body["document_sha256"].as_str().unwrap();
+    let path = blobs.join(&sha[..2]).join(&sha[2..4]).join(sha);
+    std::fs::write(&path, b"an altered certificate").unwrap();
+    let out = cli(&["--database", &db, "verify-result", &code, "KQ.LLTP.01"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        crate::support::stdout(&out)
+    );
+    assert!(crate::support::stdout(&out).contains("\"valid\": false"));
 }
 
 /// Who may call what. `A` allowed (anything but 401/403), `F` forbidden (403),
@@ -391,6 +510,48 @@ async fn every_route_checks_who_may_call_it() {
             json!(null),
             "UFFAFFF",
         ),
+        (
+            Method::POST,
+            "/api/v1/uploads".into(),
+            Value::Null,
+            "UAAAAFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/documents"),
+            json!({"component": "to_khai", "name": "x", "sha256": "0".repeat(64)}),
+            "UAFAFFF",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/dossiers/{code}/documents/none/content"),
+            Value::Null,
+            "UAFAFAA",
+        ),
+        (
+            Method::GET,
+            "/api/v1/me/papers".into(),
+            Value::Null,
+            "UAAFFFF",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/dossiers/{code}/components/giay_to_tuy_than/candidates"),
+            Value::Null,
+            "UAFAFFF",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/dossiers/{code}/components/giay_to_tuy_than/reuse"),
+            json!({"paper_id": "x", "source": "local"}),
+            "UAFAFFF",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/dossiers/{code}/results/KQ.LLTP.01/verification"),
+            Value::Null,
+            "UAFAFAA",
+        ),
     ];
 
     // Every documented operation is in the table, and every row is documented.
@@ -406,6 +567,9 @@ async fn every_route_checks_who_may_call_it() {
             .replace(task, "{task}")
             .replace("/i1", "/{incident}")
             .replace("2.000488", "{code}")
+            .replace("/none/", "/{id}/")
+            .replace("giay_to_tuy_than", "{component}")
+            .replace("KQ.LLTP.01", "{result_code}")
     };
     let mut rows: Vec<String> = table
         .iter()
@@ -430,6 +594,8 @@ async fn every_route_checks_who_may_call_it() {
                 rb = rb
                     .header("content-type", "application/yaml")
                     .body("code: x");
+            } else if path.ends_with("/uploads") {
+                rb = rb.header("content-type", "text/plain").body("giấy tờ");
             } else if !body.is_null() || *method == Method::POST {
                 rb = rb.json(body);
             }
@@ -728,4 +894,132 @@ async fn administrators_validate_and_deploy_definitions_over_http() {
         metrics.text
     );
     assert!(metrics.text.contains("tthc_jobs_pending"));
+}
+
+#[tokio::test]
+async fn documents_are_uploaded_attached_digitized_and_downloaded() {
+    let api = start_api().await;
+    let citizen = citizen_token();
+    let desk = officer_token("desk", &["mot_cua"]);
+    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
+
+    let upload = |token: &str, ct: &str, body: &'static [u8]| {
+        api.request(Method::POST, "/api/v1/uploads")
+            .bearer_auth(token.to_owned())
+            .header("content-type", ct.to_owned())
+            .body(body)
+    };
+    let r = api
+        .send(upload(&citizen, "application/x-msdownload", b"MZ..."))
+        .await;
+    assert_eq!(r.status.as_u16(), 415, "{}", r.text);
+    let r = api
+        .send(upload(&citizen, "application/pdf", b"not a pdf"))
+        .await;
+    assert_eq!(r.body["code"], "content_mismatch", "{}", r.text);
+    let r = api
+        .send(upload(
+            &citizen,
+            "application/pdf",
+            b"%PDF-1.7 scan of an ID card",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let sha = r.body["sha256"].as_str().unwrap().to_owned();
+    let again = api
+        .send(upload(
+            &citizen,
+            "application/pdf",
+            b"%PDF-1.7 scan of an ID card",
+        ))
+        .await;
+    assert_eq!(
+        again.body["sha256"],
+        sha.as_str(),
+        "content-addressed: same bytes, same id"
+    );
+
+    // Someone else cannot attach content they did not upload.
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/documents"),
+            &desk,
+            json!({"component": "giay_to_tuy_than", "name": "CCCD", "sha256": sha}),
+        )
+        .await;
+    assert_eq!(r.body["code"], "unknown_upload", "{}", r.text);
+    let r = api
+        .post(&format!("/api/v1/dossiers/{code}/documents"), &citizen, json!({"component": "giay_to_tuy_than", "name": "Bản chụp CCCD", "kind": "copy", "sha256": sha}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let doc_id = r.body["documents"][0]["id"].as_str().unwrap().to_owned();
+    let content = api
+        .get(
+            &format!("/api/v1/dossiers/{code}/documents/{doc_id}/content"),
+            &citizen,
+        )
+        .await;
+    assert_eq!(content.text, "%PDF-1.7 scan of an ID card");
+    assert_eq!(content.headers["x-content-sha256"], sha.as_str());
+    let stranger = api
+        .get(
+            &format!("/api/v1/dossiers/{code}/documents/{doc_id}/content"),
+            &other_citizen_token(),
+        )
+        .await;
+    assert_eq!(stranger.status.as_u16(), 403);
+
+    // At the desk a paper is digitized: kept in the owner's Kho DL as an electronic certified
+    // copy sealed by the agency.
+    let scan = api
+        .send(upload(
+            &desk,
+            "image/png",
+            b"\x89PNG proof of student status",
+        ))
+        .await;
+    let scan_sha = scan.body["sha256"].as_str().unwrap().to_owned();
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/documents"),
+            &desk,
+            json!({"component": "giay_to_mien_giam", "name": "Thẻ sinh viên", "kind": "original", "sha256": scan_sha,
+                   "digitized": {"number": "SV-2026-1", "issued_at": "2025-09-01T00:00:00Z", "issuing_agency": "Trường Đại học Y Hà Nội"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let digitized = r.body["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["component"] == "giay_to_mien_giam")
+        .unwrap()
+        .clone();
+    assert_eq!(digitized["provenance"]["digitized"], true);
+    assert_eq!(
+        digitized["provenance"]["signatures"][0]["signer_kind"],
+        "agency"
+    );
+    let papers = api.get("/api/v1/me/papers", &citizen).await;
+    let paper = papers
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provenance"] == "digitized_here")
+        .cloned();
+    assert!(
+        paper.is_some_and(|p| p["signatures"] == 1 && p["kind"] == "component"),
+        "{}",
+        papers.text
+    );
+    // A citizen does not digitize.
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/documents"),
+            &citizen,
+            json!({"component": "giay_to_mien_giam", "name": "x", "sha256": sha, "digitized": {"issued_at": "2025-09-01T00:00:00Z", "issuing_agency": "x"}}),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 403, "{}", r.text);
 }

@@ -1,7 +1,6 @@
 //! The real server on a free loopback port, on a fresh database, with tokens for every kind
 //! of user and recording stand-ins for the hooks that reach external systems.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use engine::Clock;
@@ -12,7 +11,7 @@ use tthc_api::auth::{self, UserKind};
 use tthc_api::config::ServeConfig;
 use tthc_api::server::{self, AppState};
 
-use crate::engine_support::{AGENCY, CITIZEN_ID, Recorder, lltp_form};
+use crate::engine_support::{AGENCY, CITIZEN_ID, lltp_form};
 use crate::support::repo_root;
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
@@ -20,9 +19,8 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
-    pub _state: AppState,
+    pub state: AppState,
     pub _dir: TempDir,
-    pub sync: Arc<Recorder>,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -36,22 +34,13 @@ pub async fn start_api() -> Api {
         job_poll_ms: 20,
         body_limit_bytes: 64 * 1024,
         blobs_dir: dir.path().join("blobs"),
+        portal_simulator_database: format!(
+            "sqlite://{}",
+            dir.path().join("portal-sim.db").display()
+        ),
         ..ServeConfig::default()
     };
     let (router, state, background) = server::build(&config, Clock::System).await.unwrap();
-    state
-        .engine
-        .register_hook("khodl.save", Recorder::new("khodl.save"));
-    let sync = Recorder::new("portal.sync_dossier");
-    state
-        .engine
-        .register_hook("portal.sync_dossier", sync.clone());
-    state
-        .engine
-        .register_hook("portal.push_result", Recorder::new("portal.push_result"));
-    state
-        .engine
-        .register_hook("khodl.unhide", Recorder::new("khodl.unhide"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -62,9 +51,8 @@ pub async fn start_api() -> Api {
     Api {
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
-        _state: state,
+        state,
         _dir: dir,
-        sync,
         _stop: stop,
     }
 }

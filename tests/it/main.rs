@@ -3,6 +3,7 @@
 
 mod api;
 mod api_support;
+mod bench;
 mod definitions;
 mod engine;
 mod engine_props;

@@ -492,7 +492,8 @@ async fn record_payment(
     run(&state, &caller, &headers, &code, OFFICER, cmd).await
 }
 
-/// Signs a result from the signing task the caller holds.
+/// Signs a result from the signing task the caller holds: the electronic result is made,
+/// signed with the officer's Ed25519 key and sealed with the agency's, and recorded.
 #[utoipa::path(post, path = "/api/v1/dossiers/{code}/sign", tag = "officers", security(("bearer" = [])),
     params(("code" = String, Path), ("If-Match" = Option<String>, Header, description = "The dossier's seq")),
     request_body = SignBody,
@@ -504,12 +505,56 @@ async fn sign_result(
     Path(code): Path<String>,
     Body(b): Body<SignBody>,
 ) -> ApiResult<Response> {
-    let cmd = Command::SignResult {
-        result_code: b.result_code,
-        number: b.number,
+    caller.require(OFFICER)?;
+    let d = readable_dossier(&state, &caller, &code).await?;
+    let number = b
+        .number
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", d.code, b.result_code));
+    // Refuse before anything is signed or stored.
+    let probe = Command::SignResult {
+        result_code: b.result_code.clone(),
+        number: Some(number.clone()),
         document: None,
     };
-    run(&state, &caller, &headers, &code, OFFICER, cmd).await
+    state.engine.check(&code, &caller.actor, &probe).await?;
+    let agency = caller.agency().unwrap_or_default().to_owned();
+    let result_name = state
+        .io
+        .catalog
+        .results
+        .iter()
+        .find(|r| r.code == b.result_code)
+        .map_or_else(|| b.result_code.clone(), |r| r.name.clone());
+    let agency_name = state
+        .io
+        .agencies
+        .get(&agency)
+        .cloned()
+        .unwrap_or_else(|| agency.clone());
+    let document = crate::integrations::sign_result_document(
+        &state.io,
+        &d,
+        &b.result_code,
+        &result_name,
+        &number,
+        caller.actor.id(),
+        caller.actor.name(),
+        &agency,
+        &agency_name,
+        state.engine.now(),
+    )
+    .map_err(ApiError::internal)?;
+    let cmd = Command::SignResult {
+        result_code: b.result_code,
+        number: Some(number),
+        document: Some(document),
+    };
+    let d = state
+        .engine
+        .execute(&code, expected_seq(&headers)?, &caller.actor, &cmd)
+        .await?;
+    Ok(dossier_response(StatusCode::OK, &d))
 }
 
 /// Hands the result to the owner at the desk.

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod dossiers;
+pub mod papers;
 pub mod system;
 
 use axum::Json;

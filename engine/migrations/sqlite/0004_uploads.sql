@@ -1,0 +1,10 @@
+-- Who uploaded which content: a document may be attached only by someone who uploaded it
+-- (the content itself is in the blob store, addressed by its hash).
+CREATE TABLE uploads (
+    sha256       TEXT    NOT NULL,
+    uploader_id  TEXT    NOT NULL,
+    content_type TEXT    NOT NULL,
+    size         INTEGER NOT NULL,
+    uploaded_at  INTEGER NOT NULL,
+    PRIMARY KEY (sha256, uploader_id)
+);
