@@ -543,6 +543,7 @@ fn core_dossier(
         calendar,
         now,
         actor: &actor,
+        sync_status: true,
     };
     let filing = filing(owner);
     let first = decide_filing(&ctx, &code, &filing).map_err(|e| anyhow!("filing: {e}"))?;
@@ -558,6 +559,7 @@ fn core_dossier(
             calendar,
             now,
             actor,
+            sync_status: true,
         };
         let d = decide(&ctx, &run.state, cmd).map_err(|e| anyhow!("{}: {e}", cmd.name()))?;
         run.decisions += 1;

@@ -143,8 +143,9 @@ pub fn summary(d: &Definition, loader: &Loader) -> Result<String> {
     writeln!(out, "{} — {} (version {})", p.code, p.name, p.version)?;
     writeln!(
         out,
-        "Agency level: {:?}; field: {}",
-        p.agency.level, p.agency.field
+        "Agency level: {}; field: {}",
+        word(&p.agency.level),
+        p.agency.field
     )?;
     writeln!(out, "Processing time: {}", p.processing_time)?;
     if !p.legal_basis.is_empty() {
@@ -178,7 +179,7 @@ pub fn summary(d: &Definition, loader: &Loader) -> Result<String> {
             extra.push(format!("form {f}"));
         }
         if !c.accepts.is_empty() {
-            let kinds: Vec<String> = c.accepts.iter().map(|k| format!("{k:?}")).collect();
+            let kinds: Vec<String> = c.accepts.iter().map(word).collect();
             extra.push(format!("accepts {}", kinds.join("/")));
         }
         if let Some(r) = &c.reuse {
@@ -273,7 +274,7 @@ fn describe_step(s: &Step) -> String {
                 let _ = write!(line, ", signs {code}");
             }
             if let Some(m) = t.marks {
-                let _ = write!(line, ", marks dossier {m:?}");
+                let _ = write!(line, ", marks the dossier {}", word(&m));
             }
             if t.outcomes.is_empty() {
                 let _ = write!(line, " → {}", t.next.as_deref().unwrap_or("?"));
@@ -338,10 +339,19 @@ fn describe_step(s: &Step) -> String {
             h.id
         ),
         Step::End(e) => format!(
-            "{} [end: {:?}] ({})",
+            "{} [end: {}] ({})",
             e.name.as_deref().unwrap_or(&e.id),
-            e.outcome,
+            word(&e.outcome),
             e.id
         ),
+    }
+}
+
+/// An enum as the definition spells it (`province`, `certified_copy`).
+fn word<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
     }
 }

@@ -83,6 +83,7 @@ pub async fn province(
         root.join("procedures/templates"),
     );
     config.agencies.insert(agency.into(), agency_name.into());
+    config.sync_status_to_portal = true;
     let engine = Engine::open(config.clone(), Calendar::default_vietnam()?, clock.clone()).await?;
     let loader = Loader::new(LoaderConfig::at_root(root))
         .map_err(|d| anyhow::anyhow!("the catalog has errors: {d:?}"))?;

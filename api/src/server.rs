@@ -308,6 +308,8 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     );
     engine_config.agencies = agency_names(&config.root.join("procedures/catalog/agencies.yaml"))?;
     engine_config.agencies.extend(config.agencies.clone());
+    // With a portal (or the built-in simulator), every status change is synced to it.
+    engine_config.sync_status_to_portal = config.portal_url.is_some() || config.portal_simulator;
     let engine = Engine::open(engine_config, calendar, clock).await?;
     let loader = LoaderConfig::at_root(&config.root);
     if config.deploy_on_start {

@@ -153,6 +153,9 @@ pub struct EngineConfig {
     /// Working days added to the due date in an automatic apology letter.
     pub apology_extension: Duration,
     pub apology_reason: String,
+    /// Sync the dossier to the national portal on every status change (a
+    /// `portal.sync_dossier` job); needs that hook installed.
+    pub sync_status_to_portal: bool,
 }
 
 impl EngineConfig {
@@ -168,6 +171,7 @@ impl EngineConfig {
             hook_timeout: std::time::Duration::from_secs(30),
             apology_extension: Duration::WorkingDays(5),
             apology_reason: "Hồ sơ cần thêm thời gian thẩm định, xác minh".to_owned(),
+            sync_status_to_portal: false,
         }
     }
 }
@@ -385,6 +389,7 @@ impl Engine {
             calendar: &self.inner.calendar,
             now,
             actor,
+            sync_status: self.inner.config.sync_status_to_portal,
         };
         // Refuse bad input before a dossier number is spent on it.
         decide_filing(&ctx, "probe", filing)?;
@@ -451,6 +456,7 @@ impl Engine {
                 calendar: &self.inner.calendar,
                 now,
                 actor,
+                sync_status: self.inner.config.sync_status_to_portal,
             };
             let decision = decide(&ctx, &state, command)?;
             let append = Append {
@@ -487,6 +493,7 @@ impl Engine {
             calendar: &self.inner.calendar,
             now: self.now(),
             actor,
+            sync_status: self.inner.config.sync_status_to_portal,
         };
         decide(&ctx, &state, command)?;
         Ok(())

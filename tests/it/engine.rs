@@ -85,8 +85,8 @@ async fn judicial_record_happy_path_from_filing_to_returned_result() {
     );
     assert_eq!(
         h.sync.keys().len(),
-        2,
-        "status synced when processed and when returned"
+        5,
+        "status synced on each change: filed, received, processing, processed, returned"
     );
     assert!(d.tasks.is_empty());
     h.assert_replays_and_verifies(&d.code).await;
@@ -390,19 +390,23 @@ async fn an_overdue_dossier_gets_its_apology_letter_then_a_flag() {
 #[tokio::test]
 async fn a_hook_failing_twice_then_succeeding_is_retried_with_backoff() {
     let h = harness().await;
-    h.sync.fail_first(2);
+    h.push.fail_first(2);
     let d = h.file_lltp(1).await;
     h.receive(&d.code).await;
-    let d = h.process_to_signed(&d.code).await;
+    h.process_to_signed(&d.code).await;
+    let d = h.run(&d.code, &desk(), Command::ReturnResult).await;
+    h.drain().await;
     // The first attempt failed; the retry waits for its backoff.
+    let d = h.engine.dossier(&d.code).await.unwrap();
     let job = d
         .jobs
         .values()
-        .find(|j| j.call == "portal.sync_dossier")
+        .find(|j| j.call == "portal.push_result")
         .unwrap()
         .clone();
     assert_eq!(job.attempts, 1);
     assert!(job.run_at > h.engine.now());
+    assert!(!d.is_closed(), "the dossier waits for its hook");
     h.clock.advance(Duration::seconds(10));
     h.drain().await;
     h.clock.advance(Duration::seconds(20));
@@ -411,13 +415,13 @@ async fn a_hook_failing_twice_then_succeeding_is_retried_with_backoff() {
     let job = &d.jobs[&job.id];
     assert_eq!(job.attempts, 3);
     assert_eq!(job.state, engine::dossier::JobState::Done);
-    let keys = h.sync.keys();
+    let keys = h.push.keys();
     assert_eq!(keys.len(), 3);
     assert!(
         keys.iter().all(|k| k == &keys[0]),
         "every attempt carries the same idempotency key"
     );
-    task_at(&d, "tra_ket_qua");
+    assert!(d.is_closed(), "then the dossier finishes");
     assert!(h.engine.store().open_incidents().await.unwrap().is_empty());
     h.assert_replays_and_verifies(&d.code).await;
 }
@@ -762,7 +766,8 @@ async fn a_job_committed_before_a_crash_runs_exactly_once_after_restart() {
         .claim_due_jobs(engine.now(), 10, chrono::Duration::seconds(60))
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 1);
+    // The receipt, and the syncs of the filing and the reception.
+    assert_eq!(claimed.len(), 3, "{claimed:?}");
     drop(engine);
 
     let engine = open_engine(&dir, clock.clone()).await;
@@ -774,7 +779,7 @@ async fn a_job_committed_before_a_crash_runs_exactly_once_after_restart() {
     );
     clock.advance(Duration::seconds(61));
     let report = engine.drain_jobs().await.unwrap();
-    assert_eq!(report.succeeded, 1);
+    assert_eq!(report.succeeded, 3);
     assert_eq!(engine.drain_jobs().await.unwrap().claimed, 0);
     let d = engine.dossier(&d.code).await.unwrap();
     assert_eq!(

@@ -96,6 +96,7 @@ pub async fn open_engine(dir: &TempDir, clock: Clock) -> Engine {
     config
         .agencies
         .insert(AGENCY.into(), "Sở Tư pháp tỉnh Hưng Yên".into());
+    config.sync_status_to_portal = true;
     Engine::open(config, Calendar::default_vietnam().unwrap(), clock)
         .await
         .unwrap()

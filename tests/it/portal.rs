@@ -460,43 +460,79 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
         Status::Processed.code(),
         "synced when processed"
     );
-    assert_eq!(s.stats().await.syncs_applied, 1);
+    let d = h.engine.dossier(&code).await.unwrap();
+    let syncs_so_far = d
+        .jobs
+        .values()
+        .filter(|j| j.call == "portal.sync_dossier")
+        .count() as u64;
+    assert_eq!(
+        syncs_so_far, 4,
+        "one sync per status change: filed, received, processing, processed"
+    );
+    assert_eq!(s.stats().await.syncs_applied, syncs_so_far);
 
-    // The portal fails the next two requests: the push's first two attempts.
+    // The portal fails the next two requests: the first attempts of the jobs the return
+    // schedules (the push, and the sync of the new status), whichever runs first.
     s.set_faults(json!({ "fail_first": 2 })).await;
     h.run(&code, &desk(), Command::ReturnResult).await;
+    let before: Vec<String> = d.jobs.keys().cloned().collect();
     h.drain().await;
     let d = h.engine.dossier(&code).await.unwrap();
-    let job = d
+    let push = d
         .jobs
         .values()
         .find(|j| j.call == "portal.push_result")
         .unwrap()
         .clone();
-    assert_eq!(job.attempts, 1);
-    assert_eq!(job.state, JobState::Pending);
-    let error = job.last_error.clone().unwrap_or_default();
+    let failed: Vec<_> = d
+        .jobs
+        .values()
+        .filter(|j| {
+            !before.contains(&j.id)
+                && j.call.starts_with("portal.")
+                && j.attempts >= 1
+                && j.state == JobState::Pending
+        })
+        .cloned()
+        .collect();
     assert!(
-        error.contains("503") && error.contains("(retryable)"),
-        "{error}"
+        !failed.is_empty(),
+        "a portal job failed and waits: {:?}",
+        d.jobs
     );
-    assert!(
-        job.run_at > h.engine.now(),
-        "the retry waits for its backoff"
-    );
+    for job in &failed {
+        let error = job.last_error.clone().unwrap_or_default();
+        assert!(
+            error.contains("503") && error.contains("(retryable)"),
+            "{error}"
+        );
+        assert!(
+            job.run_at > h.engine.now(),
+            "the retry waits for its backoff"
+        );
+    }
 
-    h.clock.advance(Span::seconds(10));
-    h.drain().await;
-    assert_eq!(
-        h.engine.dossier(&code).await.unwrap().jobs[&job.id].attempts,
-        2
-    );
-    h.clock.advance(Span::seconds(20));
-    h.drain().await;
+    for _ in 0..4 {
+        h.clock.advance(Span::seconds(20));
+        h.drain().await;
+    }
 
     let d = h.engine.dossier(&code).await.unwrap();
-    let done = &d.jobs[&job.id];
-    assert_eq!((done.attempts, done.state), (3, JobState::Done));
+    let done = &d.jobs[&push.id];
+    assert_eq!(done.state, JobState::Done);
+    let new_portal_jobs: Vec<_> = d
+        .jobs
+        .values()
+        .filter(|j| !before.contains(&j.id) && j.call.starts_with("portal."))
+        .collect();
+    let attempts: u32 = new_portal_jobs.iter().map(|j| j.attempts).sum();
+    assert_eq!(
+        attempts as usize,
+        new_portal_jobs.len() + 2,
+        "two failed attempts were retried, nothing more"
+    );
+    assert!(new_portal_jobs.iter().all(|j| j.state == JobState::Done));
     assert_eq!(d.status, Status::Returned);
     assert!(d.is_closed());
     assert!(h.engine.store().open_incidents().await.unwrap().is_empty());
@@ -504,11 +540,22 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     let stats = s.stats().await;
     assert_eq!(stats.faults_injected, 2);
     assert_eq!((stats.pushes, stats.papers), (1, 1), "{stats:?}");
+    let syncs = d
+        .jobs
+        .values()
+        .filter(|j| j.call == "portal.sync_dossier")
+        .count() as u64;
     assert_eq!(
-        stats.syncs_applied, 2,
-        "processed, then returned: {stats:?}"
+        stats.syncs_applied + stats.syncs_ignored,
+        syncs,
+        "every sync delivered once: {stats:?}"
     );
     assert_eq!(stats.duplicates, 0);
+    assert_eq!(
+        client.synced_dossier(&code).await.unwrap().status,
+        Status::Returned.code(),
+        "the latest state wins"
+    );
 
     let papers = client.list_papers(OWNER, Some("KQ.LLTP.01")).await.unwrap();
     assert_eq!(papers.len(), 1);
@@ -536,7 +583,7 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     assert!(held.dossier.returned_at.is_some());
 
     // A retry whose answer was lost carries the same key: the portal answers from its record.
-    let key = format!("{code}/{}/KQ.LLTP.01", job.id);
+    let key = format!("{code}/{}/KQ.LLTP.01", push.id);
     let bytes = content.clone();
     let paper = PortalPushHook::new(client.clone(), Arc::new(move |_: &str| Some(bytes.clone())))
         .paper(&d, None, &d.signatures[0])

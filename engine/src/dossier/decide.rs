@@ -25,6 +25,9 @@ pub struct Context<'a> {
     pub calendar: &'a Calendar,
     pub now: DateTime<Utc>,
     pub actor: &'a Actor,
+    /// Whether every change of the dossier's status is synced to the national portal (a
+    /// `portal.sync_dossier` job outside the graph).
+    pub sync_status: bool,
 }
 
 /// Events to append, with the state they lead to.
@@ -161,6 +164,9 @@ pub fn decide_filing(
         .map(|s| s.id().to_owned())
         .unwrap_or_default();
     advance(&mut em, 1, None, &first, "start")?;
+    if ctx.sync_status {
+        system_job(&mut em, "portal.sync_dossier", BTreeMap::new());
+    }
     Ok(em.finish())
 }
 
@@ -536,6 +542,11 @@ pub fn decide(
             }
             _ => return Err(CommandError::state("the dossier is not overdue")),
         },
+    }
+    // The portal follows the status: each change is synced, the latest state winning by
+    // its sequence number, so a late retry never overwrites a newer status.
+    if ctx.sync_status && em.state.status != state.status {
+        system_job(&mut em, "portal.sync_dossier", BTreeMap::new());
     }
     Ok(em.finish())
 }
