@@ -722,6 +722,8 @@ async fn open_engine(root: &Path, db: &Path) -> Result<Engine> {
         root.join("procedures").join("templates"),
     );
     config.agencies.insert(AGENCY.into(), AGENCY_NAME.into());
+    // As `tthc serve` runs with a portal: every status change is synced (a hook job).
+    config.sync_status_to_portal = true;
     Ok(Engine::open(config, Calendar::default_vietnam()?, Clock::System).await?)
 }
 
@@ -1032,6 +1034,10 @@ fn serve_child(root: &Path, db: &Path) -> Result<ExitCode> {
             jwt_secret: Some(secret),
             job_poll_ms: 20,
             blobs_dir: db.with_extension("blobs"),
+            // A portal is configured (so every status change is synced, as in production) but
+            // never called: the stand-ins replace its hooks, and no simulator runs in-process.
+            portal_url: Some("http://127.0.0.1:9".into()),
+            portal_simulator: false,
             ..ServeConfig::default()
         };
         let (router, state, background) = server::build(&config, Clock::System).await?;
