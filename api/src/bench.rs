@@ -96,6 +96,9 @@ pub struct Args {
     /// Folder for the temporary databases (default: the system's temporary folder).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Keep the work folder (the databases) for inspection instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
     /// Internal: serve the API on this database for the HTTP measurement (a child process).
     #[arg(long, hide = true)]
     pub serve_child: Option<PathBuf>,
@@ -219,12 +222,19 @@ pub fn run(root: &Path, args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let definition = load_definition(&root)?;
+    // The folder is removed at the end unless --keep.
+    let (_guard, work) = if args.keep {
+        (None, work.keep())
+    } else {
+        let path = work.path().to_path_buf();
+        (Some(work), path)
+    };
     let mode = if args.quick { "quick" } else { "full" };
     eprintln!(
         "tthc bench ({mode}): procedure {} v{}, work folder {}",
         definition.procedure.code,
         definition.procedure.version,
-        work.path().display()
+        work.display()
     );
 
     let mut rows = Vec::new();
@@ -239,13 +249,7 @@ pub fn run(root: &Path, args: Args) -> Result<ExitCode> {
     let need_durable = want(Part::Durable) || want(Part::Verify) || want(Part::Storage);
     let (durable, verify, storage) = if need_durable {
         eprintln!("- durable: {} dossiers on SQLite", sizes.durable);
-        rt.block_on(bench_durable(
-            &root,
-            &definition,
-            work.path(),
-            &sizes,
-            &want,
-        ))?
+        rt.block_on(bench_durable(&root, &definition, &work, &sizes, &want))?
     } else {
         (
             durable_row().skipped(),
@@ -274,7 +278,7 @@ pub fn run(root: &Path, args: Args) -> Result<ExitCode> {
             "- http: {HTTP_CLIENTS} clients for {} s against a child server",
             sizes.http_seconds
         );
-        rt.block_on(bench_http(&root, work.path(), sizes.http_seconds))?
+        rt.block_on(bench_http(&root, &work, sizes.http_seconds))?
     } else {
         http_row().skipped()
     };
@@ -283,7 +287,7 @@ pub fn run(root: &Path, args: Args) -> Result<ExitCode> {
 
     let (worklist, owner) = if want(Part::Lookup) {
         eprintln!("- lookups: {} dossiers bulk-inserted", sizes.lookup);
-        rt.block_on(bench_lookups(&root, work.path(), &sizes))?
+        rt.block_on(bench_lookups(&root, &work, &sizes))?
     } else {
         (worklist_row(0).skipped(), owner_row(0).skipped())
     };
@@ -727,9 +731,23 @@ async fn open_engine(root: &Path, db: &Path) -> Result<Engine> {
     Ok(Engine::open(config, Calendar::default_vietnam()?, Clock::System).await?)
 }
 
+/// A plain SQLite connection pool on a database file, beside the engine's own, for what is
+/// SQLite-specific here: bulk inserts, PRAGMAs, byte counts.
+async fn sqlite_pool(db: &Path) -> Result<sqlx::SqlitePool> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let options = SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(30));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?)
+}
+
 /// Size of the database file with the WAL folded in.
-async fn db_bytes(engine: &Engine) -> Result<i64> {
-    let pool = engine.store().pool();
+async fn db_bytes(pool: &sqlx::SqlitePool) -> Result<i64> {
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(pool)
         .await?;
@@ -806,9 +824,10 @@ async fn bench_durable(
     for n in 0..warm {
         durable_dossier(&engine, &officers, 1_000_000 + n).await?;
     }
-    let before = db_bytes(&engine).await?;
+    let raw = sqlite_pool(&db).await?;
+    let before = db_bytes(&raw).await?;
     let events_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(engine.store().pool())
+        .fetch_one(&raw)
         .await?;
     let start = Instant::now();
     let mut commands = 0u64;
@@ -819,7 +838,7 @@ async fn bench_durable(
     let n = sizes.durable as f64;
     let rate = n / secs;
     let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(engine.store().pool())
+        .fetch_one(&raw)
         .await?;
     let per_dossier_events = (events - events_before) as f64 / n;
     let commands = commands as f64 / n;
@@ -886,14 +905,14 @@ async fn bench_durable(
     };
 
     let storage = if want(Part::Storage) {
-        let after = db_bytes(&engine).await?;
+        let after = db_bytes(&raw).await?;
         let mut row = storage_row();
         let delta = (after - before) as f64 / n;
-        let payload = payload_bytes(&engine).await?;
+        let payload = payload_bytes(&raw).await?;
         let total_payload: f64 = payload.values().sum::<f64>();
         let events_payload = payload.get("events").copied().unwrap_or(0.0);
-        let hashes = hash_bytes(&engine).await?;
-        let dbstat = dbstat(&engine).await.unwrap_or(Value::Null);
+        let hashes = hash_bytes(&raw).await?;
+        let dbstat = dbstat(&raw).await.unwrap_or(Value::Null);
         row.value = Some(delta);
         row.figure = format!("{} B (file growth)", fmt_int(delta));
         row.detail = format!(
@@ -924,7 +943,7 @@ async fn bench_durable(
     } else {
         storage_row().skipped()
     };
-    engine.store().pool().close().await;
+    raw.close().await;
     Ok((durable, verify, storage))
 }
 
@@ -938,8 +957,7 @@ const STORED_TABLES: [&str; 6] = [
 ];
 
 /// Bytes of column values per completed dossier, by table.
-async fn payload_bytes(engine: &Engine) -> Result<BTreeMap<String, f64>> {
-    let pool = engine.store().pool();
+async fn payload_bytes(pool: &sqlx::SqlitePool) -> Result<BTreeMap<String, f64>> {
     let dossiers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dossiers")
         .fetch_one(pool)
         .await?;
@@ -974,8 +992,7 @@ async fn payload_bytes(engine: &Engine) -> Result<BTreeMap<String, f64>> {
     Ok(out)
 }
 
-async fn hash_bytes(engine: &Engine) -> Result<f64> {
-    let pool = engine.store().pool();
+async fn hash_bytes(pool: &sqlx::SqlitePool) -> Result<f64> {
     let (bytes, dossiers): (Option<i64>, i64) = sqlx::query_as(
         "SELECT (SELECT SUM(length(prev_hash) + length(hash)) FROM events), (SELECT COUNT(*) FROM dossiers)",
     )
@@ -985,8 +1002,7 @@ async fn hash_bytes(engine: &Engine) -> Result<f64> {
 }
 
 /// Space by table and index per dossier, when SQLite has the `dbstat` table.
-async fn dbstat(engine: &Engine) -> Result<Value> {
-    let pool = engine.store().pool();
+async fn dbstat(pool: &sqlx::SqlitePool) -> Result<Value> {
     let dossiers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dossiers")
         .fetch_one(pool)
         .await?;
@@ -1116,6 +1132,11 @@ impl Child {
         (field("VmHWM:"), field("VmRSS:"))
     }
 
+    /// CPU seconds (user + system) the child has used so far.
+    fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     fn stop(mut self) {
         drop(self.child.stdin.take());
         for _ in 0..100 {
@@ -1136,6 +1157,17 @@ impl Drop for Child {
             let _ = self.child.wait();
         }
     }
+}
+
+/// User + system CPU seconds from a `/proc/PID/stat` file (clock ticks of 1/100 s).
+fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 struct Tokens {
@@ -1321,6 +1353,7 @@ async fn bench_http(root: &Path, work: &Path, seconds: f64) -> Result<Row> {
     let child = Child::start(root, &db, &secret)?;
     let base = child.base.clone();
     let (idle_hwm, _) = child.memory_kb();
+    let (server_cpu0, client_cpu0) = (child.cpu_seconds(), cpu_seconds_of("/proc/self/stat"));
     let mut officer = BTreeMap::new();
     for w in [
         Who::Desk,
@@ -1374,6 +1407,12 @@ async fn bench_http(root: &Path, work: &Path, seconds: f64) -> Result<Row> {
         lasts.extend(s.last);
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = |end: Option<f64>, begin: Option<f64>| match (end, begin) {
+        (Some(e), Some(b)) => Some(e - b),
+        _ => None,
+    };
+    let server_cpu = cpu(child.cpu_seconds(), server_cpu0);
+    let client_cpu = cpu(cpu_seconds_of("/proc/self/stat"), client_cpu0);
     // Every dossier's last hooks finish: the pipeline works end to end (not timed).
     let admin = token(&secret, UserKind::Admin, "admin", &[], None)?;
     let http = reqwest::Client::new();
@@ -1412,9 +1451,11 @@ async fn bench_http(root: &Path, work: &Path, seconds: f64) -> Result<Row> {
     row.value = Some(rate);
     row.figure = format!("{} completions/s", fmt_int(rate));
     row.detail = format!(
-        "completions p50 {p50:.2} ms, p99 {p99:.2} ms; all commands p99 {:.2} ms; server peak RSS {}",
+        "completions p50 {p50:.2} ms, p99 {p99:.2} ms; all commands p99 {:.2} ms; server peak \
+         RSS {}, server CPU {}",
         percentile(&all.commands, 0.99),
         hwm_mb.map_or("unknown".into(), |m| format!("{m:.1} MB")),
+        server_cpu.map_or("unknown".into(), |c| format!("{:.2} cores", c / secs)),
     );
     row.met = hwm_mb.map(|m| p99 < 10.0 && m < 100.0);
     row.data = json!({
@@ -1432,6 +1473,9 @@ async fn bench_http(root: &Path, work: &Path, seconds: f64) -> Result<Row> {
         "server_peak_rss_kb": hwm,
         "server_rss_at_end_kb": rss,
         "server_peak_rss_before_load_kb": idle_hwm,
+        "server_cpu_seconds": server_cpu,
+        "client_cpu_seconds": client_cpu,
+        "server_cpu_share_of_one_core": server_cpu.map(|c| c / secs),
     });
     row.notes.push(format!(
         "the server is this binary in a child process (`tthc bench --serve-child`: \
@@ -1599,7 +1643,8 @@ async fn bench_lookups(root: &Path, work: &Path, sizes: &Sizes) -> Result<(Row, 
     let _ = root;
     let db = work.join("lookup.db");
     let store = engine::store::Store::open(&format!("sqlite://{}", db.display())).await?;
-    let pool = store.pool();
+    let raw = sqlite_pool(&db).await?;
+    let pool = &raw;
     let n = sizes.lookup;
     let owners = (n * 2 / 5).max(1);
     let t = Instant::now();
@@ -1725,6 +1770,7 @@ async fn bench_lookups(root: &Path, work: &Path, sizes: &Sizes) -> Result<(Row, 
     });
     o.notes.push(how);
     pool.close().await;
+    drop(store);
     Ok((w, o))
 }
 

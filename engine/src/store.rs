@@ -3,15 +3,11 @@
 //! Appends carry the sequence number the caller decided on; a writer whose expected number
 //! is stale gets [`StoreError::Conflict`] and nothing is written.
 
-use std::str::FromStr;
-use std::time::Duration as StdDuration;
-
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, Executor, Row, Transaction};
 
 use crate::audit::{self, ChainBreak, StreamVerifier, VerifyReport};
 use crate::dossier::{Dossier, Event, EventRecord};
@@ -242,43 +238,140 @@ pub struct Append<'a> {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Which database a store runs on. The SQL is shared; where the dialects differ (placeholders,
+/// row locks, claiming jobs) the backend picks the variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "`{url}` is not a sqlite:// or postgres:// database URL"
+            )))
+        }
+    }
+}
+
+/// The statement for the backend: `?` placeholders become `$1, $2…` on PostgreSQL. Statements
+/// here never contain a `?` inside a string literal. Flags are integers 0/1 on both backends,
+/// so one statement and one decoding serve both.
+pub(crate) fn sql(
+    b: Backend,
+    statement: &'static str,
+) -> sqlx::AssertSqlSafe<std::borrow::Cow<'static, str>> {
+    match b {
+        Backend::Sqlite => sqlx::AssertSqlSafe(std::borrow::Cow::Borrowed(statement)),
+        Backend::Postgres => sqlx::AssertSqlSafe(std::borrow::Cow::Owned(numbered(statement))),
+    }
+}
+
+pub(crate) fn sql_dyn(b: Backend, statement: String) -> sqlx::AssertSqlSafe<String> {
+    match b {
+        Backend::Sqlite => sqlx::AssertSqlSafe(statement),
+        Backend::Postgres => sqlx::AssertSqlSafe(numbered(&statement)),
+    }
+}
+
+fn numbered(statement: &str) -> String {
+    let mut out = String::with_capacity(statement.len() + 16);
+    let mut n = 0;
+    for ch in statement.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
-    /// and applies the embedded migrations.
+    /// Opens the database at `url` and applies the embedded migrations: `sqlite://PATH`
+    /// (created if missing; WAL) is the embedded default, `postgres://…` the shared one for
+    /// several nodes.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(StdDuration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(url)?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 8,
+                Backend::Postgres => 16,
+            })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the one writer; NORMAL syncs at
+                        // checkpoints, which WAL keeps crash-safe; a writer waits its turn.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        // Take the write lock up front: a deferred transaction that reads and then writes
-        // could fail to upgrade under a concurrent writer.
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A statement written with `?` placeholders, for this store's backend (for tools and
+    /// tests that query the tables directly).
+    pub fn statement(&self, statement: &str) -> sqlx::AssertSqlSafe<String> {
+        sql_dyn(self.backend, statement.to_owned())
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
+            // Take SQLite's write lock up front: a deferred transaction that reads and then
+            // writes could fail to upgrade under a concurrent writer.
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            // PostgreSQL locks the rows it updates; the dossier row is locked explicitly.
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Records a procedure version. Returns false when that version is already deployed.
     pub async fn save_procedure(&self, p: &StoredProcedure) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let r = sqlx::query(sql(
+            self.backend,
             "INSERT INTO procedures (code, version, name, source, forms, deployed_at)
              VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (code, version) DO NOTHING",
-        )
+        ))
         .bind(&p.code)
         .bind(i64::from(p.version))
         .bind(&p.name)
@@ -291,8 +384,7 @@ impl Store {
     }
 
     pub async fn procedures(&self) -> Result<Vec<StoredProcedure>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT code, version, name, source, forms, deployed_at FROM procedures ORDER BY code, version",
+        let rows = sqlx::query(sql(self.backend, "SELECT code, version, name, source, forms, deployed_at FROM procedures ORDER BY code, version"),
         )
         .fetch_all(&self.pool)
         .await?;
@@ -314,10 +406,11 @@ impl Store {
 
     /// The stored events of a dossier, in order.
     pub async fn events(&self, code: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(sql(
+            self.backend,
             "SELECT seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
              WHERE dossier_code = ? ORDER BY seq",
-        )
+        ))
         .bind(code)
         .fetch_all(&self.pool)
         .await?;
@@ -363,11 +456,12 @@ impl Store {
     ) -> Result<Result<Dossier, E>, StoreError> {
         let mut tx = self.begin().await?;
         let day_key = day.format("%y%m%d").to_string();
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = sqlx::query_scalar(sql(
+            self.backend,
             "INSERT INTO dossier_sequences (agency_code, day, last) VALUES (?, ?, 1)
              ON CONFLICT (agency_code, day) DO UPDATE SET last = dossier_sequences.last + 1
              RETURNING last",
-        )
+        ))
         .bind(agency_code)
         .bind(&day_key)
         .fetch_one(&mut *tx)
@@ -381,6 +475,7 @@ impl Store {
             }
         };
         write(
+            self.backend,
             &mut tx,
             &Append {
                 at,
@@ -399,7 +494,7 @@ impl Store {
     /// Appends events to an existing dossier whose state was `append.before`.
     pub async fn append(&self, append: &Append<'_>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        write(&mut tx, append).await?;
+        write(self.backend, &mut tx, append).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -413,20 +508,36 @@ impl Store {
         lease: chrono::Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE jobs SET lease_until = ?
-             WHERE rowid IN (
-                 SELECT rowid FROM jobs
-                 WHERE state = 'pending' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
-                 ORDER BY run_at LIMIT ?)
-             RETURNING dossier_code, job_id",
-        )
-        .bind(micros(now + lease))
-        .bind(micros(now))
-        .bind(micros(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let statement = match self.backend {
+            // SQLite has one writer at a time: the transaction is the claim.
+            Backend::Sqlite => sql(
+                self.backend,
+                "UPDATE jobs SET lease_until = ?
+                 WHERE rowid IN (
+                     SELECT rowid FROM jobs
+                     WHERE state = 'pending' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                     ORDER BY run_at LIMIT ?)
+                 RETURNING dossier_code, job_id",
+            ),
+            // Several nodes claim at once: each takes rows no one else has locked.
+            Backend::Postgres => sql(
+                self.backend,
+                "UPDATE jobs SET lease_until = ?
+                 WHERE (dossier_code, job_id) IN (
+                     SELECT dossier_code, job_id FROM jobs
+                     WHERE state = 'pending' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                     ORDER BY run_at LIMIT ?
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING dossier_code, job_id",
+            ),
+        };
+        let rows = sqlx::query(statement)
+            .bind(micros(now + lease))
+            .bind(micros(now))
+            .bind(micros(now))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         rows.into_iter()
             .map(|r| {
@@ -440,20 +551,25 @@ impl Store {
 
     /// Gives a claimed job back without recording an attempt (the worker could not run it).
     pub async fn release_job(&self, job: &ClaimedJob) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET lease_until = NULL WHERE dossier_code = ? AND job_id = ?")
-            .bind(&job.dossier)
-            .bind(&job.job)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(sql(
+            self.backend,
+            "UPDATE jobs SET lease_until = NULL WHERE dossier_code = ? AND job_id = ?",
+        ))
+        .bind(&job.dossier)
+        .bind(&job.job)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// When the next pending job is due, if any.
     pub async fn next_job_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let m: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
-                .fetch_one(&self.pool)
-                .await?;
+        let m: Option<i64> = sqlx::query_scalar(sql(
+            self.backend,
+            "SELECT MIN(run_at) FROM jobs WHERE state = 'pending'",
+        ))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(m.map(from_micros))
     }
 
@@ -470,7 +586,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let placeholders = vec!["?"; roles.len()].join(", ");
-        let sql = format!(
+        let statement = format!(
             "SELECT * FROM tasks WHERE agency_code = ? AND role IN ({placeholders})
              {} ORDER BY due_at IS NULL, due_at, opened_at LIMIT ? OFFSET ?",
             if claimed_by.is_some() {
@@ -479,7 +595,7 @@ impl Store {
                 ""
             }
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(agency);
+        let mut q = sqlx::query(sql_dyn(self.backend, statement)).bind(agency);
         for r in roles {
             q = q.bind(r);
         }
@@ -496,7 +612,7 @@ impl Store {
 
     /// A dossier's stored rows (for views and for the replay check).
     pub async fn projection(&self, code: &str) -> Result<Option<Projection>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM dossiers WHERE code = ?")
+        let Some(row) = sqlx::query(sql(self.backend, "SELECT * FROM dossiers WHERE code = ?"))
             .bind(code)
             .fetch_optional(&self.pool)
             .await?
@@ -504,30 +620,37 @@ impl Store {
             return Ok(None);
         };
         let dossier = dossier_row(&row)?;
-        let tasks = sqlx::query("SELECT * FROM tasks WHERE dossier_code = ? ORDER BY task_id")
-            .bind(code)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(task_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let jobs = sqlx::query("SELECT * FROM jobs WHERE dossier_code = ? ORDER BY job_id")
-            .bind(code)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(job_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let incidents =
-            sqlx::query("SELECT * FROM incidents WHERE dossier_code = ? ORDER BY incident_id")
-                .bind(code)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(incident_row)
-                .collect::<Result<Vec<_>, _>>()?;
-        let notifications = sqlx::query(
-            "SELECT * FROM notifications WHERE dossier_code = ? ORDER BY created_at, notification_id",
+        let tasks = sqlx::query(sql(
+            self.backend,
+            "SELECT * FROM tasks WHERE dossier_code = ? ORDER BY task_id",
+        ))
+        .bind(code)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(task_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let jobs = sqlx::query(sql(
+            self.backend,
+            "SELECT * FROM jobs WHERE dossier_code = ? ORDER BY job_id",
+        ))
+        .bind(code)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(job_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let incidents = sqlx::query(sql(
+            self.backend,
+            "SELECT * FROM incidents WHERE dossier_code = ? ORDER BY incident_id",
+        ))
+        .bind(code)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(incident_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let notifications = sqlx::query(sql(self.backend, "SELECT * FROM notifications WHERE dossier_code = ? ORDER BY created_at, notification_id"),
         )
         .bind(code)
         .fetch_all(&self.pool)
@@ -551,7 +674,7 @@ impl Store {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<DossierRow>, StoreError> {
-        sqlx::query("SELECT * FROM dossiers WHERE owner_id = ? ORDER BY filed_at DESC, code LIMIT ? OFFSET ?")
+        sqlx::query(sql(self.backend, "SELECT * FROM dossiers WHERE owner_id = ? ORDER BY filed_at DESC, code LIMIT ? OFFSET ?"))
             .bind(owner_id)
             .bind(i64::from(limit))
             .bind(i64::from(offset))
@@ -568,10 +691,9 @@ impl Store {
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<DossierRow>, StoreError> {
-        sqlx::query(
-            "SELECT * FROM dossiers WHERE closed = 0 AND paused = 0 AND due_at IS NOT NULL AND due_at <= ?
+        sqlx::query(sql(self.backend, "SELECT * FROM dossiers WHERE closed = 0 AND paused = 0 AND due_at IS NOT NULL AND due_at <= ?
              AND status NOT IN (9, 10) AND (apology_sent = 0 OR overdue = 0)
-             ORDER BY due_at LIMIT ?",
+             ORDER BY due_at LIMIT ?"),
         )
         .bind(micros(before))
         .bind(i64::from(limit))
@@ -584,27 +706,27 @@ impl Store {
 
     /// Dossiers of an agency, filtered, newest first.
     pub async fn search(&self, q: &DossierQuery) -> Result<Vec<DossierRow>, StoreError> {
-        let mut sql = String::from("SELECT * FROM dossiers WHERE 1 = 1");
+        let mut statement = String::from("SELECT * FROM dossiers WHERE 1 = 1");
         if q.agency.is_some() {
-            sql.push_str(" AND agency_code = ?");
+            statement.push_str(" AND agency_code = ?");
         }
         if q.code.is_some() {
-            sql.push_str(" AND code = ?");
+            statement.push_str(" AND code = ?");
         }
         if q.owner_id.is_some() {
-            sql.push_str(" AND owner_id = ?");
+            statement.push_str(" AND owner_id = ?");
         }
         if q.status.is_some() {
-            sql.push_str(" AND status = ?");
+            statement.push_str(" AND status = ?");
         }
         if let Some(now) = q.overdue_at {
-            sql.push_str(&format!(
+            statement.push_str(&format!(
                 " AND closed = 0 AND status NOT IN (9, 10) AND due_at IS NOT NULL AND due_at < {}",
                 micros(now)
             ));
         }
-        sql.push_str(" ORDER BY filed_at DESC, code LIMIT ? OFFSET ?");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        statement.push_str(" ORDER BY filed_at DESC, code LIMIT ? OFFSET ?");
+        let mut query = sqlx::query(sql_dyn(self.backend, statement));
         for v in [&q.agency, &q.code, &q.owner_id].into_iter().flatten() {
             query = query.bind(v.clone());
         }
@@ -622,24 +744,27 @@ impl Store {
     }
 
     pub async fn open_incidents(&self) -> Result<Vec<IncidentRow>, StoreError> {
-        sqlx::query("SELECT * FROM incidents WHERE resolution IS NULL ORDER BY opened_at")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(incident_row)
-            .collect()
+        sqlx::query(sql(
+            self.backend,
+            "SELECT * FROM incidents WHERE resolution IS NULL ORDER BY opened_at",
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(incident_row)
+        .collect()
     }
 
     /// Verifies the hash chain of every dossier, or of one.
     pub async fn verify(&self, only: Option<&str>) -> Result<VerifyReport, StoreError> {
-        let sql = if only.is_some() {
+        let statement = if only.is_some() {
             "SELECT dossier_code, seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
              WHERE dossier_code = ? ORDER BY dossier_code, seq"
         } else {
             "SELECT dossier_code, seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
              ORDER BY dossier_code, seq"
         };
-        let mut q = sqlx::query(sql);
+        let mut q = sqlx::query(sql(self.backend, statement));
         if let Some(code) = only {
             q = q.bind(code);
         }
@@ -679,22 +804,29 @@ impl Store {
         }
         // The stored head of each chain must be its last event: a truncated stream is a break.
         let heads = if let Some(code) = only {
-            sqlx::query("SELECT code, seq, last_hash FROM dossiers WHERE code = ?")
-                .bind(code)
-                .fetch_all(&self.pool)
-                .await?
+            sqlx::query(sql(
+                self.backend,
+                "SELECT code, seq, last_hash FROM dossiers WHERE code = ?",
+            ))
+            .bind(code)
+            .fetch_all(&self.pool)
+            .await?
         } else {
-            sqlx::query("SELECT code, seq, last_hash FROM dossiers")
-                .fetch_all(&self.pool)
-                .await?
+            sqlx::query(sql(
+                self.backend,
+                "SELECT code, seq, last_hash FROM dossiers",
+            ))
+            .fetch_all(&self.pool)
+            .await?
         };
         for h in heads {
             let code: String = h.try_get("code")?;
             let seq: i64 = h.try_get("seq")?;
             let last: String = h.try_get("last_hash")?;
-            let stored: Option<(i64, String)> = sqlx::query_as(
+            let stored: Option<(i64, String)> = sqlx::query_as(sql(
+                self.backend,
                 "SELECT seq, hash FROM events WHERE dossier_code = ? ORDER BY seq DESC LIMIT 1",
-            )
+            ))
             .bind(&code)
             .fetch_optional(&self.pool)
             .await?;
@@ -726,16 +858,27 @@ pub struct DossierQuery {
     pub offset: u32,
 }
 
-async fn write(tx: &mut Transaction<'static, Sqlite>, a: &Append<'_>) -> Result<(), StoreError> {
+async fn write(
+    b: Backend,
+    tx: &mut Transaction<'static, Any>,
+    a: &Append<'_>,
+) -> Result<(), StoreError> {
     let code = &a.state.code;
     let (mut seq, mut prev) = match a.before {
         None => (0u64, audit::GENESIS.to_owned()),
         Some(before) => {
-            let row: Option<(i64, String)> =
-                sqlx::query_as("SELECT seq, last_hash FROM dossiers WHERE code = ?")
-                    .bind(code)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+            // On PostgreSQL the row lock makes a concurrent append wait, then see the new seq.
+            let statement = match b {
+                Backend::Sqlite => sql(b, "SELECT seq, last_hash FROM dossiers WHERE code = ?"),
+                Backend::Postgres => sql(
+                    b,
+                    "SELECT seq, last_hash FROM dossiers WHERE code = ? FOR UPDATE",
+                ),
+            };
+            let row: Option<(i64, String)> = sqlx::query_as(statement)
+                .bind(code)
+                .fetch_optional(&mut **tx)
+                .await?;
             let Some((current, last_hash)) = row else {
                 return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
             };
@@ -757,9 +900,8 @@ async fn write(tx: &mut Transaction<'static, Sqlite>, a: &Append<'_>) -> Result<
             &prev,
             &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
         );
-        sqlx::query(
-            "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        sqlx::query(sql(b, "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         )
         .bind(code)
         .bind(i64::try_from(seq).unwrap_or(i64::MAX))
@@ -780,25 +922,25 @@ async fn write(tx: &mut Transaction<'static, Sqlite>, a: &Append<'_>) -> Result<
             a.state.seq
         )));
     }
-    project(tx, a, &prev).await
+    project(b, tx, a, &prev).await
 }
 
 async fn project(
-    tx: &mut Transaction<'static, Sqlite>,
+    b: Backend,
+    tx: &mut Transaction<'static, Any>,
     a: &Append<'_>,
     last_hash: &str,
 ) -> Result<(), StoreError> {
     let p = Projection::of(a.state);
     let d = &p.dossier;
-    sqlx::query(
-        "INSERT INTO dossiers (code, procedure_code, procedure_version, agency_code, owner_id, owner_name,
+    sqlx::query(sql(b, "INSERT INTO dossiers (code, procedure_code, procedure_version, agency_code, owner_id, owner_name,
             channel, status, seq, last_hash, filed_at, updated_at, received_at, due_at, closed, paused,
             overdue, apology_sent)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (code) DO UPDATE SET status = excluded.status, seq = excluded.seq,
             last_hash = excluded.last_hash, updated_at = excluded.updated_at,
             received_at = excluded.received_at, due_at = excluded.due_at, closed = excluded.closed,
-            paused = excluded.paused, overdue = excluded.overdue, apology_sent = excluded.apology_sent",
+            paused = excluded.paused, overdue = excluded.overdue, apology_sent = excluded.apology_sent"),
     )
     .bind(&d.code)
     .bind(&d.procedure_code)
@@ -814,24 +956,23 @@ async fn project(
     .bind(micros(d.updated_at))
     .bind(opt_micros(d.received_at))
     .bind(opt_micros(d.due_at))
-    .bind(d.closed)
-    .bind(d.paused)
-    .bind(d.overdue)
-    .bind(d.apology_sent)
+    .bind(i64::from(d.closed))
+    .bind(i64::from(d.paused))
+    .bind(i64::from(d.overdue))
+    .bind(i64::from(d.apology_sent))
     .execute(&mut **tx)
     .await?;
 
     // Tasks: the table holds the open ones, so it follows the state exactly.
     let before_tasks = a.before.map(|b| &b.tasks);
     if before_tasks != Some(&a.state.tasks) {
-        sqlx::query("DELETE FROM tasks WHERE dossier_code = ?")
+        sqlx::query(sql(b, "DELETE FROM tasks WHERE dossier_code = ?"))
             .bind(&d.code)
             .execute(&mut **tx)
             .await?;
         for t in &p.tasks {
-            sqlx::query(
-                "INSERT INTO tasks (dossier_code, task_id, step, name, role, agency_code, claimed_by, opened_at, due_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            sqlx::query(sql(b, "INSERT INTO tasks (dossier_code, task_id, step, name, role, agency_code, claimed_by, opened_at, due_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
             )
             .bind(&t.dossier_code)
             .bind(&t.task_id)
@@ -854,12 +995,11 @@ async fn project(
         if old == Some(j) {
             continue;
         }
-        sqlx::query(
-            "INSERT INTO jobs (dossier_code, job_id, kind, call, state, attempts, run_at, last_error, lease_until)
+        sqlx::query(sql(b, "INSERT INTO jobs (dossier_code, job_id, kind, call, state, attempts, run_at, last_error, lease_until)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
              ON CONFLICT (dossier_code, job_id) DO UPDATE SET state = excluded.state,
                 attempts = excluded.attempts, run_at = excluded.run_at, last_error = excluded.last_error,
-                lease_until = NULL",
+                lease_until = NULL"),
         )
         .bind(&row.dossier_code)
         .bind(&row.job_id)
@@ -877,10 +1017,9 @@ async fn project(
         if a.before.and_then(|b| b.incidents.get(&i.id)) == Some(i) {
             continue;
         }
-        sqlx::query(
-            "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution)
+        sqlx::query(sql(b, "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution)
              VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (dossier_code, incident_id) DO UPDATE SET resolution = excluded.resolution",
+             ON CONFLICT (dossier_code, incident_id) DO UPDATE SET resolution = excluded.resolution"),
         )
         .bind(&row.dossier_code)
         .bind(&row.incident_id)
@@ -894,9 +1033,8 @@ async fn project(
 
     let known = a.before.map_or(0, |b| b.notifications.len());
     for n in p.notifications.iter().skip(known) {
-        sqlx::query(
-            "INSERT INTO notifications (dossier_code, notification_id, template, recipient, subject, body, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dossier_code, notification_id) DO NOTHING",
+        sqlx::query(sql(b, "INSERT INTO notifications (dossier_code, notification_id, template, recipient, subject, body, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dossier_code, notification_id) DO NOTHING"),
         )
         .bind(&n.dossier_code)
         .bind(&n.notification_id)
@@ -911,7 +1049,7 @@ async fn project(
     Ok(())
 }
 
-fn task_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, StoreError> {
+fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {
     Ok(TaskRow {
         dossier_code: r.try_get("dossier_code")?,
         task_id: r.try_get("task_id")?,
@@ -925,7 +1063,7 @@ fn task_row(r: &sqlx::sqlite::SqliteRow) -> Result<TaskRow, StoreError> {
     })
 }
 
-fn dossier_row(r: &sqlx::sqlite::SqliteRow) -> Result<DossierRow, StoreError> {
+fn dossier_row(r: &AnyRow) -> Result<DossierRow, StoreError> {
     Ok(DossierRow {
         code: r.try_get("code")?,
         procedure_code: r.try_get("procedure_code")?,
@@ -940,14 +1078,14 @@ fn dossier_row(r: &sqlx::sqlite::SqliteRow) -> Result<DossierRow, StoreError> {
         updated_at: from_micros(r.try_get("updated_at")?),
         received_at: r.try_get::<Option<i64>, _>("received_at")?.map(from_micros),
         due_at: r.try_get::<Option<i64>, _>("due_at")?.map(from_micros),
-        closed: r.try_get("closed")?,
-        paused: r.try_get("paused")?,
-        overdue: r.try_get("overdue")?,
-        apology_sent: r.try_get("apology_sent")?,
+        closed: r.try_get::<i64, _>("closed")? != 0,
+        paused: r.try_get::<i64, _>("paused")? != 0,
+        overdue: r.try_get::<i64, _>("overdue")? != 0,
+        apology_sent: r.try_get::<i64, _>("apology_sent")? != 0,
     })
 }
 
-fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow, StoreError> {
+fn job_row(r: &AnyRow) -> Result<JobRow, StoreError> {
     Ok(JobRow {
         dossier_code: r.try_get("dossier_code")?,
         job_id: r.try_get("job_id")?,
@@ -960,7 +1098,7 @@ fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow, StoreError> {
     })
 }
 
-fn incident_row(r: &sqlx::sqlite::SqliteRow) -> Result<IncidentRow, StoreError> {
+fn incident_row(r: &AnyRow) -> Result<IncidentRow, StoreError> {
     Ok(IncidentRow {
         dossier_code: r.try_get("dossier_code")?,
         incident_id: r.try_get("incident_id")?,
@@ -971,7 +1109,7 @@ fn incident_row(r: &sqlx::sqlite::SqliteRow) -> Result<IncidentRow, StoreError> 
     })
 }
 
-fn notification_row(r: &sqlx::sqlite::SqliteRow) -> Result<NotificationRow, StoreError> {
+fn notification_row(r: &AnyRow) -> Result<NotificationRow, StoreError> {
     Ok(NotificationRow {
         dossier_code: r.try_get("dossier_code")?,
         notification_id: r.try_get("notification_id")?,
@@ -998,8 +1136,7 @@ impl Store {
         actor_id: &str,
         key: &str,
     ) -> Result<Option<RememberedResponse>, StoreError> {
-        let row: Option<(String, String, i64, String)> = sqlx::query_as(
-            "SELECT scope, request_hash, status, body FROM idempotency_keys WHERE actor_id = ? AND key = ?",
+        let row: Option<(String, String, i64, String)> = sqlx::query_as(sql(self.backend, "SELECT scope, request_hash, status, body FROM idempotency_keys WHERE actor_id = ? AND key = ?"),
         )
         .bind(actor_id)
         .bind(key)
@@ -1023,9 +1160,8 @@ impl Store {
         response: &RememberedResponse,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (actor_id, key, scope, request_hash, status, body, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (actor_id, key) DO NOTHING",
+        sqlx::query(sql(self.backend, "INSERT INTO idempotency_keys (actor_id, key, scope, request_hash, status, body, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (actor_id, key) DO NOTHING"),
         )
         .bind(actor_id)
         .bind(key)
@@ -1041,15 +1177,19 @@ impl Store {
 
     /// Counts for metrics: pending jobs, open incidents, open dossiers past due at `now`.
     pub async fn gauges(&self, now: DateTime<Utc>) -> Result<(i64, i64, i64), StoreError> {
-        let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
-        let incidents: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM incidents WHERE resolution IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        let overdue: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM dossiers WHERE closed = 0 AND status NOT IN (9, 10) AND due_at IS NOT NULL AND due_at < ?",
+        let jobs: i64 = sqlx::query_scalar(sql(
+            self.backend,
+            "SELECT COUNT(*) FROM jobs WHERE state = 'pending'",
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let incidents: i64 = sqlx::query_scalar(sql(
+            self.backend,
+            "SELECT COUNT(*) FROM incidents WHERE resolution IS NULL",
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let overdue: i64 = sqlx::query_scalar(sql(self.backend, "SELECT COUNT(*) FROM dossiers WHERE closed = 0 AND status NOT IN (9, 10) AND due_at IS NOT NULL AND due_at < ?"),
         )
         .bind(micros(now))
         .fetch_one(&self.pool)
@@ -1059,7 +1199,9 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query(sql(self.backend, "SELECT 1"))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }
@@ -1079,9 +1221,8 @@ impl Store {
         uploader: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO uploads (sha256, uploader_id, content_type, size, uploaded_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (sha256, uploader_id) DO NOTHING",
+        sqlx::query(sql(self.backend, "INSERT INTO uploads (sha256, uploader_id, content_type, size, uploaded_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (sha256, uploader_id) DO NOTHING"),
         )
         .bind(&upload.sha256)
         .bind(uploader)
@@ -1099,9 +1240,10 @@ impl Store {
         sha256: &str,
         uploader: &str,
     ) -> Result<Option<Upload>, StoreError> {
-        let row: Option<(String, i64)> = sqlx::query_as(
+        let row: Option<(String, i64)> = sqlx::query_as(sql(
+            self.backend,
             "SELECT content_type, size FROM uploads WHERE sha256 = ? AND uploader_id = ?",
-        )
+        ))
         .bind(sha256)
         .bind(uploader)
         .fetch_optional(&self.pool)

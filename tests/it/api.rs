@@ -279,7 +279,7 @@ async fn the_judicial_record_procedure_end_to_end_over_http() {
     assert_eq!(doc["provenance"]["from_portal"], false);
 
     // The signature verifies from the command line too, and fails once the content is altered.
-    let db = format!("sqlite://{}", api._dir.path().join("api.db").display());
+    let db = crate::support::database_url(api._dir.path()).await;
     let blobs = api._dir.path().join("blobs");
     let cli = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_tthc"))

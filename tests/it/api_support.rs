@@ -28,7 +28,7 @@ pub async fn start_api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("api.db").display()),
+        database_url: crate::support::database_url(dir.path()).await,
         root: repo_root(),
         jwt_secret: Some(SECRET.into()),
         job_poll_ms: 20,

@@ -797,7 +797,7 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
     let d = h.file_lltp(1).await;
     h.receive(&d.code).await;
     let other = h.file_lltp(1).await;
-    let url = db_url(&h.dir);
+    let url = db_url(&h.dir).await;
 
     let out = crate::support::tthc(&["--database", &url, "audit", "verify"]);
     assert!(out.status.success(), "{}", crate::support::stdout(&out));
@@ -822,13 +822,15 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
     );
 
     // Someone edits the reception in the database: the refusal reason, say.
-    sqlx::query("UPDATE events SET payload = replace(payload, '\"accept\"', '\"refuse\"') WHERE dossier_code = ? AND type = 'task_completed'")
+    let store = h.engine.store();
+    sqlx::query(store.statement("UPDATE events SET payload = replace(payload, '\"accept\"', '\"refuse\"') WHERE dossier_code = ? AND type = 'task_completed'"))
         .bind(&d.code)
         .execute(h.engine.store().pool())
         .await
         .unwrap();
     let seq: i64 = sqlx::query_scalar(
-        "SELECT seq FROM events WHERE dossier_code = ? AND type = 'task_completed'",
+        store
+            .statement("SELECT seq FROM events WHERE dossier_code = ? AND type = 'task_completed'"),
     )
     .bind(&d.code)
     .fetch_one(h.engine.store().pool())
@@ -850,7 +852,7 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
     );
 
     // Removing the last event is caught too.
-    sqlx::query("DELETE FROM events WHERE dossier_code = ? AND seq = (SELECT MAX(seq) FROM events WHERE dossier_code = ?)")
+    sqlx::query(h.engine.store().statement("DELETE FROM events WHERE dossier_code = ? AND seq = (SELECT MAX(seq) FROM events WHERE dossier_code = ?)"))
         .bind(&other.code)
         .bind(&other.code)
         .execute(h.engine.store().pool())

@@ -87,12 +87,12 @@ pub fn monday_morning() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 2, 1, 0, 0).unwrap()
 }
 
-pub fn db_url(dir: &TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("tthc.db").display())
+pub async fn db_url(dir: &TempDir) -> String {
+    crate::support::database_url(dir.path()).await
 }
 
 pub async fn open_engine(dir: &TempDir, clock: Clock) -> Engine {
-    let mut config = EngineConfig::new(db_url(dir), repo_root().join("procedures/templates"));
+    let mut config = EngineConfig::new(db_url(dir).await, repo_root().join("procedures/templates"));
     config
         .agencies
         .insert(AGENCY.into(), "Sở Tư pháp tỉnh Hưng Yên".into());

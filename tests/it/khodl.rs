@@ -160,11 +160,8 @@ fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
 }
 
 async fn khodl(dir: &tempfile::TempDir) -> KhoDl {
-    let store = Store::open(&db_url(dir)).await.unwrap();
-    KhoDl::new(
-        store.pool().clone(),
-        Arc::new(Calendar::default_vietnam().unwrap()),
-    )
+    let store = Store::open(&db_url(dir).await).await.unwrap();
+    KhoDl::new(store, Arc::new(Calendar::default_vietnam().unwrap()))
 }
 
 fn owner(id: &str) -> OwnerId {

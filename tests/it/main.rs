@@ -4,6 +4,7 @@
 mod api;
 mod api_support;
 mod bench;
+mod cluster;
 mod definitions;
 mod engine;
 mod engine_props;

@@ -20,7 +20,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::any::AnyRow;
+
+use crate::store::{Backend, Store, sql, sql_dyn};
 
 use crate::calendar::Calendar;
 use crate::definition::Duration;
@@ -344,7 +346,7 @@ pub struct Saved {
 /// The local Kho DL, on the engine's database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KhoDl {
-    pool: SqlitePool,
+    store: Store,
     calendar: Arc<Calendar>,
 }
 
@@ -409,16 +411,17 @@ const COLUMNS: &str = "paper_id, code, national_code, name, owner_id, owner_name
 impl KhoDl {
     /// A Kho DL on `pool` (the engine's store, whose migrations create its table). Validity
     /// periods are counted in `calendar`'s time zone.
-    pub fn new(pool: SqlitePool, calendar: Arc<Calendar>) -> KhoDl {
-        KhoDl { pool, calendar }
+    pub fn new(store: Store, calendar: Arc<Calendar>) -> KhoDl {
+        KhoDl { store, calendar }
+    }
+
+    fn b(&self) -> Backend {
+        self.store.backend()
     }
 
     /// The Kho DL on an engine's database, counting in its calendar.
     pub fn for_engine(engine: &crate::Engine) -> KhoDl {
-        KhoDl::new(
-            engine.store().pool().clone(),
-            Arc::new(engine.calendar().clone()),
-        )
+        KhoDl::new(engine.store().clone(), Arc::new(engine.calendar().clone()))
     }
 
     pub fn calendar(&self) -> &Calendar {
@@ -541,7 +544,8 @@ impl KhoDl {
         };
         // INSERT OR IGNORE alone decides who wins between concurrent saves of one id; the
         // loser then compares what is stored with what it meant to store.
-        let inserted = sqlx::query(
+        let inserted = sqlx::query(sql(
+            self.b(),
             "INSERT INTO khodl_papers (paper_id, code, national_code, name, owner_id, owner_name,
                 paper_type, number, issued_at, issuing_agency, signer, summary, valid_until,
                 permanent, scope, kind, digitized_by, digitized_at, sha256, size, content_type,
@@ -550,7 +554,7 @@ impl KhoDl {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
                 NULL, NULL, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (paper_id) DO NOTHING",
-        )
+        ))
         .bind(&paper.id)
         .bind(&paper.code)
         .bind(&paper.national_code)
@@ -564,7 +568,7 @@ impl KhoDl {
         .bind(&paper.signer)
         .bind(&paper.summary)
         .bind(valid_until)
-        .bind(permanent)
+        .bind(i64::from(permanent))
         .bind(&paper.scope)
         .bind(text_of(&paper.kind))
         .bind(paper.digitized.as_ref().map(|d| d.by.clone()))
@@ -576,13 +580,13 @@ impl KhoDl {
         .bind(&paper.procedure_code)
         .bind(&paper.field)
         .bind(text_of(&paper.approval))
-        .bind(paper.hidden)
+        .bind(i64::from(paper.hidden))
         .bind(text_of(&paper.provenance))
         .bind(detail)
         .bind(signatures)
         .bind(micros(paper.created_at))
         .bind(micros(paper.updated_at))
-        .execute(&self.pool)
+        .execute(self.store.pool())
         .await?
         .rows_affected()
             == 1;
@@ -616,14 +620,16 @@ impl KhoDl {
         paper_id: &str,
         visibility: Visibility,
     ) -> Result<Option<Paper>, KhoDlError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM khodl_papers WHERE owner_id = ? AND paper_id = ? AND (? OR hidden = 0)"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let hidden = match visibility {
+            Visibility::IncludeHidden => "",
+            Visibility::OwnerView => " AND hidden = 0",
+        };
+        let statement =
+            format!("SELECT {COLUMNS} FROM khodl_papers WHERE owner_id = ? AND paper_id = ?{hidden}");
+        let row = sqlx::query(sql_dyn(self.b(), statement))
             .bind(owner.as_str())
             .bind(paper_id)
-            .bind(visibility == Visibility::IncludeHidden)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.store.pool())
             .await?;
         row.as_ref().map(paper_of).transpose()
     }
@@ -634,36 +640,39 @@ impl KhoDl {
         owner: &OwnerId,
         filter: &PaperFilter,
     ) -> Result<Vec<Paper>, KhoDlError> {
-        let codes = if filter.result_codes.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::to_string(&filter.result_codes)
-                    .map_err(|e| invalid(format!("result codes: {e}")))?,
-            )
-        };
         let limit = filter.limit.unwrap_or(MAX_LIST).min(MAX_LIST);
-        // One statement for every filter: a NULL parameter switches its condition off.
-        let sql = format!(
-            "SELECT {COLUMNS} FROM khodl_papers
-             WHERE owner_id = ?1
-               AND (?2 OR hidden = 0)
-               AND (?3 OR approval <> 'rejected')
-               AND (?4 IS NULL OR paper_type IN (SELECT value FROM json_each(?4)))
-               AND (?5 IS NULL OR permanent = 1 OR valid_until >= ?5)
-               AND (?6 IS NULL OR kind = ?6)
-             ORDER BY issued_at DESC, paper_id
-             LIMIT ?7"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(owner.as_str())
-            .bind(filter.visibility == Visibility::IncludeHidden)
-            .bind(filter.include_rejected)
-            .bind(codes)
-            .bind(filter.valid_at.map(micros))
-            .bind(filter.kind.map(|k| text_of(&k)))
+        // The statement carries only the conditions the filter asks for.
+        let mut statement = format!("SELECT {COLUMNS} FROM khodl_papers WHERE owner_id = ?");
+        if filter.visibility != Visibility::IncludeHidden {
+            statement.push_str(" AND hidden = 0");
+        }
+        if !filter.include_rejected {
+            statement.push_str(" AND approval <> 'rejected'");
+        }
+        if !filter.result_codes.is_empty() {
+            let marks = vec!["?"; filter.result_codes.len()].join(", ");
+            statement.push_str(&format!(" AND paper_type IN ({marks})"));
+        }
+        if filter.valid_at.is_some() {
+            statement.push_str(" AND (permanent = 1 OR valid_until >= ?)");
+        }
+        if filter.kind.is_some() {
+            statement.push_str(" AND kind = ?");
+        }
+        statement.push_str(" ORDER BY issued_at DESC, paper_id LIMIT ?");
+        let mut q = sqlx::query(sql_dyn(self.b(), statement)).bind(owner.as_str());
+        for code in &filter.result_codes {
+            q = q.bind(code.clone());
+        }
+        if let Some(at) = filter.valid_at {
+            q = q.bind(micros(at));
+        }
+        if let Some(k) = filter.kind {
+            q = q.bind(text_of(&k));
+        }
+        let rows = q
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.store.pool())
             .await?;
         let mut papers = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -689,14 +698,15 @@ impl KhoDl {
         dossier_code: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, KhoDlError> {
-        let done = sqlx::query(
+        let done = sqlx::query(sql(
+            self.b(),
             "UPDATE khodl_papers SET hidden = 0, updated_at = ?
              WHERE owner_id = ? AND dossier_code = ? AND hidden = 1",
-        )
+        ))
         .bind(micros(now))
         .bind(owner.as_str())
         .bind(dossier_code)
-        .execute(&self.pool)
+        .execute(self.store.pool())
         .await?;
         Ok(done.rows_affected())
     }
@@ -731,17 +741,18 @@ impl KhoDl {
         }
         // The state is checked again in the UPDATE, so two officers deciding at once cannot
         // both win.
-        let done = sqlx::query(
+        let done = sqlx::query(sql(
+            self.b(),
             "UPDATE khodl_papers SET approval = ?, approval_by = ?, approval_at = ?, updated_at = ?
              WHERE owner_id = ? AND paper_id = ? AND approval = 'awaiting'",
-        )
+        ))
         .bind(text_of(&approval))
         .bind(by)
         .bind(micros(now))
         .bind(micros(now))
         .bind(owner.as_str())
         .bind(paper_id)
-        .execute(&self.pool)
+        .execute(self.store.pool())
         .await?;
         let after = self
             .get(owner, paper_id, Visibility::IncludeHidden)
@@ -758,7 +769,7 @@ impl KhoDl {
     }
 }
 
-fn paper_of(row: &SqliteRow) -> Result<Paper, KhoDlError> {
+fn paper_of(row: &AnyRow) -> Result<Paper, KhoDlError> {
     let id: String = row.try_get("paper_id")?;
     let corrupt = |reason: String| KhoDlError::Corrupt {
         id: id.clone(),
@@ -766,7 +777,7 @@ fn paper_of(row: &SqliteRow) -> Result<Paper, KhoDlError> {
     };
     let owner: String = row.try_get("owner_id")?;
     let owner = OwnerId::parse(&owner).map_err(|e| corrupt(e.to_string()))?;
-    let permanent: bool = row.try_get("permanent")?;
+    let permanent = row.try_get::<i64, _>("permanent")? != 0;
     let valid_until: Option<i64> = row.try_get("valid_until")?;
     let validity = match (permanent, valid_until) {
         (true, _) => PaperValidity::Permanent,
@@ -832,7 +843,7 @@ fn paper_of(row: &SqliteRow) -> Result<Paper, KhoDlError> {
         approval_at: row
             .try_get::<Option<i64>, _>("approval_at")?
             .map(from_micros),
-        hidden: row.try_get("hidden")?,
+        hidden: row.try_get::<i64, _>("hidden")? != 0,
         provenance: parse_text(&id, "provenance", &provenance)?,
         provenance_detail,
         signatures,
