@@ -801,6 +801,14 @@ impl Engine {
             let mut shutdown = shutdown.clone();
             let poll = background.poll;
             async move {
+                // On PostgreSQL other nodes' new jobs wake this worker at once.
+                let mut listener = match engine.store().job_listener().await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no job notifications; polling");
+                        None
+                    }
+                };
                 loop {
                     if *shutdown.borrow() {
                         break;
@@ -819,9 +827,26 @@ impl Engine {
                             }
                             _ => poll,
                         };
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait.max(std::time::Duration::from_millis(20))) => {}
-                            _ = shutdown.changed() => {}
+                        let wait = wait.max(std::time::Duration::from_millis(20));
+                        match listener.as_mut() {
+                            Some(l) => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = shutdown.changed() => {}
+                                    n = l.recv() => {
+                                        if let Err(e) = n {
+                                            tracing::warn!(error = %e, "job notifications lost; polling");
+                                            listener = None;
+                                        }
+                                    }
+                                }
+                            }
+                            None => {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = shutdown.changed() => {}
+                                }
+                            }
                         }
                     }
                 }
@@ -846,6 +871,19 @@ impl Engine {
                     }
                     if *shutdown.borrow() {
                         break;
+                    }
+                    // With several nodes, the one that claims the tick runs it.
+                    match engine
+                        .store()
+                        .claim_tick("overdue_scan", next.with_timezone(&Utc))
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::error!(error = %e, "overdue scan not claimed");
+                            continue;
+                        }
                     }
                     match engine.scan_overdue().await {
                         Ok(r) => tracing::info!(

@@ -240,6 +240,7 @@ pub struct Append<'a> {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: String,
 }
 
 /// Which database a store runs on. The SQL is shared; where the dialects differ (placeholders,
@@ -338,7 +339,11 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.clone(),
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -1013,6 +1018,18 @@ async fn project(
         .await?;
     }
 
+    // Wake idle workers on other nodes; delivered when the transaction commits.
+    let jobs_changed = a
+        .state
+        .jobs
+        .values()
+        .any(|j| a.before.and_then(|x| x.jobs.get(&j.id)) != Some(j));
+    if b == Backend::Postgres && jobs_changed {
+        sqlx::query(sql(b, "SELECT pg_notify('tthc_jobs', '')"))
+            .execute(&mut **tx)
+            .await?;
+    }
+
     for (i, row) in a.state.incidents.values().zip(&p.incidents) {
         if a.before.and_then(|b| b.incidents.get(&i.id)) == Some(i) {
             continue;
@@ -1255,3 +1272,41 @@ impl Store {
         }))
     }
 }
+
+impl Store {
+    /// Claims one tick of a schedule for this node: true for exactly one caller per tick,
+    /// however many nodes ask.
+    pub async fn claim_tick(
+        &self,
+        schedule: &str,
+        tick: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(sql(
+            self.backend,
+            "INSERT INTO schedules (name, last_tick) VALUES (?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick
+             WHERE schedules.last_tick < excluded.last_tick",
+        ))
+        .bind(schedule)
+        .bind(micros(tick))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// On PostgreSQL, a listener woken whenever a transaction adds or reschedules jobs, so idle
+    /// workers need not poll hard. `None` on SQLite, where one process does all the work.
+    pub async fn job_listener(&self) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        match (&self.backend, &self.url) {
+            (Backend::Postgres, url) => {
+                let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+                listener.listen(JOBS_CHANNEL).await?;
+                Ok(Some(listener))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The PostgreSQL notification channel for new or rescheduled jobs.
+const JOBS_CHANNEL: &str = "tthc_jobs";

@@ -1975,20 +1975,26 @@ async fn check_portal(cluster: &Cluster, portal: &str, runs: &[Run], db: &PgPool
             let get = |path: String| {
                 let rb = http.get(format!("{portal}{path}")).bearer_auth(&token);
                 async move {
-                    match rb.send().await {
-                        Ok(r) => r.json::<Value>().await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                    let r = rb.send().await.map_err(|e| e.to_string())?;
+                    let status = r.status();
+                    let text = r.text().await.map_err(|e| e.to_string())?;
+                    if !status.is_success() {
+                        return Err(format!("{status} {text}"));
                     }
+                    serde_json::from_str::<Value>(&text).map_err(|e| format!("{e}: {text}"))
                 }
             };
             match get(format!("/khodl/papers?owner_id={owner}")).await {
                 Ok(list) => {
                     let papers = list["papers"].as_array().cloned().unwrap_or_default();
+                    // The paper's metadata is flattened into it (wire::PaperInfo).
                     let held: Vec<&str> = papers
                         .iter()
-                        .filter_map(|p| p["metadata"]["dossier_code"].as_str())
+                        .filter_map(|p| p["dossier_code"].as_str())
                         .collect();
-                    let results_ok = papers.iter().all(|p| p["metadata"]["result_code"] == RESULT);
+                    let results_ok = papers
+                        .iter()
+                        .all(|p| p["result_code"] == RESULT && p["owner_id"] == owner.as_str());
                     if held.len() != codes.len()
                         || !codes.iter().all(|c| held.contains(&c.as_str()))
                         || !results_ok

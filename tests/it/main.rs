@@ -10,6 +10,7 @@ mod engine;
 mod engine_props;
 mod engine_support;
 mod khodl;
+mod nodes;
 mod portal;
 mod reuse;
 mod support;

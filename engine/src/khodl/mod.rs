@@ -624,8 +624,9 @@ impl KhoDl {
             Visibility::IncludeHidden => "",
             Visibility::OwnerView => " AND hidden = 0",
         };
-        let statement =
-            format!("SELECT {COLUMNS} FROM khodl_papers WHERE owner_id = ? AND paper_id = ?{hidden}");
+        let statement = format!(
+            "SELECT {COLUMNS} FROM khodl_papers WHERE owner_id = ? AND paper_id = ?{hidden}"
+        );
         let row = sqlx::query(sql_dyn(self.b(), statement))
             .bind(owner.as_str())
             .bind(paper_id)

@@ -1,0 +1,158 @@
+//! Several engines ("nodes") on one database: the guarantees a cluster relies on. On SQLite
+//! the nodes share a file in one process; with TTHC_TEST_DATABASE on PostgreSQL they share a
+//! server, as `tthc serve` nodes do.
+
+use std::collections::BTreeSet;
+
+use chrono::Duration;
+use engine::EngineError;
+use engine::dossier::Command;
+use serde_json::json;
+
+use crate::engine_support::*;
+
+async fn two_nodes() -> (Harness, engine::Engine) {
+    let h = harness().await;
+    let other = open_engine(&h.dir, h.clock.clone()).await;
+    attach_recorders(&other);
+    (h, other)
+}
+
+#[tokio::test]
+async fn dossier_codes_stay_unique_across_nodes() {
+    let (h, b) = two_nodes().await;
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let node = if i % 2 == 0 {
+            h.engine.clone()
+        } else {
+            b.clone()
+        };
+        handles.push(tokio::spawn(async move {
+            node.file(&citizen(), &lltp_filing(1)).await.unwrap().code
+        }));
+    }
+    let mut codes = BTreeSet::new();
+    for handle in handles {
+        assert!(
+            codes.insert(handle.await.unwrap()),
+            "a dossier code was given twice"
+        );
+    }
+    let expected: BTreeSet<String> = (1..=16)
+        .map(|n| format!("{AGENCY}-260302-{n:04}"))
+        .collect();
+    assert_eq!(codes, expected);
+}
+
+#[tokio::test]
+async fn concurrent_writes_from_two_nodes_end_in_one_success_and_one_conflict() {
+    let (h, b) = two_nodes().await;
+    let d = h.file_lltp(1).await;
+    let d = h.receive(&d.code).await;
+    let task = task_at(&d, "tham_dinh");
+    let cmd = Command::CompleteTask {
+        task,
+        outcome: None,
+        data: Some(json!({"co_an_tich": false, "can_xac_minh": false})),
+        reason: None,
+    };
+    let (x, y) = (
+        officer("x", &["chuyen_vien"]),
+        officer("y", &["chuyen_vien"]),
+    );
+    let (ra, rb) = tokio::join!(
+        h.engine.execute(&d.code, Some(d.seq), &x, &cmd),
+        b.execute(&d.code, Some(d.seq), &y, &cmd)
+    );
+    assert_eq!(
+        [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{ra:?} {rb:?}"
+    );
+    assert!(matches!(
+        ra.err().or(rb.err()),
+        Some(EngineError::Conflict { .. })
+    ));
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
+#[tokio::test]
+async fn each_due_job_is_claimed_by_one_node_only() {
+    let (h, b) = two_nodes().await;
+    for _ in 0..6 {
+        let d = h.file_lltp(1).await;
+        h.run(&d.code, &desk(), Command::Receive).await;
+    }
+    let now = h.engine.now();
+    let lease = Duration::seconds(60);
+    let (ca, cb) = tokio::join!(
+        h.engine.store().claim_due_jobs(now, 100, lease),
+        b.store().claim_due_jobs(now, 100, lease)
+    );
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert!(!ca.is_empty() || !cb.is_empty());
+    let a: BTreeSet<_> = ca
+        .iter()
+        .map(|j| (j.dossier.clone(), j.job.clone()))
+        .collect();
+    let bb: BTreeSet<_> = cb
+        .iter()
+        .map(|j| (j.dossier.clone(), j.job.clone()))
+        .collect();
+    assert!(a.is_disjoint(&bb), "a job was claimed by both nodes");
+    // Nothing is left to claim while the leases hold.
+    assert!(
+        h.engine
+            .store()
+            .claim_due_jobs(now, 100, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_schedule_tick_runs_on_one_node_only() {
+    let (h, b) = two_nodes().await;
+    let tick = h.engine.now() + Duration::hours(1);
+    let (x, y) = tokio::join!(
+        h.engine.store().claim_tick("overdue_scan", tick),
+        b.store().claim_tick("overdue_scan", tick)
+    );
+    assert_eq!(
+        [x.unwrap(), y.unwrap()].iter().filter(|won| **won).count(),
+        1
+    );
+    assert!(
+        !h.engine
+            .store()
+            .claim_tick("overdue_scan", tick)
+            .await
+            .unwrap(),
+        "the same tick again"
+    );
+    assert!(
+        b.store()
+            .claim_tick("overdue_scan", tick + Duration::hours(24))
+            .await
+            .unwrap(),
+        "the next tick"
+    );
+}
+
+#[tokio::test]
+async fn idle_workers_are_woken_by_new_jobs_on_postgresql() {
+    let h = harness().await;
+    let listener = h.engine.store().job_listener().await.unwrap();
+    match (h.engine.store().backend(), listener) {
+        (engine::store::Backend::Sqlite, None) => {}
+        (engine::store::Backend::Postgres, Some(mut l)) => {
+            let d = h.file_lltp(1).await;
+            h.run(&d.code, &desk(), Command::Receive).await;
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), l.recv()).await;
+            assert!(matches!(n, Ok(Ok(_))), "no notification: {n:?}");
+        }
+        (backend, l) => panic!("{backend:?} with listener {}", l.is_some()),
+    }
+}
