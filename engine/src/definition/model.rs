@@ -473,6 +473,16 @@ pub enum EndOutcome {
     Stopped,
 }
 
+impl EndOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            EndOutcome::Completed => "completed",
+            EndOutcome::Refused => "refused",
+            EndOutcome::Stopped => "stopped",
+        }
+    }
+}
+
 /// The result-code catalog (`procedures/catalog/results.yaml`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 use super::command::{Command, CommandError, Filing, HookOutcome, IncidentAction};
 use super::event::{DocumentRef, Event, IncidentResolution};
 use super::state::{Dossier, JobKind, JobState, Task};
-use super::types::{Actor, Channel, Status};
+use super::types::{Actor, Channel};
 use crate::calendar::Calendar;
-use crate::definition::{EndOutcome, Milestone, RetryPolicy, Step, UserTask};
+use crate::definition::{Milestone, RetryPolicy, Step, UserTask};
 use crate::runtime::CompiledProcedure;
 
 /// What a decision needs besides the state: the procedure version the dossier runs on,
@@ -1321,19 +1321,4 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, dossier: &str, job: &str) -> 
     // Up to 25% less than the full delay.
     let millis = capped * 1000 - capped * jitter_per_mille;
     chrono::Duration::milliseconds(i64::try_from(millis).unwrap_or(i64::MAX))
-}
-
-/// Whether the dossier's status counts as open for worklists and overdue scans.
-pub fn is_open(state: &Dossier) -> bool {
-    !state.is_closed() && state.status != Status::Returned
-}
-
-impl EndOutcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            EndOutcome::Completed => "completed",
-            EndOutcome::Refused => "refused",
-            EndOutcome::Stopped => "stopped",
-        }
-    }
 }
