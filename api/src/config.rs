@@ -28,6 +28,9 @@ pub struct ServeConfig {
     pub overdue_scan: String,
     /// Longest sleep of an idle job worker, in milliseconds.
     pub job_poll_ms: u64,
+    /// How long a claimed job is reserved for its node, in seconds; a node that dies loses its
+    /// jobs to the others after this.
+    pub job_lease_seconds: u64,
     /// Largest JSON body accepted.
     pub body_limit_bytes: usize,
     /// Largest uploaded document.
@@ -64,6 +67,7 @@ impl Default for ServeConfig {
             jwt_public_key_file: None,
             overdue_scan: "0 0 7 * * Mon-Fri".into(),
             job_poll_ms: 1000,
+            job_lease_seconds: 60,
             body_limit_bytes: 1024 * 1024,
             upload_limit_bytes: 20 * 1024 * 1024,
             blobs_dir: PathBuf::from("data/blobs"),

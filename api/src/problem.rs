@@ -121,6 +121,9 @@ impl From<EngineError> for ApiError {
                 detail,
             ),
             EngineError::Definition(_) => ApiError::unprocessable("invalid_definition", detail),
+            EngineError::IdempotencyKeyReused => {
+                ApiError::unprocessable("idempotency_key_reused", detail)
+            }
             EngineError::Store(s) => ApiError::internal(s),
         }
     }

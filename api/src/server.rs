@@ -310,6 +310,8 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     engine_config.agencies.extend(config.agencies.clone());
     // With a portal (or the built-in simulator), every status change is synced to it.
     engine_config.sync_status_to_portal = config.portal_url.is_some() || config.portal_simulator;
+    engine_config.job_lease =
+        chrono::Duration::seconds(i64::try_from(config.job_lease_seconds.max(5)).unwrap_or(60));
     let engine = Engine::open(engine_config, calendar, clock).await?;
     let loader = LoaderConfig::at_root(&config.root);
     if config.deploy_on_start {

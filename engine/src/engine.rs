@@ -41,6 +41,8 @@ pub enum EngineError {
     UnknownProcedure(String),
     #[error("definition: {0}")]
     Definition(String),
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
     #[error(transparent)]
     Store(StoreError),
 }
@@ -71,6 +73,7 @@ impl EngineError {
             EngineError::DossierNotFound(_) => "dossier_not_found",
             EngineError::UnknownProcedure(_) => "unknown_procedure",
             EngineError::Definition(_) => "invalid_definition",
+            EngineError::IdempotencyKeyReused => "idempotency_key_reused",
             EngineError::Store(_) => "storage",
         }
     }
@@ -377,6 +380,32 @@ impl Engine {
 
     /// Files a new dossier on the newest version of its procedure.
     pub async fn file(&self, actor: &Actor, filing: &Filing) -> Result<Dossier, EngineError> {
+        Ok(self.file_once(actor, filing, None).await?.0)
+    }
+
+    /// Files a dossier at most once per idempotency key of this actor: the key is recorded in
+    /// the filing's own transaction, so a retry (on any node, after any crash) finds the first
+    /// dossier instead of filing again. Returns the dossier and whether it was filed earlier.
+    /// The same key with another request (`request_hash`) is refused.
+    pub async fn file_once(
+        &self,
+        actor: &Actor,
+        filing: &Filing,
+        key: Option<(&str, &str)>,
+    ) -> Result<(Dossier, bool), EngineError> {
+        // A key seen before answers before anything else is judged.
+        if let Some((k, hash)) = key
+            && let Some(earlier) = self.inner.store.recall_response(actor.id(), k).await?
+        {
+            if earlier.request_hash != hash {
+                return Err(EngineError::IdempotencyKeyReused);
+            }
+            if !earlier.body.is_empty() {
+                return Ok((self.dossier(&earlier.body).await?, true));
+            }
+        }
+        // The newest version may have been deployed through another node.
+        self.refresh().await?;
         let procedure = self
             .procedure(&filing.procedure_code, None)
             .ok_or_else(|| EngineError::UnknownProcedure(filing.procedure_code.clone()))?;
@@ -402,9 +431,18 @@ impl Engine {
                 |code| decide_filing(&ctx, code, filing).map(|d| (d.events, d.state)),
                 now,
                 (actor.id(), actor.name()),
+                key,
             )
             .await?;
-        Ok(created?)
+        match created? {
+            crate::store::Created::New(d) => Ok((d, false)),
+            crate::store::Created::Earlier { code, request_hash } => {
+                if key.is_some_and(|(_, h)| h != request_hash) {
+                    return Err(EngineError::IdempotencyKeyReused);
+                }
+                Ok((self.dossier(&code).await?, true))
+            }
+        }
     }
 
     /// The dossier's current state.
@@ -416,7 +454,12 @@ impl Engine {
             .ok_or_else(|| EngineError::DossierNotFound(code.to_owned()))
     }
 
-    fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
+    async fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
+        if let Some(p) = self.procedure(&d.procedure_code, Some(d.procedure_version)) {
+            return Ok(p);
+        }
+        // Deployed through another node since this one started.
+        self.refresh().await?;
         self.procedure(&d.procedure_code, Some(d.procedure_version))
             .ok_or_else(|| {
                 EngineError::UnknownProcedure(format!(
@@ -424,6 +467,33 @@ impl Engine {
                     d.procedure_code, d.procedure_version
                 ))
             })
+    }
+
+    /// Loads the procedure versions other nodes deployed since this one started. Deployed
+    /// versions never change, so only missing ones are read.
+    pub async fn refresh(&self) -> Result<(), EngineError> {
+        let known: Vec<(String, u32)> = {
+            let map = self
+                .inner
+                .procedures
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            map.keys().cloned().collect()
+        };
+        let deployed = self.inner.store.procedure_versions().await?;
+        if deployed.iter().all(|k| known.contains(k)) {
+            return Ok(());
+        }
+        for p in self.inner.store.procedures().await? {
+            if known.contains(&(p.code.clone(), p.version)) {
+                continue;
+            }
+            let definition =
+                Definition::from_stored(&format!("{} v{}", p.code, p.version), &p.source, &p.forms)
+                    .map_err(EngineError::Definition)?;
+            self.register(definition)?;
+        }
+        Ok(())
     }
 
     /// Runs a command. With `expected_seq`, the caller states which version of the dossier it
@@ -449,7 +519,7 @@ impl Engine {
                     current: state.seq,
                 });
             }
-            let procedure = self.procedure_of(&state)?;
+            let procedure = self.procedure_of(&state).await?;
             let now = self.now();
             let ctx = Context {
                 procedure: &procedure,
@@ -487,7 +557,7 @@ impl Engine {
         command: &Command,
     ) -> Result<(), EngineError> {
         let state = self.dossier(code).await?;
-        let procedure = self.procedure_of(&state)?;
+        let procedure = self.procedure_of(&state).await?;
         let ctx = Context {
             procedure: &procedure,
             calendar: &self.inner.calendar,
@@ -511,7 +581,14 @@ impl Engine {
             claimed: claimed.len(),
             ..WorkReport::default()
         };
-        for job in claimed {
+        for mut job in claimed {
+            // Renew the lease as the job starts: a long batch must not lose the jobs at its end
+            // to another node while the first ones run.
+            let until = self.now() + self.inner.config.job_lease;
+            if !self.inner.store.renew_lease(&mut job, until).await? {
+                report.stale += 1;
+                continue;
+            }
             match self.run_job(&job).await {
                 Ok(true) => report.succeeded += 1,
                 Ok(false) => report.failed += 1,
@@ -552,7 +629,7 @@ impl Engine {
             .await?;
             return Ok(true);
         }
-        let procedure = self.procedure_of(&state)?;
+        let procedure = self.procedure_of(&state).await?;
         let attempt = job.attempts + 1;
         let handler = {
             let hooks = self.inner.hooks.read().unwrap_or_else(|e| e.into_inner());
@@ -813,7 +890,7 @@ impl Engine {
                     if *shutdown.borrow() {
                         break;
                     }
-                    let idle = match engine.run_due_jobs(32).await {
+                    let idle = match engine.run_due_jobs(8).await {
                         Ok(r) => r.claimed == 0,
                         Err(e) => {
                             tracing::error!(error = %e, "worker pass failed");

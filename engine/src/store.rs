@@ -51,11 +51,24 @@ pub struct StoredProcedure {
     pub deployed_at: DateTime<Utc>,
 }
 
+/// What filing did.
+#[derive(Debug, Clone)]
+pub enum Created {
+    New(Dossier),
+    /// The idempotency key filed this dossier before.
+    Earlier {
+        code: String,
+        request_hash: String,
+    },
+}
+
 /// A job due to run, claimed under a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedJob {
     pub dossier: String,
     pub job: String,
+    /// The lease this claim holds (microseconds), to renew it only while it is still ours.
+    pub lease_until: i64,
 }
 
 /// One row of an officer's worklist.
@@ -450,7 +463,9 @@ impl Store {
     }
 
     /// Files a new dossier: allocates its code for the agency and day, lets `decide` turn it
-    /// into events, and stores them, all in one transaction.
+    /// into events, and stores them, all in one transaction. With an idempotency key (actor's
+    /// key, request hash), the key is recorded in the same transaction: a key seen before
+    /// returns the dossier it filed and files nothing.
     pub async fn create<E>(
         &self,
         agency_code: &str,
@@ -458,8 +473,39 @@ impl Store {
         decide: impl FnOnce(&str) -> Result<(Vec<Event>, Dossier), E>,
         at: DateTime<Utc>,
         actor: (&str, &str),
-    ) -> Result<Result<Dossier, E>, StoreError> {
+        key: Option<(&str, &str)>,
+    ) -> Result<Result<Created, E>, StoreError> {
         let mut tx = self.begin().await?;
+        if let Some((key, hash)) = key {
+            // On PostgreSQL a concurrent filing with the same key waits here for the first
+            // to commit, then finds its row.
+            let claimed = sqlx::query(sql(
+                self.backend,
+                "INSERT INTO idempotency_keys (actor_id, key, scope, request_hash, status, body, created_at)
+                 VALUES (?, ?, 'file_dossier', ?, 201, '', ?) ON CONFLICT (actor_id, key) DO NOTHING",
+            ))
+            .bind(actor.0)
+            .bind(key)
+            .bind(hash)
+            .bind(micros(at))
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                let (body, request_hash): (String, String) = sqlx::query_as(sql(
+                    self.backend,
+                    "SELECT body, request_hash FROM idempotency_keys WHERE actor_id = ? AND key = ?",
+                ))
+                .bind(actor.0)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                return Ok(Ok(Created::Earlier {
+                    code: body,
+                    request_hash,
+                }));
+            }
+        }
         let day_key = day.format("%y%m%d").to_string();
         let n: i64 = sqlx::query_scalar(sql(
             self.backend,
@@ -492,8 +538,31 @@ impl Store {
             },
         )
         .await?;
+        if let Some((key, _)) = key {
+            sqlx::query(sql(
+                self.backend,
+                "UPDATE idempotency_keys SET body = ? WHERE actor_id = ? AND key = ?",
+            ))
+            .bind(&code)
+            .bind(actor.0)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(Ok(state))
+        Ok(Ok(Created::New(state)))
+    }
+
+    /// The (code, version) of every deployed procedure.
+    pub async fn procedure_versions(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as(sql(self.backend, "SELECT code, version FROM procedures"))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(c, v)| (c, u32::try_from(v).unwrap_or(0)))
+            .collect())
     }
 
     /// Appends events to an existing dossier whose state was `append.before`.
@@ -536,8 +605,9 @@ impl Store {
                  RETURNING dossier_code, job_id",
             ),
         };
+        let lease_until = micros(now + lease);
         let rows = sqlx::query(statement)
-            .bind(micros(now + lease))
+            .bind(lease_until)
             .bind(micros(now))
             .bind(micros(now))
             .bind(i64::from(limit))
@@ -549,9 +619,35 @@ impl Store {
                 Ok(ClaimedJob {
                     dossier: r.try_get("dossier_code")?,
                     job: r.try_get("job_id")?,
+                    lease_until,
                 })
             })
             .collect()
+    }
+
+    /// Extends a claimed job's lease just before running it, so a batch does not outlive its
+    /// lease while earlier jobs run. False when the lease was lost (another node took the job
+    /// over): the job must not be run.
+    pub async fn renew_lease(
+        &self,
+        job: &mut ClaimedJob,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(sql(
+            self.backend,
+            "UPDATE jobs SET lease_until = ? WHERE dossier_code = ? AND job_id = ? AND lease_until = ?",
+        ))
+        .bind(micros(until))
+        .bind(&job.dossier)
+        .bind(&job.job)
+        .bind(job.lease_until)
+        .execute(&self.pool)
+        .await?;
+        let renewed = r.rows_affected() == 1;
+        if renewed {
+            job.lease_until = micros(until);
+        }
+        Ok(renewed)
     }
 
     /// Gives a claimed job back without recording an attempt (the worker could not run it).

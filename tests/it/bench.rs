@@ -45,13 +45,11 @@ fn tthc_bench_quick_writes_every_row_as_json() {
     assert_eq!(ids, ROWS, "every row, in order");
     for row in rows {
         let id = row["id"].as_str().unwrap();
-        if id == "postgres" {
-            assert_eq!(row["status"], "not_measured");
+        if id == "postgres" && row["status"] == "not_measured" {
+            // Measured only when a server is given (--postgres or TTHC_BENCH_POSTGRES).
             assert!(
-                row["figure"]
-                    .as_str()
-                    .unwrap()
-                    .contains("PostgreSQL store not implemented yet")
+                row["figure"].as_str().unwrap().starts_with("not measured"),
+                "{row}"
             );
         } else {
             assert_eq!(row["status"], "measured", "{row}");

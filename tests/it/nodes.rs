@@ -156,3 +156,59 @@ async fn idle_workers_are_woken_by_new_jobs_on_postgresql() {
         (backend, l) => panic!("{backend:?} with listener {}", l.is_some()),
     }
 }
+
+#[tokio::test]
+async fn a_version_deployed_through_one_node_is_used_by_the_others() {
+    let (h, b) = two_nodes().await;
+    let loader = engine::definition::Loader::new(engine::definition::LoaderConfig::at_root(
+        &crate::support::repo_root(),
+    ))
+    .unwrap();
+    let path = crate::support::repo_root().join("procedures/cap-phieu-lltp.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("version: 1", "version: 2");
+    let (v2, _) = loader.load_str(&path, &text).unwrap();
+    h.engine.deploy(&v2).await.unwrap();
+    // Node b never deployed it: it files on it, and runs commands on its dossiers.
+    let d = b.file(&citizen(), &lltp_filing(1)).await.unwrap();
+    assert_eq!(d.procedure_version, 2);
+    let d = b
+        .execute(&d.code, None, &desk(), &Command::Receive)
+        .await
+        .unwrap();
+    assert_eq!(d.status.code(), 2);
+    assert!(b.procedures().iter().any(|p| p.procedure().version == 2));
+}
+
+#[tokio::test]
+async fn one_idempotency_key_files_one_dossier_across_nodes() {
+    let (h, b) = two_nodes().await;
+    let filing = lltp_filing(1);
+    let key = Some(("retry-1", "hash-of-the-request"));
+    let an = citizen();
+    let (x, y) = tokio::join!(
+        h.engine.file_once(&an, &filing, key),
+        b.file_once(&an, &filing, key)
+    );
+    let ((dx, rx), (dy, ry)) = (x.unwrap(), y.unwrap());
+    assert_eq!(dx.code, dy.code, "both nodes answer with the one dossier");
+    assert!(rx != ry, "one filed it, the other found it");
+    let again = b.file_once(&citizen(), &filing, key).await.unwrap();
+    assert_eq!(again.0.code, dx.code);
+    assert!(again.1);
+    let other = b
+        .file_once(&citizen(), &filing, Some(("retry-1", "another-request")))
+        .await;
+    assert!(
+        matches!(other, Err(EngineError::IdempotencyKeyReused)),
+        "{other:?}"
+    );
+    let mine = h
+        .engine
+        .store()
+        .dossiers_of_owner(CITIZEN_ID, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 1, "filed once");
+}

@@ -49,8 +49,12 @@ fn view(p: &engine::runtime::CompiledProcedure) -> ProcedureView {
 async fn list_procedures(
     State(state): State<AppState>,
     _caller: Caller,
-) -> Json<Vec<ProcedureView>> {
-    Json(state.engine.procedures().iter().map(|p| view(p)).collect())
+) -> ApiResult<Json<Vec<ProcedureView>>> {
+    // Versions deployed through other nodes too.
+    state.engine.refresh().await?;
+    Ok(Json(
+        state.engine.procedures().iter().map(|p| view(p)).collect(),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -70,6 +74,7 @@ async fn show_procedure(
     UrlPath(code): UrlPath<String>,
     Query(q): Query<VersionQuery>,
 ) -> ApiResult<Json<ProcedureView>> {
+    state.engine.refresh().await?;
     state
         .engine
         .procedure(&code, q.version)

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Paging, dossier_response, idempotent, readable_dossier};
+use super::{Paging, dossier_response, readable_dossier};
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::server::{AppState, Body, expected_seq};
@@ -96,14 +96,26 @@ async fn file_dossier(
         data: request.data.clone().into_iter().collect::<BTreeMap<_, _>>(),
         documents: Vec::new(),
     };
-    idempotent(&state, &caller, &headers, "file_dossier", &raw, || async {
-        let d = state.engine.file(&caller.actor, &filing).await?;
-        Ok((
-            StatusCode::CREATED,
-            serde_json::to_value(DossierView::of(&d)).unwrap_or_default(),
-        ))
-    })
-    .await
+    // The key is recorded in the filing's own transaction: a retry, on any node and after
+    // any crash, finds the first dossier instead of filing again.
+    let key = super::idempotency_key(&headers)?;
+    let hash = super::request_hash("file_dossier", &raw);
+    let (d, replayed) = state
+        .engine
+        .file_once(
+            &caller.actor,
+            &filing,
+            key.as_deref().map(|k| (k, hash.as_str())),
+        )
+        .await?;
+    let mut response = dossier_response(StatusCode::CREATED, &d);
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

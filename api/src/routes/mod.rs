@@ -58,6 +58,28 @@ impl Paging {
     }
 }
 
+/// The request's `Idempotency-Key`, checked.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k = v.to_str().unwrap_or_default().trim();
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 200 characters",
+                ));
+            }
+            Ok(Some(k.to_owned()))
+        }
+    }
+}
+
+/// What identifies a request for an idempotency key: its route and body.
+pub fn request_hash(scope: &str, body: &serde_json::Value) -> String {
+    hex::encode(Sha256::digest(format!("{scope}\n{body}").as_bytes()))
+}
+
 /// Runs `create` once per Idempotency-Key (per caller): a repeated request with the same key
 /// and body gets the first answer; the same key with another body is refused.
 pub async fn idempotent<F, Fut>(
