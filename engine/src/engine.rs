@@ -435,7 +435,7 @@ impl Engine {
             )
             .await?;
         match created? {
-            crate::store::Created::New(d) => Ok((d, false)),
+            crate::store::Created::New(d) => Ok((*d, false)),
             crate::store::Created::Earlier { code, request_hash } => {
                 if key.is_some_and(|(_, h)| h != request_hash) {
                     return Err(EngineError::IdempotencyKeyReused);

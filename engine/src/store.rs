@@ -54,7 +54,7 @@ pub struct StoredProcedure {
 /// What filing did.
 #[derive(Debug, Clone)]
 pub enum Created {
-    New(Dossier),
+    New(Box<Dossier>),
     /// The idempotency key filed this dossier before.
     Earlier {
         code: String,
@@ -550,7 +550,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(Ok(Created::New(state)))
+        Ok(Ok(Created::New(Box::new(state))))
     }
 
     /// The (code, version) of every deployed procedure.
