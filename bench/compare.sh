@@ -11,6 +11,8 @@
 #   --quick  small sizes (seconds), to check the harness
 # Environment: TTHC_SHARED (default ../shared beside the repository) holds peers/;
 #   TTHC_BENCH_OUT (default target/bench) receives peers.txt and bench.json.
+#   TTHC_BENCH_POSTGRES (optional): a PostgreSQL URL whose user may create databases, to
+#   measure the durable path on PostgreSQL too (e.g. postgres://root@127.0.0.1:5432/test).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=${TTHC_SHARED:-$repo/../shared}
