@@ -254,6 +254,9 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    /// SQLite has one writer at a time: writers of this process take turns here rather than
+    /// in SQLite's busy handler, whose sleeps (up to 25 ms each) made the latency tail.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Which database a store runs on. The SQL is shared; where the dialects differ (placeholders,
@@ -356,6 +359,7 @@ impl Store {
             pool,
             backend,
             url: url.clone(),
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -371,6 +375,14 @@ impl Store {
     /// tests that query the tables directly).
     pub fn statement(&self, statement: &str) -> sqlx::AssertSqlSafe<String> {
         sql_dyn(self.backend, statement.to_owned())
+    }
+
+    /// This process's turn to write, on SQLite; PostgreSQL needs none.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
@@ -475,6 +487,7 @@ impl Store {
         actor: (&str, &str),
         key: Option<(&str, &str)>,
     ) -> Result<Result<Created, E>, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
         if let Some((key, hash)) = key {
             // On PostgreSQL a concurrent filing with the same key waits here for the first
@@ -567,6 +580,7 @@ impl Store {
 
     /// Appends events to an existing dossier whose state was `append.before`.
     pub async fn append(&self, append: &Append<'_>) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
         write(self.backend, &mut tx, append).await?;
         tx.commit().await?;
@@ -581,6 +595,7 @@ impl Store {
         limit: u32,
         lease: chrono::Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
         let statement = match self.backend {
             // SQLite has one writer at a time: the transaction is the claim.
