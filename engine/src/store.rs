@@ -1011,7 +1011,7 @@ async fn write(
     };
     for e in a.events {
         seq += 1;
-        let payload = audit::event_json(e);
+        let (payload, kind) = audit::event_text(e);
         let hash = audit::chain(
             &prev,
             &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
@@ -1021,11 +1021,11 @@ async fn write(
         )
         .bind(code)
         .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-        .bind(e.type_name())
+        .bind(kind)
         .bind(micros(a.at))
         .bind(a.actor_id)
         .bind(a.actor_name)
-        .bind(payload.to_string())
+        .bind(payload)
         .bind(&prev)
         .bind(&hash)
         .execute(&mut **tx)
