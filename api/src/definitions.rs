@@ -144,7 +144,7 @@ pub fn summary(d: &Definition, loader: &Loader) -> Result<String> {
     writeln!(
         out,
         "Agency level: {}; field: {}",
-        word(&p.agency.level),
+        engine::wire_name(&p.agency.level),
         p.agency.field
     )?;
     writeln!(out, "Processing time: {}", p.processing_time)?;
@@ -179,7 +179,7 @@ pub fn summary(d: &Definition, loader: &Loader) -> Result<String> {
             extra.push(format!("form {f}"));
         }
         if !c.accepts.is_empty() {
-            let kinds: Vec<String> = c.accepts.iter().map(word).collect();
+            let kinds: Vec<String> = c.accepts.iter().map(engine::wire_name).collect();
             extra.push(format!("accepts {}", kinds.join("/")));
         }
         if let Some(r) = &c.reuse {
@@ -274,7 +274,7 @@ fn describe_step(s: &Step) -> String {
                 let _ = write!(line, ", signs {code}");
             }
             if let Some(m) = t.marks {
-                let _ = write!(line, ", marks the dossier {}", word(&m));
+                let _ = write!(line, ", marks the dossier {}", engine::wire_name(&m));
             }
             if t.outcomes.is_empty() {
                 let _ = write!(line, " → {}", t.next.as_deref().unwrap_or("?"));
@@ -341,17 +341,8 @@ fn describe_step(s: &Step) -> String {
         Step::End(e) => format!(
             "{} [end: {}] ({})",
             e.name.as_deref().unwrap_or(&e.id),
-            word(&e.outcome),
+            engine::wire_name(&e.outcome),
             e.id
         ),
-    }
-}
-
-/// An enum as the definition spells it (`province`, `certified_copy`).
-fn word<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => String::new(),
     }
 }

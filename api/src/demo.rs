@@ -59,6 +59,16 @@ fn officer(id: &str, name: &str, agency: &str, role: &str) -> Actor {
     }
 }
 
+/// The citizen of both processes, as the owner of their dossiers.
+fn owner() -> Result<Owner> {
+    Ok(Owner {
+        id: OwnerId::parse(OWNER_ID)?,
+        name: OWNER_NAME.into(),
+        email: Some("an@example.vn".into()),
+        phone: None,
+    })
+}
+
 fn citizen() -> Result<Actor> {
     Ok(Actor::Citizen {
         id: "vneid-an".into(),
@@ -294,12 +304,7 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let filing = Filing {
         procedure_code: "2.000488".into(),
         agency_code: a.agency.clone(),
-        owner: Owner {
-            id: OwnerId::parse(OWNER_ID)?,
-            name: OWNER_NAME.into(),
-            email: Some("an@example.vn".into()),
-            phone: None,
-        },
+        owner: owner()?,
         channel: Channel::Online,
         data: BTreeMap::from([(
             "to_khai".to_owned(),
@@ -383,12 +388,7 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let filing = Filing {
         procedure_code: "1.012265".into(),
         agency_code: b.agency.clone(),
-        owner: Owner {
-            id: OwnerId::parse(OWNER_ID)?,
-            name: OWNER_NAME.into(),
-            email: Some("an@example.vn".into()),
-            phone: None,
-        },
+        owner: owner()?,
         channel: Channel::Online,
         data: BTreeMap::from([(
             "don_de_nghi".to_owned(),

@@ -236,16 +236,6 @@ fn agency_names(path: &std::path::Path) -> Result<std::collections::BTreeMap<Str
         .collect())
 }
 
-fn engine_config_agencies(
-    _engine: &Engine,
-    config: &ServeConfig,
-) -> std::collections::BTreeMap<String, String> {
-    let mut names =
-        agency_names(&config.root.join("procedures/catalog/agencies.yaml")).unwrap_or_default();
-    names.extend(config.agencies.clone());
-    names
-}
-
 /// Kho DL blobs, the portal (or the built-in simulator) and the signing keys.
 async fn integration_settings(
     config: &ServeConfig,
@@ -306,24 +296,29 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         &config.database_url,
         config.root.join("procedures").join("templates"),
     );
-    engine_config.agencies = agency_names(&config.root.join("procedures/catalog/agencies.yaml"))?;
-    engine_config.agencies.extend(config.agencies.clone());
+    let mut agencies = agency_names(&config.root.join("procedures/catalog/agencies.yaml"))?;
+    agencies.extend(config.agencies.clone());
+    engine_config.agencies = agencies.clone();
     // With a portal (or the built-in simulator), every status change is synced to it.
     engine_config.sync_status_to_portal = config.portal_url.is_some() || config.portal_simulator;
     engine_config.job_lease =
         chrono::Duration::seconds(i64::try_from(config.job_lease_seconds.max(5)).unwrap_or(60));
     let engine = Engine::open(engine_config, calendar, clock).await?;
     let loader = LoaderConfig::at_root(&config.root);
+    // The catalog is needed to deploy and by the Kho DL hook; without one nothing deploys.
+    let catalog_loader = Loader::new(loader.clone()).map_err(|d| {
+        anyhow::anyhow!(
+            "the catalog has errors:\n{}",
+            d.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
     if config.deploy_on_start {
-        let l = Loader::new(loader.clone()).map_err(|d| {
-            anyhow::anyhow!(
-                "the catalog has errors:\n{}",
-                d.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+        let l = catalog_loader
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let report = l.load_paths(&[config.root.join("procedures")]);
         for d in report.diagnostics.iter().filter(|d| d.is_error()) {
             tracing::warn!(diagnostic = %d, "definition not deployed");
@@ -342,13 +337,13 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
             }
         }
     }
-    let catalog = Loader::new(loader.clone())
+    let catalog = catalog_loader
         .map(|l| l.catalog().results.clone())
         .unwrap_or_default();
     let io = crate::integrations::install(
         &engine,
         &catalog,
-        integration_settings(config, &engine_config_agencies(&engine, config)).await?,
+        integration_settings(config, &agencies).await?,
     )?;
     let verifier = match &config.jwt_public_key_file {
         Some(f) => {

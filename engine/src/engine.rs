@@ -754,10 +754,12 @@ impl Engine {
     pub async fn verify(&self, only: Option<&str>) -> Result<VerifyReport, EngineError> {
         Ok(self.inner.store.verify(only).await?)
     }
+}
 
+impl Inner {
+    /// The agency's display name (its code when none is configured).
     fn agency_name(&self, code: &str) -> String {
-        self.inner
-            .config
+        self.config
             .agencies
             .get(code)
             .cloned()
@@ -772,7 +774,6 @@ fn differences(stored: &Projection, rebuilt: &Projection) -> Vec<String> {
             out.push(format!("{what}: stored {a} but the events give {b}"));
         }
     };
-    let j = |v: &dyn erased::Json| v.json();
     cmp("dossier", j(&stored.dossier), j(&rebuilt.dossier));
     let mut rebuilt_tasks = rebuilt.tasks.clone();
     rebuilt_tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
@@ -787,15 +788,9 @@ fn differences(stored: &Projection, rebuilt: &Projection) -> Vec<String> {
     out
 }
 
-mod erased {
-    pub trait Json {
-        fn json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
-        }
-    }
+/// A read model as JSON, to compare stored and rebuilt rows field by field.
+fn j<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// The built-in `notify` hook: renders the template into the dossier's outbox.
@@ -816,12 +811,7 @@ impl HookHandler for NotifyHook {
                     error: "notify needs a template".into(),
                 };
             };
-            let agency_name = inner
-                .config
-                .agencies
-                .get(&request.dossier.agency_code)
-                .cloned()
-                .unwrap_or_else(|| request.dossier.agency_code.clone());
+            let agency_name = inner.agency_name(&request.dossier.agency_code);
             let ctx = NotifyContext {
                 dossier: request.dossier,
                 procedure: request.procedure,
@@ -838,13 +828,6 @@ impl HookHandler for NotifyHook {
                 Err(error) => HookOutcome::Failed { error },
             }
         })
-    }
-}
-
-impl Engine {
-    /// The agency's display name (its code when none is configured).
-    pub fn agency_display_name(&self, code: &str) -> String {
-        self.agency_name(code)
     }
 }
 

@@ -15,4 +15,14 @@ pub mod runtime;
 pub mod signing;
 pub mod store;
 
+/// A unit enum variant as it is written in definitions, events and the database
+/// (`"snake_case"`); another value as its JSON text.
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 pub use engine::{Clock, Engine, EngineConfig, EngineError, HookHandler, HookRequest};

@@ -150,13 +150,6 @@ pub struct Projection {
     pub notifications: Vec<NotificationRow>,
 }
 
-fn enum_name<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 impl Projection {
     pub fn of(d: &Dossier) -> Projection {
         let code = &d.code;
@@ -201,9 +194,9 @@ impl Projection {
                 .map(|j| JobRow {
                     dossier_code: code.clone(),
                     job_id: j.id.clone(),
-                    kind: enum_name(&j.kind),
+                    kind: crate::wire_name(&j.kind),
                     call: j.call.clone(),
-                    state: enum_name(&j.state),
+                    state: crate::wire_name(&j.state),
                     attempts: j.attempts,
                     run_at: j.run_at,
                     last_error: j.last_error.clone(),
@@ -218,7 +211,7 @@ impl Projection {
                     job_id: i.job.clone(),
                     error: i.error.clone(),
                     opened_at: i.opened_at,
-                    resolution: i.resolution.as_ref().map(enum_name),
+                    resolution: i.resolution.as_ref().map(crate::wire_name),
                 })
                 .collect(),
             notifications: d

@@ -359,7 +359,6 @@ async fn my_papers(
         .list(&owner, &PaperFilter::default())
         .await
         .map_err(ApiError::internal)?;
-    let name = |v: &dyn erased_serde_name::Name| v.name();
     Ok(Json(
         papers
             .into_iter()
@@ -374,29 +373,14 @@ async fn my_papers(
                     engine::khodl::PaperValidity::Permanent => None,
                     engine::khodl::PaperValidity::Until(t) => Some(t),
                 },
-                kind: name(&p.kind),
-                provenance: name(&p.provenance),
+                kind: engine::wire_name(&p.kind),
+                provenance: engine::wire_name(&p.provenance),
                 dossier_code: p.dossier_code.clone(),
                 sha256: p.file.as_ref().map(|f| f.sha256.clone()),
                 signatures: p.signatures.len(),
             })
             .collect(),
     ))
-}
-
-mod erased_serde_name {
-    pub trait Name {
-        fn name(&self) -> String;
-    }
-    impl<T: serde::Serialize> Name for T {
-        fn name(&self) -> String {
-            match serde_json::to_value(self) {
-                Ok(serde_json::Value::String(s)) => s,
-                Ok(other) => other.to_string(),
-                Err(_) => String::new(),
-            }
-        }
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -118,7 +118,7 @@ pub enum Approval {
 
 impl std::fmt::Display for Approval {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(text_of(self).as_str())
+        f.write_str(crate::wire_name(self).as_str())
     }
 }
 
@@ -350,13 +350,6 @@ pub struct KhoDl {
     calendar: Arc<Calendar>,
 }
 
-fn text_of<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 fn parse_text<T: serde::de::DeserializeOwned>(
     id: &str,
     what: &str,
@@ -570,7 +563,7 @@ impl KhoDl {
         .bind(valid_until)
         .bind(i64::from(permanent))
         .bind(&paper.scope)
-        .bind(text_of(&paper.kind))
+        .bind(crate::wire_name(&paper.kind))
         .bind(paper.digitized.as_ref().map(|d| d.by.clone()))
         .bind(paper.digitized.as_ref().map(|d| micros(d.at)))
         .bind(paper.file.as_ref().map(|f| f.sha256.clone()))
@@ -579,9 +572,9 @@ impl KhoDl {
         .bind(&paper.dossier_code)
         .bind(&paper.procedure_code)
         .bind(&paper.field)
-        .bind(text_of(&paper.approval))
+        .bind(crate::wire_name(&paper.approval))
         .bind(i64::from(paper.hidden))
-        .bind(text_of(&paper.provenance))
+        .bind(crate::wire_name(&paper.provenance))
         .bind(detail)
         .bind(signatures)
         .bind(micros(paper.created_at))
@@ -669,7 +662,7 @@ impl KhoDl {
             q = q.bind(micros(at));
         }
         if let Some(k) = filter.kind {
-            q = q.bind(text_of(&k));
+            q = q.bind(crate::wire_name(&k));
         }
         let rows = q
             .bind(i64::from(limit))
@@ -747,7 +740,7 @@ impl KhoDl {
             "UPDATE khodl_papers SET approval = ?, approval_by = ?, approval_at = ?, updated_at = ?
              WHERE owner_id = ? AND paper_id = ? AND approval = 'awaiting'",
         ))
-        .bind(text_of(&approval))
+        .bind(crate::wire_name(&approval))
         .bind(by)
         .bind(micros(now))
         .bind(micros(now))
