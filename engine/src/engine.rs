@@ -159,6 +159,9 @@ pub struct EngineConfig {
     /// Sync the dossier to the national portal on every status change (a
     /// `portal.sync_dossier` job); needs that hook installed.
     pub sync_status_to_portal: bool,
+    /// How many dossiers' folded states this process keeps, so that a command reads only the
+    /// events appended since (none, usually) instead of the whole stream.
+    pub state_cache: usize,
 }
 
 impl EngineConfig {
@@ -175,6 +178,7 @@ impl EngineConfig {
             apology_extension: Duration::WorkingDays(5),
             apology_reason: "Hồ sơ cần thêm thời gian thẩm định, xác minh".to_owned(),
             sync_status_to_portal: false,
+            state_cache: 1024,
         }
     }
 }
@@ -226,6 +230,10 @@ struct Inner {
     templates: Templates,
     procedures: RwLock<HashMap<(String, u32), Arc<CompiledProcedure>>>,
     hooks: RwLock<HashMap<String, Arc<dyn HookHandler>>>,
+    /// Folded states by dossier code, each as of its `seq`. Events never change once
+    /// stored, so a cached state plus the events after its `seq` is the current state, on
+    /// this node or after another node appended.
+    states: std::sync::Mutex<lru::LruCache<String, Arc<Dossier>>>,
 }
 
 /// The process engine. Cheap to clone; clones share everything.
@@ -250,6 +258,8 @@ impl Engine {
         clock: Clock,
     ) -> Result<Engine, EngineError> {
         let store = Store::open(&config.database_url).await?;
+        let cache_size =
+            std::num::NonZeroUsize::new(config.state_cache).unwrap_or(std::num::NonZeroUsize::MIN);
         let templates = Templates::load(&config.templates_dir)
             .map_err(|e| EngineError::Definition(e.to_string()))?;
         let engine = Engine {
@@ -261,6 +271,7 @@ impl Engine {
                 templates,
                 procedures: RwLock::new(HashMap::new()),
                 hooks: RwLock::new(HashMap::new()),
+                states: std::sync::Mutex::new(lru::LruCache::new(cache_size)),
             }),
         };
         for p in engine.inner.store.procedures().await? {
@@ -435,7 +446,10 @@ impl Engine {
             )
             .await?;
         match created? {
-            crate::store::Created::New(d) => Ok((*d, false)),
+            crate::store::Created::New(d) => {
+                self.remember(&Arc::new(Dossier::clone(&d)));
+                Ok((*d, false))
+            }
             crate::store::Created::Earlier { code, request_hash } => {
                 if key.is_some_and(|(_, h)| h != request_hash) {
                     return Err(EngineError::IdempotencyKeyReused);
@@ -447,11 +461,54 @@ impl Engine {
 
     /// The dossier's current state.
     pub async fn dossier(&self, code: &str) -> Result<Dossier, EngineError> {
-        self.inner
-            .store
-            .load(code)
-            .await?
-            .ok_or_else(|| EngineError::DossierNotFound(code.to_owned()))
+        Ok(Dossier::clone(&*self.current(code).await?))
+    }
+
+    /// The dossier's current state: the cached fold brought up to date with the events stored
+    /// after it (one query, which returns no rows when nothing changed elsewhere).
+    async fn current(&self, code: &str) -> Result<Arc<Dossier>, EngineError> {
+        let cached = self.cached(code);
+        let from = cached.as_ref().map_or(0, |d| d.seq);
+        let tail = self.inner.store.events_after(code, from).await?;
+        let Some(last) = tail.last() else {
+            return cached.ok_or_else(|| EngineError::DossierNotFound(code.to_owned()));
+        };
+        let last_seq = last.seq;
+        let state = match cached {
+            Some(d) => {
+                let mut d = Dossier::clone(&d);
+                for e in &tail {
+                    d.apply(e.at, &e.event);
+                }
+                d
+            }
+            None => Dossier::fold(tail.iter().map(|e| (e.at, &e.event))).ok_or_else(|| {
+                StoreError::Corrupt(format!("{code} does not start with a filing"))
+            })?,
+        };
+        if state.seq != last_seq {
+            return Err(StoreError::Corrupt(format!(
+                "{code}: events are not numbered 1..{last_seq} without gaps"
+            ))
+            .into());
+        }
+        let state = Arc::new(state);
+        self.remember(&state);
+        Ok(state)
+    }
+
+    fn cached(&self, code: &str) -> Option<Arc<Dossier>> {
+        let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.get(code).cloned()
+    }
+
+    /// Keeps a state unless a newer one of the same dossier is already kept.
+    fn remember(&self, state: &Arc<Dossier>) {
+        let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
+        if states.peek(&state.code).is_some_and(|d| d.seq > state.seq) {
+            return;
+        }
+        states.put(state.code.clone(), Arc::clone(state));
     }
 
     async fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
@@ -509,7 +566,7 @@ impl Engine {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let state = self.dossier(code).await?;
+            let state = self.current(code).await?;
             if let Some(expected) = expected_seq
                 && expected != state.seq
             {
@@ -535,10 +592,13 @@ impl Engine {
                 actor_name: actor.name(),
                 events: &decision.events,
                 state: &decision.state,
-                before: Some(&state),
+                before: Some(&*state),
             };
             match self.inner.store.append(&append).await {
-                Ok(()) => return Ok(decision.state),
+                Ok(()) => {
+                    self.remember(&Arc::new(decision.state.clone()));
+                    return Ok(decision.state);
+                }
                 Err(StoreError::Conflict { .. })
                     if expected_seq.is_none() && attempts < MAX_RETRIES_ON_CONFLICT =>
                 {
@@ -556,7 +616,7 @@ impl Engine {
         actor: &Actor,
         command: &Command,
     ) -> Result<(), EngineError> {
-        let state = self.dossier(code).await?;
+        let state = self.current(code).await?;
         let procedure = self.procedure_of(&state).await?;
         let ctx = Context {
             procedure: &procedure,
@@ -582,12 +642,17 @@ impl Engine {
             ..WorkReport::default()
         };
         for mut job in claimed {
-            // Renew the lease as the job starts: a long batch must not lose the jobs at its end
-            // to another node while the first ones run.
-            let until = self.now() + self.inner.config.job_lease;
-            if !self.inner.store.renew_lease(&mut job, until).await? {
-                report.stale += 1;
-                continue;
+            // Renew the lease as the job starts once half of it is spent: a long batch must not
+            // lose the jobs at its end to another node while the first ones run. A lease with
+            // more than half left cannot have been taken over.
+            let now = self.now();
+            let half = self.inner.config.job_lease / 2;
+            if job.lease_until < crate::store::micros(now + half) {
+                let until = now + self.inner.config.job_lease;
+                if !self.inner.store.renew_lease(&mut job, until).await? {
+                    report.stale += 1;
+                    continue;
+                }
             }
             match self.run_job(&job).await {
                 Ok(true) => report.succeeded += 1,
@@ -605,7 +670,7 @@ impl Engine {
 
     /// Runs one claimed job; true when it succeeded.
     async fn run_job(&self, claimed: &ClaimedJob) -> Result<bool, EngineError> {
-        let state = self.dossier(&claimed.dossier).await?;
+        let state = self.current(&claimed.dossier).await?;
         let Some(job) = state.jobs.get(&claimed.job).cloned() else {
             return Err(EngineError::Command(CommandError::not_found_job(
                 &claimed.job,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::definition::{Definition, Duration, Procedure, Step, compile_expression};
+use crate::definition::{Definition, Duration, Procedure, Step, compile_expression, free_names};
+use crate::dossier::{Dossier, dossier_vars};
 
 thread_local! {
     static ROOT_CONTEXT: cel::Context<'static, 'static> = cel::Context::default();
@@ -25,7 +26,59 @@ pub struct FormViolation {
 pub struct CompiledProcedure {
     pub definition: Definition,
     validators: HashMap<String, jsonschema::Validator>,
-    programs: HashMap<String, cel::Program>,
+    programs: HashMap<String, Expression>,
+}
+
+/// A compiled expression and what it reads, so that an evaluation converts only that.
+struct Expression {
+    program: cel::Program,
+    /// The forms of `data` it names (`data.to_khai.…` → `to_khai`); `None` when it uses
+    /// `data` as a whole (`data["x"]`, `size(data)`), which then is converted entirely.
+    forms: Option<Vec<String>>,
+    reads_dossier: bool,
+}
+
+impl Expression {
+    fn new(program: cel::Program) -> Expression {
+        let mut forms = Some(Vec::new());
+        let mut reads_dossier = false;
+        for name in free_names(&program) {
+            match name.path.first().map(String::as_str) {
+                Some("data") => match (name.path.get(1), forms.as_mut()) {
+                    (Some(form), Some(list)) => {
+                        if !list.contains(form) {
+                            list.push(form.clone());
+                        }
+                    }
+                    _ => forms = None,
+                },
+                Some("dossier") => reads_dossier = true,
+                _ => {}
+            }
+        }
+        Expression {
+            program,
+            forms,
+            reads_dossier,
+        }
+    }
+
+    /// The `data` variable: the named forms only.
+    fn data(&self, state: &Dossier) -> Result<cel::Value, String> {
+        let Some(forms) = &self.forms else {
+            return cel::to_value(&state.data).map_err(|e| e.to_string());
+        };
+        let mut map = HashMap::with_capacity(forms.len());
+        for form in forms {
+            if let Some(value) = state.data.get(form) {
+                map.insert(
+                    cel::objects::Key::String(Arc::new(form.clone())),
+                    cel::to_value(value).map_err(|e| e.to_string())?,
+                );
+            }
+        }
+        Ok(cel::Value::Map(cel::objects::Map { map: Arc::new(map) }))
+    }
 }
 
 impl std::fmt::Debug for CompiledProcedure {
@@ -51,7 +104,7 @@ impl CompiledProcedure {
         for source in expressions(&definition.procedure) {
             let p = compile_expression(source)
                 .map_err(|e| format!("expression `{source}` does not compile: {}", e.message))?;
-            programs.insert(source.to_owned(), p);
+            programs.insert(source.to_owned(), Expression::new(p));
         }
         Ok(Arc::new(CompiledProcedure {
             definition,
@@ -92,8 +145,8 @@ impl CompiledProcedure {
 
     /// Evaluates a condition. An expression that cannot be evaluated (a field not filled in,
     /// a type mismatch) does not hold; the reason comes back for the record.
-    pub fn condition(&self, source: &str, data: &Value, dossier: &Value) -> (bool, Option<String>) {
-        match self.evaluate(source, data, dossier) {
+    pub fn condition(&self, source: &str, state: &Dossier) -> (bool, Option<String>) {
+        match self.evaluate(source, state) {
             Ok(cel::Value::Bool(b)) => (b, None),
             Ok(other) => (
                 false,
@@ -103,25 +156,27 @@ impl CompiledProcedure {
         }
     }
 
-    pub fn evaluate(
-        &self,
-        source: &str,
-        data: &Value,
-        dossier: &Value,
-    ) -> Result<cel::Value, String> {
-        let program = match self.programs.get(source) {
+    /// Evaluates an expression over a dossier: `data` holds its forms, `dossier` the fields in
+    /// [`crate::definition::DOSSIER_FIELDS`]. Only what the expression names is converted.
+    pub fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
+        let expression = match self.programs.get(source) {
             Some(p) => p,
             None => return Err(format!("expression `{source}` was not compiled")),
         };
-        let data = cel::to_value(data).map_err(|e| e.to_string())?;
-        let dossier = cel::to_value(dossier).map_err(|e| e.to_string())?;
+        let data = expression.data(state)?;
+        let dossier = if expression.reads_dossier {
+            cel::to_value(dossier_vars(state)).map_err(|e| e.to_string())?
+        } else {
+            cel::Value::Null
+        };
         // Building CEL's standard library is most of an evaluation's cost: each thread builds
         // it once, and every evaluation runs in a child scope holding only its variables.
         ROOT_CONTEXT.with(|root| {
             let mut ctx = root.new_inner_scope();
             ctx.add_variable_from_value("data", data);
             ctx.add_variable_from_value("dossier", dossier);
-            program
+            expression
+                .program
                 .execute(&ctx)
                 .map_err(|e| format!("`{source}` could not be evaluated: {e}"))
         })

@@ -429,12 +429,19 @@ impl Store {
 
     /// The stored events of a dossier, in order.
     pub async fn events(&self, code: &str) -> Result<Vec<EventRecord>, StoreError> {
+        self.events_after(code, 0).await
+    }
+
+    /// The stored events of a dossier after event `seq`, in order: what a state folded up to
+    /// `seq` still lacks.
+    pub async fn events_after(&self, code: &str, seq: u64) -> Result<Vec<EventRecord>, StoreError> {
         let rows = sqlx::query(sql(
             self.backend,
             "SELECT seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
-             WHERE dossier_code = ? ORDER BY seq",
+             WHERE dossier_code = ? AND seq > ? ORDER BY seq",
         ))
         .bind(code)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -588,6 +595,20 @@ impl Store {
         limit: u32,
         lease: chrono::Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
+        // Look before taking the write lock: an idle worker polling must not commit an empty
+        // write transaction each time (on SQLite that would queue behind every writer).
+        let due: Option<i64> = sqlx::query_scalar(sql(
+            self.backend,
+            "SELECT 1 FROM jobs WHERE state = 'pending' AND run_at <= ?
+             AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
+        ))
+        .bind(micros(now))
+        .bind(micros(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
         let statement = match self.backend {
@@ -1002,28 +1023,51 @@ async fn write(
             (current, last_hash)
         }
     };
-    for e in a.events {
-        seq += 1;
-        let (payload, kind) = audit::event_text(e);
-        let hash = audit::chain(
-            &prev,
-            &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
+    // One multi-row INSERT per batch of events: a statement costs far more than a row.
+    const COLUMNS: usize = 9;
+    const ROWS_PER_STATEMENT: usize = 64;
+    for chunk in a.events.chunks(ROWS_PER_STATEMENT) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            seq += 1;
+            let (payload, kind) = audit::event_text(e);
+            let hash = audit::chain(
+                &prev,
+                &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
+            );
+            rows.push((
+                seq,
+                kind,
+                payload,
+                std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            ));
+        }
+        let mut statement = String::from(
+            "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, prev_hash, hash) VALUES ",
         );
-        sqlx::query(sql(b, "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-        )
-        .bind(code)
-        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-        .bind(kind)
-        .bind(micros(a.at))
-        .bind(a.actor_id)
-        .bind(a.actor_name)
-        .bind(payload)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
-        prev = hash;
+        for i in 0..rows.len() {
+            if i > 0 {
+                statement.push_str(", ");
+            }
+            statement.push('(');
+            statement.push_str(&["?"; COLUMNS].join(", "));
+            statement.push(')');
+        }
+        let mut query = sqlx::query(sql_dyn(b, statement));
+        for (seq, kind, payload, prev_hash, hash) in rows {
+            query = query
+                .bind(code)
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .bind(kind)
+                .bind(micros(a.at))
+                .bind(a.actor_id)
+                .bind(a.actor_name)
+                .bind(payload)
+                .bind(prev_hash)
+                .bind(hash);
+        }
+        query.execute(&mut **tx).await?;
     }
     if seq != a.state.seq {
         return Err(StoreError::Corrupt(format!(

@@ -318,6 +318,11 @@ impl Harness {
     pub async fn assert_replays_and_verifies(&self, code: &str) {
         let r = self.engine.replay(code).await.unwrap();
         assert!(r.matches, "replay of {code} differs: {:#?}", r.differences);
+        assert_eq!(
+            self.engine.dossier(code).await.unwrap(),
+            r.state,
+            "the engine's state of {code} differs from a fold of its stored events"
+        );
         let v = self.engine.verify(Some(code)).await.unwrap();
         assert!(v.is_intact(), "{:?}", v.breaks);
     }

@@ -77,6 +77,45 @@ async fn concurrent_writes_from_two_nodes_end_in_one_success_and_one_conflict() 
     h.assert_replays_and_verifies(&d.code).await;
 }
 
+/// Each node keeps folded states in memory; a command on one node must still decide on what
+/// the other appended since.
+#[tokio::test]
+async fn nodes_taking_turns_each_see_what_the_other_appended() {
+    let (h, b) = two_nodes().await;
+    let d = h.file_lltp(1).await;
+    // Both nodes now hold the dossier as filed.
+    assert_eq!(b.dossier(&d.code).await.unwrap(), d);
+    b.execute(&d.code, Some(d.seq), &desk(), &Command::Receive)
+        .await
+        .unwrap();
+    b.drain_jobs().await.unwrap();
+    let received = b.dossier(&d.code).await.unwrap();
+    // Node A's copy is stale; its view and its decisions must follow node B's append.
+    assert_eq!(h.engine.dossier(&d.code).await.unwrap(), received);
+    let stale = h
+        .engine
+        .execute(&d.code, Some(d.seq), &desk(), &Command::Receive)
+        .await;
+    assert!(
+        matches!(stale, Err(EngineError::Conflict { current, .. }) if current == received.seq),
+        "{stale:?}"
+    );
+    let task = task_at(&received, "tham_dinh");
+    let claimed = h
+        .engine
+        .execute(
+            &d.code,
+            Some(received.seq),
+            &specialist(),
+            &Command::ClaimTask { task: task.clone() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.dossier(&d.code).await.unwrap(), claimed);
+    assert!(claimed.tasks[&task].claimed_by.is_some());
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
 #[tokio::test]
 async fn each_due_job_is_claimed_by_one_node_only() {
     let (h, b) = two_nodes().await;

@@ -13,6 +13,7 @@ pub mod model;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub(crate) use expr::free_names;
 pub use expr::{DOSSIER_FIELDS, ExprError, compile_expression};
 pub use load::{Catalog, Definition, LoadReport, Loader, LoaderConfig, MAX_FILE_BYTES};
 pub use model::*;

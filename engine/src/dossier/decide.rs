@@ -118,28 +118,6 @@ pub fn decide_filing(
     for d in &filing.documents {
         check_document(ctx.procedure, d)?;
     }
-    // Forms that are required now must be filled in at filing; documents are checked when
-    // the desk receives the dossier.
-    let probe = json!({
-        "channel": filing.channel.as_str(),
-        "owner_type": filing.owner.id.owner_type(),
-        "owner_id": filing.owner.id.as_str(),
-        "agency_code": filing.agency_code,
-        "procedure_code": p.code,
-    });
-    let data = Value::Object(filing.data.clone().into_iter().collect());
-    let missing: Vec<String> = p
-        .components
-        .iter()
-        .filter(|c| c.form.is_some() && is_required(ctx.procedure, c, &data, &probe))
-        .filter(|c| !filing.data.contains_key(&c.id))
-        .map(|c| c.id.clone())
-        .collect();
-    if !missing.is_empty() {
-        return Err(CommandError::MissingComponents {
-            components: missing,
-        });
-    }
     let filed = Event::Filed {
         code: code.to_owned(),
         procedure_code: p.code.clone(),
@@ -153,6 +131,20 @@ pub fn decide_filing(
     };
     let state = Dossier::from_filed(ctx.now, &filed)
         .ok_or_else(|| CommandError::state("internal: filing produced no state"))?;
+    // Forms that are required now must be filled in at filing; documents are checked when
+    // the desk receives the dossier.
+    let missing: Vec<String> = p
+        .components
+        .iter()
+        .filter(|c| c.form.is_some() && is_required(ctx.procedure, c, &state))
+        .filter(|c| !filing.data.contains_key(&c.id))
+        .map(|c| c.id.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(CommandError::MissingComponents {
+            components: missing,
+        });
+    }
     let mut em = Emitter {
         ctx,
         state,
@@ -624,18 +616,9 @@ pub fn dossier_vars(state: &Dossier) -> Value {
     })
 }
 
-fn data_vars(state: &Dossier) -> Value {
-    Value::Object(state.data.clone().into_iter().collect())
-}
-
-fn is_required(
-    p: &CompiledProcedure,
-    c: &crate::definition::Component,
-    data: &Value,
-    dossier: &Value,
-) -> bool {
+fn is_required(p: &CompiledProcedure, c: &crate::definition::Component, state: &Dossier) -> bool {
     match &c.required_when {
-        Some(cond) => p.condition(cond, data, dossier).0,
+        Some(cond) => p.condition(cond, state).0,
         None => c.required,
     }
 }
@@ -861,12 +844,10 @@ fn complete_task(
 
 /// Components that are required and have neither data nor a document.
 fn missing_components(p: &CompiledProcedure, state: &Dossier) -> Vec<String> {
-    let data = data_vars(state);
-    let vars = dossier_vars(state);
     p.procedure()
         .components
         .iter()
-        .filter(|c| is_required(p, c, &data, &vars))
+        .filter(|c| is_required(p, c, state))
         .filter(|c| {
             !state.data.contains_key(&c.id) && !state.documents.iter().any(|d| d.component == c.id)
         })
@@ -1069,11 +1050,9 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
             Ok(())
         }
         Step::Decision(d) => {
-            let data = data_vars(&em.state);
-            let vars = dossier_vars(&em.state);
             let mut notes = Vec::new();
             for b in &d.when {
-                let (holds, note) = ctx.procedure.condition(&b.condition, &data, &vars);
+                let (holds, note) = ctx.procedure.condition(&b.condition, &em.state);
                 notes.extend(note);
                 if holds {
                     return advance(
@@ -1181,7 +1160,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
 fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>, CommandError> {
     let value = ctx
         .procedure
-        .evaluate(expr, &data_vars(state), &dossier_vars(state))
+        .evaluate(expr, state)
         .map_err(CommandError::input)?;
     let text = match value {
         cel::Value::String(s) => s.to_string(),

@@ -1,6 +1,7 @@
 //! The state of a dossier: a pure fold over its events.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -134,8 +135,9 @@ pub struct Dossier {
     pub last_officer: Option<String>,
     /// The latest reason given (refusal, supplement request, apology, withdrawal, stop).
     pub reason: Option<String>,
-    /// Form data by component or task id.
-    pub data: BTreeMap<String, Value>,
+    /// Form data by component or task id. Shared between copies of a state (a decision copies
+    /// the state it decides on, and most leave the data alone): changed copy-on-write.
+    pub data: Arc<BTreeMap<String, Value>>,
     pub documents: Vec<DocumentRef>,
     /// Where the dossier is: token → step.
     pub tokens: BTreeMap<u32, String>,
@@ -145,9 +147,11 @@ pub struct Dossier {
     /// Open tasks by id.
     pub tasks: BTreeMap<String, Task>,
     pub tasks_opened: u32,
-    pub jobs: BTreeMap<String, Job>,
+    /// Jobs by id, shared copy-on-write like `data`: the map, and each job in it.
+    pub jobs: Arc<BTreeMap<String, Arc<Job>>>,
     pub incidents: BTreeMap<String, Incident>,
-    pub notifications: Vec<Notification>,
+    /// Shared copy-on-write like `data` (the letters are the biggest part of a state).
+    pub notifications: Arc<Vec<Notification>>,
     pub signatures: Vec<Signature>,
     pub payments: Vec<Payment>,
 }
@@ -207,16 +211,16 @@ impl Dossier {
             supplement_rounds: 0,
             last_officer: None,
             reason: None,
-            data: data.clone(),
+            data: Arc::new(data.clone()),
             documents: documents.clone(),
             tokens: BTreeMap::new(),
             next_token: 1,
             joins: BTreeMap::new(),
             tasks: BTreeMap::new(),
             tasks_opened: 0,
-            jobs: BTreeMap::new(),
+            jobs: Arc::default(),
             incidents: BTreeMap::new(),
-            notifications: Vec::new(),
+            notifications: Arc::default(),
             signatures: Vec::new(),
             payments: Vec::new(),
         })
@@ -302,7 +306,7 @@ impl Dossier {
             } => {
                 if let Some(t) = self.tasks.remove(task) {
                     if let Some(d) = data {
-                        self.data.insert(t.step.clone(), d.clone());
+                        Arc::make_mut(&mut self.data).insert(t.step.clone(), d.clone());
                     }
                     self.tokens.remove(&t.token);
                 }
@@ -350,9 +354,9 @@ impl Dossier {
                 if let Some(t) = token {
                     self.tokens.remove(t);
                 }
-                self.jobs.insert(
+                Arc::make_mut(&mut self.jobs).insert(
                     job.clone(),
-                    Job {
+                    Arc::new(Job {
                         id: job.clone(),
                         kind: JobKind::Hook,
                         call: call.clone(),
@@ -364,7 +368,7 @@ impl Dossier {
                         retry: *retry,
                         run_at: *run_at,
                         last_error: None,
-                    },
+                    }),
                 );
             }
             Event::TimerScheduled {
@@ -374,9 +378,9 @@ impl Dossier {
                 fire_at,
             } => {
                 self.tokens.remove(token);
-                self.jobs.insert(
+                Arc::make_mut(&mut self.jobs).insert(
                     job.clone(),
-                    Job {
+                    Arc::new(Job {
                         id: job.clone(),
                         kind: JobKind::Timer,
                         call: "timer".into(),
@@ -388,18 +392,18 @@ impl Dossier {
                         retry: RetryPolicy::default(),
                         run_at: *fire_at,
                         last_error: None,
-                    },
+                    }),
                 );
             }
             Event::HookSucceeded { job, attempt, .. } => {
-                if let Some(j) = self.jobs.get_mut(job) {
+                if let Some(j) = job_mut(&mut self.jobs, job) {
                     j.state = JobState::Done;
                     j.attempts = *attempt;
                     j.last_error = None;
                 }
             }
             Event::TimerFired { job } => {
-                if let Some(j) = self.jobs.get_mut(job) {
+                if let Some(j) = job_mut(&mut self.jobs, job) {
                     j.state = JobState::Done;
                     j.attempts += 1;
                 }
@@ -410,7 +414,7 @@ impl Dossier {
                 error,
                 retry_at,
             } => {
-                if let Some(j) = self.jobs.get_mut(job) {
+                if let Some(j) = job_mut(&mut self.jobs, job) {
                     j.attempts = *attempt;
                     j.last_error = Some(error.clone());
                     match retry_at {
@@ -445,7 +449,7 @@ impl Dossier {
                 if let Some(i) = self.incidents.get_mut(incident) {
                     i.resolution = Some(resolution.clone());
                     i.resolved_at = Some(at);
-                    if let Some(j) = self.jobs.get_mut(&i.job) {
+                    if let Some(j) = job_mut(&mut self.jobs, &i.job) {
                         match resolution {
                             IncidentResolution::Retried => {
                                 j.state = JobState::Pending;
@@ -458,7 +462,7 @@ impl Dossier {
                 }
             }
             Event::NotificationRecorded { notification } => {
-                self.notifications.push(notification.clone());
+                Arc::make_mut(&mut self.notifications).push(notification.clone());
             }
             Event::SupplementRequested {
                 reason,
@@ -484,7 +488,7 @@ impl Dossier {
                     self.status = p.previous_status;
                 }
                 for (k, v) in data {
-                    self.data.insert(k.clone(), v.clone());
+                    Arc::make_mut(&mut self.data).insert(k.clone(), v.clone());
                 }
                 self.documents.extend(documents.iter().cloned());
                 if due_at.is_some() {
@@ -543,10 +547,24 @@ impl Dossier {
         self.joins.clear();
         self.paused = None;
         // Steps no token will reach again; notifications outside the graph still go out.
-        for j in self.jobs.values_mut() {
-            if j.token.is_some() && j.state == JobState::Pending {
+        let cancelled: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| j.token.is_some() && j.state == JobState::Pending)
+            .map(|j| j.id.clone())
+            .collect();
+        for id in cancelled {
+            if let Some(j) = job_mut(&mut self.jobs, &id) {
                 j.state = JobState::Cancelled;
             }
         }
     }
+}
+
+/// A job to change, copied first if another state shares it.
+fn job_mut<'a>(jobs: &'a mut Arc<BTreeMap<String, Arc<Job>>>, id: &str) -> Option<&'a mut Job> {
+    if !jobs.contains_key(id) {
+        return None;
+    }
+    Arc::make_mut(jobs).get_mut(id).map(Arc::make_mut)
 }
