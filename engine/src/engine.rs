@@ -178,7 +178,7 @@ impl EngineConfig {
             apology_extension: Duration::WorkingDays(5),
             apology_reason: "Hồ sơ cần thêm thời gian thẩm định, xác minh".to_owned(),
             sync_status_to_portal: false,
-            state_cache: 1024,
+            state_cache: 256,
         }
     }
 }
