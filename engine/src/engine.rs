@@ -233,7 +233,14 @@ struct Inner {
     /// Folded states by dossier code, each as of its `seq`. Events never change once
     /// stored, so a cached state plus the events after its `seq` is the current state, on
     /// this node or after another node appended.
-    states: std::sync::Mutex<lru::LruCache<String, Arc<Dossier>>>,
+    states: std::sync::Mutex<lru::LruCache<String, Cached>>,
+}
+
+/// A folded state and the hash of its last event (the head its next append chains to).
+#[derive(Clone)]
+struct Cached {
+    state: Arc<Dossier>,
+    head: Option<Arc<str>>,
 }
 
 /// The process engine. Cheap to clone; clones share everything.
@@ -446,8 +453,11 @@ impl Engine {
             )
             .await?;
         match created? {
-            crate::store::Created::New(d) => {
-                self.remember(&Arc::new(Dossier::clone(&d)));
+            crate::store::Created::New(d, head) => {
+                self.remember(Cached {
+                    state: Arc::new(Dossier::clone(&d)),
+                    head: Some(head.into()),
+                });
                 Ok((*d, false))
             }
             crate::store::Created::Earlier { code, request_hash } => {
@@ -461,22 +471,22 @@ impl Engine {
 
     /// The dossier's current state.
     pub async fn dossier(&self, code: &str) -> Result<Dossier, EngineError> {
-        Ok(Dossier::clone(&*self.current(code).await?))
+        Ok(Dossier::clone(&self.current(code).await?.state))
     }
 
     /// The dossier's current state: the cached fold brought up to date with the events stored
     /// after it (one query, which returns no rows when nothing changed elsewhere).
-    async fn current(&self, code: &str) -> Result<Arc<Dossier>, EngineError> {
+    async fn current(&self, code: &str) -> Result<Cached, EngineError> {
         let cached = self.cached(code);
-        let from = cached.as_ref().map_or(0, |d| d.seq);
+        let from = cached.as_ref().map_or(0, |c| c.state.seq);
         let tail = self.inner.store.events_after(code, from).await?;
         let Some(last) = tail.last() else {
             return cached.ok_or_else(|| EngineError::DossierNotFound(code.to_owned()));
         };
-        let last_seq = last.seq;
+        let (last_seq, head) = (last.seq, Arc::<str>::from(last.hash.as_str()));
         let state = match cached {
-            Some(d) => {
-                let mut d = Dossier::clone(&d);
+            Some(c) => {
+                let mut d = Dossier::clone(&c.state);
                 for e in &tail {
                     d.apply(e.at, &e.event);
                 }
@@ -492,23 +502,29 @@ impl Engine {
             ))
             .into());
         }
-        let state = Arc::new(state);
-        self.remember(&state);
-        Ok(state)
+        let current = Cached {
+            state: Arc::new(state),
+            head: Some(head),
+        };
+        self.remember(current.clone());
+        Ok(current)
     }
 
-    fn cached(&self, code: &str) -> Option<Arc<Dossier>> {
+    fn cached(&self, code: &str) -> Option<Cached> {
         let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
         states.get(code).cloned()
     }
 
     /// Keeps a state unless a newer one of the same dossier is already kept.
-    fn remember(&self, state: &Arc<Dossier>) {
+    fn remember(&self, c: Cached) {
         let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
-        if states.peek(&state.code).is_some_and(|d| d.seq > state.seq) {
+        if states
+            .peek(&c.state.code)
+            .is_some_and(|d| d.state.seq > c.state.seq)
+        {
             return;
         }
-        states.put(state.code.clone(), Arc::clone(state));
+        states.put(c.state.code.clone(), c);
     }
 
     async fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
@@ -566,7 +582,7 @@ impl Engine {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let state = self.current(code).await?;
+            let Cached { state, head } = self.current(code).await?;
             if let Some(expected) = expected_seq
                 && expected != state.seq
             {
@@ -593,10 +609,14 @@ impl Engine {
                 events: &decision.events,
                 state: &decision.state,
                 before: Some(&*state),
+                before_hash: head.as_deref(),
             };
             match self.inner.store.append(&append).await {
-                Ok(()) => {
-                    self.remember(&Arc::new(decision.state.clone()));
+                Ok(head) => {
+                    self.remember(Cached {
+                        state: Arc::new(decision.state.clone()),
+                        head: Some(head.into()),
+                    });
                     return Ok(decision.state);
                 }
                 Err(StoreError::Conflict { .. })
@@ -616,7 +636,7 @@ impl Engine {
         actor: &Actor,
         command: &Command,
     ) -> Result<(), EngineError> {
-        let state = self.current(code).await?;
+        let state = self.current(code).await?.state;
         let procedure = self.procedure_of(&state).await?;
         let ctx = Context {
             procedure: &procedure,
@@ -670,7 +690,7 @@ impl Engine {
 
     /// Runs one claimed job; true when it succeeded.
     async fn run_job(&self, claimed: &ClaimedJob) -> Result<bool, EngineError> {
-        let state = self.current(&claimed.dossier).await?;
+        let state = self.current(&claimed.dossier).await?.state;
         let Some(job) = state.jobs.get(&claimed.job).cloned() else {
             return Err(EngineError::Command(CommandError::not_found_job(
                 &claimed.job,

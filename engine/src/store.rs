@@ -56,7 +56,8 @@ pub struct StoredProcedure {
 /// What filing did.
 #[derive(Debug, Clone)]
 pub enum Created {
-    New(Box<Dossier>),
+    /// Filed now: the dossier and the hash of its last event.
+    New(Box<Dossier>, String),
     /// The idempotency key filed this dossier before.
     Earlier {
         code: String,
@@ -242,6 +243,9 @@ pub struct Append<'a> {
     pub state: &'a Dossier,
     /// The state the events were decided on (`None` for a new dossier).
     pub before: Option<&'a Dossier>,
+    /// The hash of `before`'s last event when the caller knows it (read with the events);
+    /// otherwise the store reads it.
+    pub before_hash: Option<&'a str>,
 }
 
 #[derive(Clone, Debug)]
@@ -540,7 +544,7 @@ impl Store {
                 return Ok(Err(e));
             }
         };
-        write(
+        let head = write(
             self.backend,
             &mut tx,
             &Append {
@@ -550,6 +554,7 @@ impl Store {
                 events: &events,
                 state: &state,
                 before: None,
+                before_hash: None,
             },
         )
         .await?;
@@ -565,7 +570,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(Ok(Created::New(Box::new(state))))
+        Ok(Ok(Created::New(Box::new(state), head)))
     }
 
     /// The (code, version) of every deployed procedure.
@@ -581,12 +586,13 @@ impl Store {
     }
 
     /// Appends events to an existing dossier whose state was `append.before`.
-    pub async fn append(&self, append: &Append<'_>) -> Result<(), StoreError> {
+    /// Returns the hash of the last event appended: the new head of the dossier's chain.
+    pub async fn append(&self, append: &Append<'_>) -> Result<String, StoreError> {
         let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
-        write(self.backend, &mut tx, append).await?;
+        let head = write(self.backend, &mut tx, append).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(head)
     }
 
     /// Claims up to `limit` jobs due at `now`, each under a lease until `now + lease`.
@@ -996,27 +1002,25 @@ pub struct DossierQuery {
     pub offset: u32,
 }
 
+/// Appends the events and updates the read models; returns the new head of the chain.
 async fn write(
     b: Backend,
     tx: &mut Transaction<'static, Any>,
     a: &Append<'_>,
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
     let code = &a.state.code;
-    let (mut seq, mut prev) = match a.before {
-        None => (0u64, audit::GENESIS.to_owned()),
-        Some(before) => {
-            // On PostgreSQL the row lock makes a concurrent append wait, then see the new seq.
-            let statement = match b {
-                Backend::Sqlite => sql(b, "SELECT seq, last_hash FROM dossiers WHERE code = ?"),
-                Backend::Postgres => sql(
-                    b,
-                    "SELECT seq, last_hash FROM dossiers WHERE code = ? FOR UPDATE",
-                ),
-            };
-            let row: Option<(i64, String)> = sqlx::query_as(statement)
-                .bind(code)
-                .fetch_optional(&mut **tx)
-                .await?;
+    let (mut seq, mut prev) = match (a.before, a.before_hash) {
+        (None, _) => (0u64, audit::GENESIS.to_owned()),
+        // The caller read the head with the events it decided on.
+        (Some(before), Some(hash)) => (before.seq, hash.to_owned()),
+        (Some(before), None) => {
+            let row: Option<(i64, String)> = sqlx::query_as(sql(
+                b,
+                "SELECT seq, last_hash FROM dossiers WHERE code = ?",
+            ))
+            .bind(code)
+            .fetch_optional(&mut **tx)
+            .await?;
             let Some((current, last_hash)) = row else {
                 return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
             };
@@ -1031,30 +1035,62 @@ async fn write(
             (current, last_hash)
         }
     };
+    let mut rows = Vec::with_capacity(a.events.len());
+    for e in a.events {
+        seq += 1;
+        let (payload, kind) = audit::event_text(e);
+        let hash = audit::chain(
+            &prev,
+            &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
+        );
+        rows.push((
+            seq,
+            kind,
+            payload,
+            std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        ));
+    }
+    if seq != a.state.seq {
+        return Err(StoreError::Corrupt(format!(
+            "dossier {code}: state is at event {} but the stream at {seq}",
+            a.state.seq
+        )));
+    }
+    let p = Projection::of(a.state);
+    // The dossier row first: for an existing dossier the update holds only if nobody appended
+    // since the state the events were decided on; on PostgreSQL it also locks the row, so a
+    // concurrent append waits here, then finds the sequence moved on.
+    match a.before {
+        None => insert_dossier(b, tx, &p.dossier, &prev).await?,
+        Some(before) => {
+            if !update_dossier(b, tx, &p.dossier, before.seq, &prev).await? {
+                let current: Option<i64> =
+                    sqlx::query_scalar(sql(b, "SELECT seq FROM dossiers WHERE code = ?"))
+                        .bind(code)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                let Some(current) = current else {
+                    return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
+                };
+                return Err(StoreError::Conflict {
+                    code: code.clone(),
+                    expected: before.seq,
+                    current: u64::try_from(current).unwrap_or(0),
+                });
+            }
+        }
+    }
     // One multi-row INSERT per batch of events: a statement costs far more than a row.
     const COLUMNS: usize = 9;
     const ROWS_PER_STATEMENT: usize = 64;
-    for chunk in a.events.chunks(ROWS_PER_STATEMENT) {
-        let mut rows = Vec::with_capacity(chunk.len());
-        for e in chunk {
-            seq += 1;
-            let (payload, kind) = audit::event_text(e);
-            let hash = audit::chain(
-                &prev,
-                &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
-            );
-            rows.push((
-                seq,
-                kind,
-                payload,
-                std::mem::replace(&mut prev, hash.clone()),
-                hash,
-            ));
-        }
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         let mut statement = String::from(
             "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, prev_hash, hash) VALUES ",
         );
-        for i in 0..rows.len() {
+        for i in 0..chunk.len() {
             if i > 0 {
                 statement.push_str(", ");
             }
@@ -1063,7 +1099,7 @@ async fn write(
             statement.push(')');
         }
         let mut query = sqlx::query(sql_dyn(b, statement));
-        for (seq, kind, payload, prev_hash, hash) in rows {
+        for (seq, kind, payload, prev_hash, hash) in chunk {
             query = query
                 .bind(code)
                 .bind(i64::try_from(seq).unwrap_or(i64::MAX))
@@ -1077,31 +1113,20 @@ async fn write(
         }
         query.execute(&mut **tx).await?;
     }
-    if seq != a.state.seq {
-        return Err(StoreError::Corrupt(format!(
-            "dossier {code}: state is at event {} but the stream at {seq}",
-            a.state.seq
-        )));
-    }
-    project(b, tx, a, &prev).await
+    project(b, tx, a, &p).await?;
+    Ok(prev)
 }
 
-async fn project(
+async fn insert_dossier(
     b: Backend,
     tx: &mut Transaction<'static, Any>,
-    a: &Append<'_>,
+    d: &DossierRow,
     last_hash: &str,
 ) -> Result<(), StoreError> {
-    let p = Projection::of(a.state);
-    let d = &p.dossier;
     sqlx::query(sql(b, "INSERT INTO dossiers (code, procedure_code, procedure_version, agency_code, owner_id, owner_name,
             channel, status, seq, last_hash, filed_at, updated_at, received_at, due_at, closed, paused,
             overdue, apology_sent)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (code) DO UPDATE SET status = excluded.status, seq = excluded.seq,
-            last_hash = excluded.last_hash, updated_at = excluded.updated_at,
-            received_at = excluded.received_at, due_at = excluded.due_at, closed = excluded.closed,
-            paused = excluded.paused, overdue = excluded.overdue, apology_sent = excluded.apology_sent"),
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
     )
     .bind(&d.code)
     .bind(&d.procedure_code)
@@ -1123,7 +1148,48 @@ async fn project(
     .bind(i64::from(d.apology_sent))
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
 
+/// Moves the dossier row from `expected_seq` to the new state; false when it is not at
+/// `expected_seq` (someone appended meanwhile).
+async fn update_dossier(
+    b: Backend,
+    tx: &mut Transaction<'static, Any>,
+    d: &DossierRow,
+    expected_seq: u64,
+    last_hash: &str,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(sql(
+        b,
+        "UPDATE dossiers SET status = ?, seq = ?, last_hash = ?, updated_at = ?, received_at = ?,
+            due_at = ?, closed = ?, paused = ?, overdue = ?, apology_sent = ?
+         WHERE code = ? AND seq = ?",
+    ))
+    .bind(i64::from(d.status))
+    .bind(i64::try_from(d.seq).unwrap_or(i64::MAX))
+    .bind(last_hash)
+    .bind(micros(d.updated_at))
+    .bind(opt_micros(d.received_at))
+    .bind(opt_micros(d.due_at))
+    .bind(i64::from(d.closed))
+    .bind(i64::from(d.paused))
+    .bind(i64::from(d.overdue))
+    .bind(i64::from(d.apology_sent))
+    .bind(&d.code)
+    .bind(i64::try_from(expected_seq).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn project(
+    b: Backend,
+    tx: &mut Transaction<'static, Any>,
+    a: &Append<'_>,
+    p: &Projection,
+) -> Result<(), StoreError> {
+    let d = &p.dossier;
     // Tasks: the table holds the open ones, so it follows the state exactly.
     let before_tasks = a.before.map(|b| &b.tasks);
     if before_tasks != Some(&a.state.tasks) {
