@@ -59,10 +59,7 @@ pub enum Created {
     /// Filed now: the dossier and the hash of its last event.
     New(Box<Dossier>, String),
     /// The idempotency key filed this dossier before.
-    Earlier {
-        code: String,
-        request_hash: String,
-    },
+    Earlier { code: String, request_hash: String },
 }
 
 /// A job due to run, claimed under a lease.
@@ -256,6 +253,51 @@ pub struct Store {
     /// SQLite has one writer at a time: writers of this process take turns here rather than
     /// in SQLite's busy handler, whose sleeps (up to 25 ms each) made the latency tail.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: the task that checkpoints the WAL; stops when the last clone of the store goes.
+    _checkpointer: Option<std::sync::Arc<Checkpointer>>,
+}
+
+/// Copies the SQLite WAL back into the database file every [`Checkpointer::EVERY`], beside
+/// the writers (a passive checkpoint takes no lock they wait for).
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Checkpointer {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+    fn start(pool: AnyPool) -> Checkpointer {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Checkpointer::EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                            .execute(&pool)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "WAL checkpoint failed");
+                        }
+                    }
+                }
+            }
+            // Dropping this clone of the pool: its last connection to close checkpoints the
+            // rest of the WAL.
+        });
+        Checkpointer { stop: Some(stop) }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Which database a store runs on. The SQL is shared; where the dialects differ (placeholders,
@@ -334,14 +376,22 @@ impl Store {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })
+            // A SQLite connection is a file handle that cannot drop like a socket: no ping (a
+            // round trip to the connection's thread) before every use. PostgreSQL keeps it, to
+            // notice connections a server restart closed.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // WAL lets readers run beside the one writer; NORMAL syncs at
                         // checkpoints, which WAL keeps crash-safe; a writer waits its turn.
+                        // Checkpoints run in the store's own task, not inside whichever commit
+                        // crosses the WAL's size limit (that commit would wait for the copy and
+                        // the sync: the latency tail).
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                             PRAGMA wal_autocheckpoint = 0;",
                         )
                         .await?;
                     }
@@ -354,11 +404,14 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
+        let checkpointer = (backend == Backend::Sqlite && !url.contains(":memory:"))
+            .then(|| std::sync::Arc::new(Checkpointer::start(pool.clone())));
         Ok(Store {
             pool,
             backend,
             url: url.clone(),
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            _checkpointer: checkpointer,
         })
     }
 
@@ -1014,13 +1067,11 @@ async fn write(
         // The caller read the head with the events it decided on.
         (Some(before), Some(hash)) => (before.seq, hash.to_owned()),
         (Some(before), None) => {
-            let row: Option<(i64, String)> = sqlx::query_as(sql(
-                b,
-                "SELECT seq, last_hash FROM dossiers WHERE code = ?",
-            ))
-            .bind(code)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let row: Option<(i64, String)> =
+                sqlx::query_as(sql(b, "SELECT seq, last_hash FROM dossiers WHERE code = ?"))
+                    .bind(code)
+                    .fetch_optional(&mut **tx)
+                    .await?;
             let Some((current, last_hash)) = row else {
                 return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
             };

@@ -873,3 +873,47 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
         crate::support::stdout(&out)
     );
 }
+
+/// SQLite's WAL is copied back into the database file by the store's own task, not by the
+/// commit that happens to cross a size limit (that commit would stall): the file must still
+/// receive what was written, without anyone closing the store. SQLite-specific, so it opens
+/// its own SQLite file whatever database the suite runs on.
+#[tokio::test]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    let store = engine::store::Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    // Let the first checkpoint (after migrations) land, then measure.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let before = std::fs::metadata(&path).unwrap().len();
+    for version in 1..=8 {
+        let saved = store
+            .save_procedure(&engine::store::StoredProcedure {
+                code: "9.999999".into(),
+                version,
+                name: "Thủ tục thử".into(),
+                source: "x".repeat(64 * 1024),
+                forms: json!({}),
+                deployed_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+        assert!(saved);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = std::fs::metadata(&path).unwrap().len();
+        if now >= before + 8 * 64 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (from {before}): the WAL was not checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Still the same open store, and everything is readable.
+    assert_eq!(store.procedures().await.unwrap().len(), 8);
+}
