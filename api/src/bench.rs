@@ -1051,7 +1051,7 @@ async fn bench_durable(
         row.value = Some(delta);
         row.figure = format!("{} B (file growth)", fmt_int(delta));
         row.detail = format!(
-            "column bytes {} B: events {} B ({} events, {} B of them hex hashes), read models {} B",
+            "column bytes {} B: events {} B ({} events, {} B of them hashes), read models {} B",
             fmt_int(total_payload),
             fmt_int(events_payload),
             fmt_int(per_dossier_events),
@@ -1070,7 +1070,7 @@ async fn bench_durable(
         row.notes.push(format!(
             "file growth: (page_count x page_size after a WAL checkpoint, after minus before) / \
              {} completed dossiers: tables, indexes and B-tree slack. Column bytes: the UTF-8 \
-             length of every text value plus 8 per integer, in events, dossiers, tasks, jobs, \
+             length of every text or blob value plus 8 per integer, in events, dossiers, tasks, jobs, \
              incidents, notifications",
             sizes.durable
         ));
@@ -1106,7 +1106,7 @@ async fn payload_bytes(pool: &sqlx::SqlitePool) -> Result<BTreeMap<String, f64>>
         let sum = cols
             .iter()
             .map(|(c, t)| {
-                if t.eq_ignore_ascii_case("TEXT") {
+                if t.eq_ignore_ascii_case("TEXT") || t.eq_ignore_ascii_case("BLOB") {
                     format!("COALESCE(length(CAST(\"{c}\" AS BLOB)), 0)")
                 } else {
                     format!("(CASE WHEN \"{c}\" IS NULL THEN 0 ELSE 8 END)")
@@ -1129,7 +1129,7 @@ async fn payload_bytes(pool: &sqlx::SqlitePool) -> Result<BTreeMap<String, f64>>
 
 async fn hash_bytes(pool: &sqlx::SqlitePool) -> Result<f64> {
     let (bytes, dossiers): (Option<i64>, i64) = sqlx::query_as(
-        "SELECT (SELECT SUM(length(prev_hash) + length(hash)) FROM events), (SELECT COUNT(*) FROM dossiers)",
+        "SELECT (SELECT SUM(length(hash)) FROM events), (SELECT COUNT(*) FROM dossiers)",
     )
     .fetch_one(pool)
     .await?;

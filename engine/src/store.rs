@@ -492,34 +492,46 @@ impl Store {
     }
 
     /// The stored events of a dossier after event `seq`, in order: what a state folded up to
-    /// `seq` still lacks.
+    /// `seq` still lacks. Each record's `prev_hash` is the hash of the row before it (event
+    /// `seq` itself is read for the first one).
     pub async fn events_after(&self, code: &str, seq: u64) -> Result<Vec<EventRecord>, StoreError> {
         let rows = sqlx::query(sql(
             self.backend,
-            "SELECT seq, at, actor_id, actor_name, payload, prev_hash, hash FROM events
-             WHERE dossier_code = ? AND seq > ? ORDER BY seq",
+            "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
+             WHERE dossier_code = ? AND seq >= ? ORDER BY seq",
         ))
         .bind(code)
-        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(i64::try_from(seq.max(1)).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let payload: String = r.try_get("payload")?;
-                let seq: i64 = r.try_get("seq")?;
-                Ok(EventRecord {
-                    dossier: code.to_owned(),
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    at: from_micros(r.try_get("at")?),
-                    actor_id: r.try_get("actor_id")?,
-                    actor_name: r.try_get("actor_name")?,
-                    event: serde_json::from_str(&payload)
-                        .map_err(|e| StoreError::Corrupt(format!("{code} event {seq}: {e}")))?,
-                    prev_hash: r.try_get("prev_hash")?,
-                    hash: r.try_get("hash")?,
-                })
-            })
-            .collect()
+        let mut prev = audit::GENESIS.to_owned();
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.into_iter().enumerate() {
+            let n = u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0);
+            let hash = hex::encode(r.try_get::<Vec<u8>, _>("hash")?);
+            if i == 0 && seq > 0 {
+                if n != seq {
+                    return Err(StoreError::Corrupt(format!(
+                        "{code}: event {seq} is missing from its stream"
+                    )));
+                }
+                prev = hash;
+                continue;
+            }
+            let payload: String = r.try_get("payload")?;
+            out.push(EventRecord {
+                dossier: code.to_owned(),
+                seq: n,
+                at: from_micros(r.try_get("at")?),
+                actor_id: r.try_get("actor_id")?,
+                actor_name: r.try_get("actor_name")?,
+                event: serde_json::from_str(&payload)
+                    .map_err(|e| StoreError::Corrupt(format!("{code} event {n}: {e}")))?,
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+            });
+        }
+        Ok(out)
     }
 
     /// The dossier's state, folded from its events.
@@ -960,12 +972,12 @@ impl Store {
         let statement = match self.backend {
             Backend::Sqlite => format!(
                 "SELECT dossier_code, json_group_array(json_array(seq, at, actor_id, actor_name,
-                    payload, prev_hash, hash) ORDER BY seq) AS stream
+                    payload, lower(hex(hash))) ORDER BY seq) AS stream
                  FROM events {filter} GROUP BY dossier_code ORDER BY dossier_code"
             ),
             Backend::Postgres => format!(
                 "SELECT dossier_code, json_agg(json_build_array(seq, at, actor_id, actor_name,
-                    payload, prev_hash, hash) ORDER BY seq)::text AS stream
+                    payload, encode(hash, 'hex')) ORDER BY seq)::text AS stream
                  FROM events {filter} GROUP BY dossier_code ORDER BY dossier_code"
             ),
         };
@@ -973,7 +985,7 @@ impl Store {
         if let Some(code) = only {
             q = q.bind(code);
         }
-        type StoredEvent = (i64, i64, String, String, String, String, String);
+        type StoredEvent = (i64, i64, String, String, String, String);
         use futures_util::StreamExt;
         let mut rows = q.fetch(&self.pool);
         let mut report = VerifyReport::default();
@@ -988,14 +1000,13 @@ impl Store {
             report.dossiers += 1;
             report.events += events.len() as u64;
             let mut verifier = StreamVerifier::new(&code);
-            for (seq, at, actor_id, actor_name, payload, prev, hash) in &events {
+            for (seq, at, actor_id, actor_name, payload, hash) in &events {
                 if let Some(b) = verifier.next(
                     u64::try_from(*seq).unwrap_or(0),
                     from_micros(*at),
                     actor_id,
                     actor_name,
                     payload,
-                    prev,
                     hash,
                 ) {
                     report.breaks.push(b);
@@ -1094,13 +1105,8 @@ async fn write(
             &prev,
             &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
         );
-        rows.push((
-            seq,
-            kind,
-            payload,
-            std::mem::replace(&mut prev, hash.clone()),
-            hash,
-        ));
+        prev.clone_from(&hash);
+        rows.push((seq, kind, payload, hash));
     }
     if seq != a.state.seq {
         return Err(StoreError::Corrupt(format!(
@@ -1133,13 +1139,13 @@ async fn write(
         }
     }
     // One multi-row INSERT per batch of events: a statement costs far more than a row.
-    const COLUMNS: usize = 9;
+    const COLUMNS: usize = 8;
     const ROWS_PER_STATEMENT: usize = 64;
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         let mut statement = String::from(
-            "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, prev_hash, hash) VALUES ",
+            "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, hash) VALUES ",
         );
         for i in 0..chunk.len() {
             if i > 0 {
@@ -1150,7 +1156,7 @@ async fn write(
             statement.push(')');
         }
         let mut query = sqlx::query(sql_dyn(b, statement));
-        for (seq, kind, payload, prev_hash, hash) in chunk {
+        for (seq, kind, payload, hash) in chunk {
             query = query
                 .bind(code)
                 .bind(i64::try_from(seq).unwrap_or(i64::MAX))
@@ -1159,8 +1165,7 @@ async fn write(
                 .bind(a.actor_id)
                 .bind(a.actor_name)
                 .bind(payload)
-                .bind(prev_hash)
-                .bind(hash);
+                .bind(hex::decode(&hash).map_err(|e| StoreError::Corrupt(e.to_string()))?);
         }
         query.execute(&mut **tx).await?;
     }

@@ -905,7 +905,9 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let now = std::fs::metadata(&path).unwrap().len();
-        if now >= before + 8 * 64 * 1024 {
+        // Half of what was written: pages freed by the migrations are reused first. Without
+        // a checkpoint the file does not grow at all.
+        if now >= before + 4 * 64 * 1024 {
             break;
         }
         assert!(
