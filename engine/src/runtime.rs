@@ -6,7 +6,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::definition::{Definition, Duration, Procedure, Step, compile_expression, free_names};
-use crate::dossier::{Dossier, dossier_vars};
+use crate::dossier::Dossier;
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::common::value::Val;
 
 thread_local! {
     static ROOT_CONTEXT: cel::Context<'static, 'static> = cel::Context::default();
@@ -64,21 +68,71 @@ impl Expression {
     }
 
     /// The `data` variable: the named forms only.
-    fn data(&self, state: &Dossier) -> Result<cel::Value, String> {
-        let Some(forms) = &self.forms else {
-            return cel::to_value(&state.data).map_err(|e| e.to_string());
+    fn data(&self, state: &Dossier) -> Box<dyn Val> {
+        let entries: HashMap<CelMapKey<'static>, Box<dyn Val>> = match &self.forms {
+            None => state
+                .data
+                .iter()
+                .map(|(k, v)| (CelMapKey::from(k.clone()), json_val(v)))
+                .collect(),
+            Some(forms) => forms
+                .iter()
+                .filter_map(|f| {
+                    state
+                        .data
+                        .get(f)
+                        .map(|v| (CelMapKey::from(f.clone()), json_val(v)))
+                })
+                .collect(),
         };
-        let mut map = HashMap::with_capacity(forms.len());
-        for form in forms {
-            if let Some(value) = state.data.get(form) {
-                map.insert(
-                    cel::objects::Key::String(Arc::new(form.clone())),
-                    cel::to_value(value).map_err(|e| e.to_string())?,
-                );
-            }
-        }
-        Ok(cel::Value::Map(cel::objects::Map { map: Arc::new(map) }))
+        Box::new(CelMap::from(entries))
     }
+}
+
+/// A JSON value as a CEL value, built directly (numbers as serde gives them to CEL: unsigned
+/// when non-negative integers, signed when negative, double otherwise).
+fn json_val(v: &Value) -> Box<dyn Val> {
+    match v {
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Box::new(CelUInt::from(u)),
+            (None, Some(i)) => Box::new(CelInt::from(i)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        Value::String(s) => Box::new(CelString::from(s.clone())),
+        Value::Array(items) => Box::new(CelList::from(
+            items.iter().map(json_val).collect::<Vec<_>>(),
+        )),
+        Value::Object(fields) => Box::new(CelMap::from(
+            fields
+                .iter()
+                .map(|(k, v)| (CelMapKey::from(k.clone()), json_val(v)))
+                .collect::<HashMap<_, _>>(),
+        )),
+    }
+}
+
+/// The `dossier` variable: [`crate::definition::DOSSIER_FIELDS`].
+fn dossier_val(state: &Dossier) -> Box<dyn Val> {
+    let fields = [
+        ("channel", state.channel.as_str().to_owned()),
+        ("owner_type", crate::wire_name(&state.owner.id.owner_type())),
+        ("owner_id", state.owner.id.as_str().to_owned()),
+        ("agency_code", state.agency_code.clone()),
+        ("procedure_code", state.procedure_code.clone()),
+    ];
+    Box::new(CelMap::from(
+        fields
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    CelMapKey::from(k.to_owned()),
+                    Box::new(CelString::from(v)) as Box<dyn Val>,
+                )
+            })
+            .collect::<HashMap<_, _>>(),
+    ))
 }
 
 impl std::fmt::Debug for CompiledProcedure {
@@ -163,18 +217,18 @@ impl CompiledProcedure {
             Some(p) => p,
             None => return Err(format!("expression `{source}` was not compiled")),
         };
-        let data = expression.data(state)?;
-        let dossier = if expression.reads_dossier {
-            cel::to_value(dossier_vars(state)).map_err(|e| e.to_string())?
+        let data = expression.data(state);
+        let dossier: Box<dyn Val> = if expression.reads_dossier {
+            dossier_val(state)
         } else {
-            cel::Value::Null
+            Box::new(CelNull)
         };
         // Building CEL's standard library is most of an evaluation's cost: each thread builds
         // it once, and every evaluation runs in a child scope holding only its variables.
         ROOT_CONTEXT.with(|root| {
             let mut ctx = root.new_inner_scope();
-            ctx.add_variable_from_value("data", data);
-            ctx.add_variable_from_value("dossier", dossier);
+            ctx.add_variable_as_val("data", data);
+            ctx.add_variable_as_val("dossier", dossier);
             expression
                 .program
                 .execute(&ctx)
@@ -209,4 +263,40 @@ fn expressions(p: &Procedure) -> Vec<&str> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(source: &str, data: Value) -> cel::Value {
+        let program = compile_expression(source).unwrap();
+        let data = json_val(&data);
+        ROOT_CONTEXT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable_as_val("data", data);
+            program.execute(&ctx).unwrap()
+        })
+    }
+
+    /// Form data reaches CEL with JSON's types: what the shipped conditions compare against.
+    #[test]
+    fn json_form_data_converts_to_the_cel_values_conditions_compare() {
+        let data = serde_json::json!({"f": {
+            "n": 1, "neg": -2, "x": 2.5, "s": "khác", "t": true, "none": null,
+            "l": [true, 3], "m": {"k": "v"}
+        }});
+        for source in [
+            "data.f.n == 1",
+            "data.f.neg < 0",
+            "data.f.x > 1.5",
+            "data.f.s == 'khác'",
+            "data.f.t && !has(data.f.missing)",
+            "data.f.none == null",
+            "data.f.l[0] && data.f.l[1] == 3",
+            "size(data.f.m) == 1 && data.f.m.k == 'v'",
+        ] {
+            assert_eq!(eval(source, data.clone()), cel::Value::Bool(true), "{source}");
+        }
+    }
 }

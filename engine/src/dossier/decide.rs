@@ -605,17 +605,6 @@ fn validate_forms(
     }
 }
 
-/// The `dossier` variable of expressions.
-pub fn dossier_vars(state: &Dossier) -> Value {
-    json!({
-        "channel": state.channel.as_str(),
-        "owner_type": state.owner.id.owner_type(),
-        "owner_id": state.owner.id.as_str(),
-        "agency_code": state.agency_code,
-        "procedure_code": state.procedure_code,
-    })
-}
-
 fn is_required(p: &CompiledProcedure, c: &crate::definition::Component, state: &Dossier) -> bool {
     match &c.required_when {
         Some(cond) => p.condition(cond, state).0,

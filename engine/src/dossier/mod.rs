@@ -9,7 +9,7 @@ mod types;
 pub use command::{
     Command, CommandError, Filing, HookOutcome, IncidentAction, PaperSource, ReusedPaper,
 };
-pub use decide::{Context, Decision, backoff, decide, decide_filing, dossier_vars};
+pub use decide::{Context, Decision, backoff, decide, decide_filing};
 pub use event::{DocumentRef, Event, EventRecord, IncidentResolution, Notification};
 pub use state::{Dossier, Incident, Job, JobKind, JobState, Pause, Payment, Signature, Task};
 pub use types::{Actor, Channel, Owner, OwnerId, OwnerIdError, OwnerIdKind, OwnerType, Status};
