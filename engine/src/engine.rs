@@ -579,10 +579,26 @@ impl Engine {
         actor: &Actor,
         command: &Command,
     ) -> Result<Dossier, EngineError> {
+        self.execute_from(None, code, expected_seq, actor, command)
+            .await
+    }
+
+    /// [`Engine::execute`], first on `read` when the caller has just read the state.
+    async fn execute_from(
+        &self,
+        mut read: Option<Cached>,
+        code: &str,
+        expected_seq: Option<u64>,
+        actor: &Actor,
+        command: &Command,
+    ) -> Result<Dossier, EngineError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let Cached { state, head } = self.current(code).await?;
+            let Cached { state, head } = match read.take() {
+                Some(c) => c,
+                None => self.current(code).await?,
+            };
             if let Some(expected) = expected_seq
                 && expected != state.seq
             {
@@ -690,7 +706,8 @@ impl Engine {
 
     /// Runs one claimed job; true when it succeeded.
     async fn run_job(&self, claimed: &ClaimedJob) -> Result<bool, EngineError> {
-        let state = self.current(&claimed.dossier).await?.state;
+        let read = self.current(&claimed.dossier).await?;
+        let state = Arc::clone(&read.state);
         let Some(job) = state.jobs.get(&claimed.job).cloned() else {
             return Err(EngineError::Command(CommandError::not_found_job(
                 &claimed.job,
@@ -703,7 +720,8 @@ impl Engine {
             }));
         }
         if job.kind == JobKind::Timer {
-            self.execute(
+            self.execute_from(
+                Some(read),
                 &state.code,
                 None,
                 &Actor::System,
@@ -742,7 +760,10 @@ impl Engine {
             }
         };
         let ok = matches!(outcome, HookOutcome::Succeeded { .. });
-        self.execute(
+        // Decided first on the state read before the hook ran: if anything was appended
+        // meanwhile, the append conflicts and the outcome is decided again on a fresh read.
+        self.execute_from(
+            Some(read),
             &state.code,
             None,
             &Actor::System,

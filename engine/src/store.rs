@@ -682,10 +682,10 @@ impl Store {
         if due.is_none() {
             return Ok(Vec::new());
         }
+        // One statement, atomic on its own: no transaction around it.
         let _turn = self.write_turn().await;
-        let mut tx = self.begin().await?;
         let statement = match self.backend {
-            // SQLite has one writer at a time: the transaction is the claim.
+            // SQLite has one writer at a time: the statement is the claim.
             Backend::Sqlite => sql(
                 self.backend,
                 "UPDATE jobs SET lease_until = ?
@@ -713,9 +713,8 @@ impl Store {
             .bind(micros(now))
             .bind(micros(now))
             .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        tx.commit().await?;
         rows.into_iter()
             .map(|r| {
                 Ok(ClaimedJob {
