@@ -1001,8 +1001,8 @@ async fn bench_durable(
         });
         durable.notes.push(STAND_IN_NOTE.into());
         durable.notes.push(
-            "each hook job: a claim transaction, the hook, then RecordHookOutcome through \
-             Engine::execute (its own transaction)"
+            "each hook job: a claim (one UPDATE … RETURNING, its own transaction), the hook, \
+             then RecordHookOutcome through Engine::execute (its own transaction)"
                 .into(),
         );
     } else {

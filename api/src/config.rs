@@ -31,6 +31,9 @@ pub struct ServeConfig {
     /// How long a claimed job is reserved for its node, in seconds; a node that dies loses its
     /// jobs to the others after this.
     pub job_lease_seconds: u64,
+    /// How many dossiers' current states this node keeps in memory (each is brought up to date
+    /// with one query before use, so other nodes' changes are never missed).
+    pub state_cache: usize,
     /// Largest JSON body accepted.
     pub body_limit_bytes: usize,
     /// Largest uploaded document.
@@ -68,6 +71,7 @@ impl Default for ServeConfig {
             overdue_scan: "0 0 7 * * Mon-Fri".into(),
             job_poll_ms: 1000,
             job_lease_seconds: 60,
+            state_cache: 256,
             body_limit_bytes: 1024 * 1024,
             upload_limit_bytes: 20 * 1024 * 1024,
             blobs_dir: PathBuf::from("data/blobs"),

@@ -303,6 +303,7 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     engine_config.sync_status_to_portal = config.portal_url.is_some() || config.portal_simulator;
     engine_config.job_lease =
         chrono::Duration::seconds(i64::try_from(config.job_lease_seconds.max(5)).unwrap_or(60));
+    engine_config.state_cache = config.state_cache;
     let engine = Engine::open(engine_config, calendar, clock).await?;
     let loader = LoaderConfig::at_root(&config.root);
     // The catalog is needed to deploy and by the Kho DL hook; without one nothing deploys.

@@ -296,7 +296,11 @@ mod tests {
             "data.f.l[0] && data.f.l[1] == 3",
             "size(data.f.m) == 1 && data.f.m.k == 'v'",
         ] {
-            assert_eq!(eval(source, data.clone()), cel::Value::Bool(true), "{source}");
+            assert_eq!(
+                eval(source, data.clone()),
+                cel::Value::Bool(true),
+                "{source}"
+            );
         }
     }
 }
