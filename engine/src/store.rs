@@ -1114,11 +1114,14 @@ async fn write(
         )));
     }
     let p = Projection::of(a.state);
+    // Everything after the sequence check goes as one batch: on SQLite a single round trip
+    // to the connection's thread, where each statement used to be one.
+    let mut batch = Batch::default();
     // The dossier row first: for an existing dossier the update holds only if nobody appended
     // since the state the events were decided on; on PostgreSQL it also locks the row, so a
     // concurrent append waits here, then finds the sequence moved on.
     match a.before {
-        None => insert_dossier(b, tx, &p.dossier, &prev).await?,
+        None => insert_dossier(&mut batch, &p.dossier, &prev),
         Some(before) => {
             if !update_dossier(b, tx, &p.dossier, before.seq, &prev).await? {
                 let current: Option<i64> =
@@ -1146,64 +1149,116 @@ async fn write(
         let mut statement = String::from(
             "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, hash) VALUES ",
         );
-        for i in 0..chunk.len() {
+        let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
+        for (i, (seq, kind, payload, hash)) in chunk.into_iter().enumerate() {
             if i > 0 {
                 statement.push_str(", ");
             }
             statement.push('(');
             statement.push_str(&["?"; COLUMNS].join(", "));
             statement.push(')');
+            args.extend([
+                Arg::Text(code.clone()),
+                Arg::Int(i64::try_from(seq).unwrap_or(i64::MAX)),
+                Arg::Text(kind),
+                Arg::Int(micros(a.at)),
+                Arg::Text(a.actor_id.to_owned()),
+                Arg::Text(a.actor_name.to_owned()),
+                Arg::Text(payload),
+                Arg::Bytes(hex::decode(&hash).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            ]);
         }
-        let mut query = sqlx::query(sql_dyn(b, statement));
-        for (seq, kind, payload, hash) in chunk {
-            query = query
-                .bind(code)
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .bind(kind)
-                .bind(micros(a.at))
-                .bind(a.actor_id)
-                .bind(a.actor_name)
-                .bind(payload)
-                .bind(hex::decode(&hash).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-        }
-        query.execute(&mut **tx).await?;
+        batch.push(statement, args);
     }
-    project(b, tx, a, &p).await?;
+    project(b, &mut batch, a, &p);
+    batch.run(b, tx).await?;
     Ok(prev)
 }
 
-async fn insert_dossier(
-    b: Backend,
-    tx: &mut Transaction<'static, Any>,
-    d: &DossierRow,
-    last_hash: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(sql(b, "INSERT INTO dossiers (code, procedure_code, procedure_version, agency_code, owner_id, owner_name,
+/// A value bound in a [`Batch`].
+enum Arg {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+    Bytes(Vec<u8>),
+}
+
+/// Statements run in order inside the caller's transaction. SQLite takes them as one
+/// multi-statement query, its parameters bound in order across the statements: one round trip
+/// to the connection's thread. PostgreSQL's protocol takes one statement with parameters at a
+/// time.
+#[derive(Default)]
+struct Batch {
+    statements: Vec<(String, Vec<Arg>)>,
+}
+
+impl Batch {
+    fn push(&mut self, statement: impl Into<String>, args: Vec<Arg>) {
+        self.statements.push((statement.into(), args));
+    }
+
+    async fn run(self, b: Backend, tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
+        if self.statements.is_empty() {
+            return Ok(());
+        }
+        let groups: Vec<(String, Vec<Arg>)> = match b {
+            Backend::Sqlite => {
+                let mut text = String::new();
+                let mut all = Vec::new();
+                for (statement, args) in self.statements {
+                    text.push_str(&statement);
+                    text.push_str(";\n");
+                    all.extend(args);
+                }
+                vec![(text, all)]
+            }
+            Backend::Postgres => self.statements,
+        };
+        for (statement, args) in groups {
+            let mut query = sqlx::query(sql_dyn(b, statement));
+            for arg in args {
+                query = match arg {
+                    Arg::Int(v) => query.bind(v),
+                    Arg::OptInt(v) => query.bind(v),
+                    Arg::Text(v) => query.bind(v),
+                    Arg::OptText(v) => query.bind(v),
+                    Arg::Bytes(v) => query.bind(v),
+                };
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
+fn insert_dossier(batch: &mut Batch, d: &DossierRow, last_hash: &str) {
+    batch.push(
+        "INSERT INTO dossiers (code, procedure_code, procedure_version, agency_code, owner_id, owner_name,
             channel, status, seq, last_hash, filed_at, updated_at, received_at, due_at, closed, paused,
             overdue, apology_sent)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-    )
-    .bind(&d.code)
-    .bind(&d.procedure_code)
-    .bind(i64::from(d.procedure_version))
-    .bind(&d.agency_code)
-    .bind(&d.owner_id)
-    .bind(&d.owner_name)
-    .bind(&d.channel)
-    .bind(i64::from(d.status))
-    .bind(i64::try_from(d.seq).unwrap_or(i64::MAX))
-    .bind(last_hash)
-    .bind(micros(d.filed_at))
-    .bind(micros(d.updated_at))
-    .bind(opt_micros(d.received_at))
-    .bind(opt_micros(d.due_at))
-    .bind(i64::from(d.closed))
-    .bind(i64::from(d.paused))
-    .bind(i64::from(d.overdue))
-    .bind(i64::from(d.apology_sent))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            Arg::Text(d.code.clone()),
+            Arg::Text(d.procedure_code.clone()),
+            Arg::Int(i64::from(d.procedure_version)),
+            Arg::Text(d.agency_code.clone()),
+            Arg::Text(d.owner_id.clone()),
+            Arg::Text(d.owner_name.clone()),
+            Arg::Text(d.channel.clone()),
+            Arg::Int(i64::from(d.status)),
+            Arg::Int(i64::try_from(d.seq).unwrap_or(i64::MAX)),
+            Arg::Text(last_hash.to_owned()),
+            Arg::Int(micros(d.filed_at)),
+            Arg::Int(micros(d.updated_at)),
+            Arg::OptInt(opt_micros(d.received_at)),
+            Arg::OptInt(opt_micros(d.due_at)),
+            Arg::Int(i64::from(d.closed)),
+            Arg::Int(i64::from(d.paused)),
+            Arg::Int(i64::from(d.overdue)),
+            Arg::Int(i64::from(d.apology_sent)),
+        ],
+    );
 }
 
 /// Moves the dossier row from `expected_seq` to the new state; false when it is not at
@@ -1238,109 +1293,102 @@ async fn update_dossier(
     Ok(r.rows_affected() == 1)
 }
 
-async fn project(
-    b: Backend,
-    tx: &mut Transaction<'static, Any>,
-    a: &Append<'_>,
-    p: &Projection,
-) -> Result<(), StoreError> {
+/// The read-model rows that changed between `a.before` and `a.state`.
+fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     let d = &p.dossier;
     // Tasks: the table holds the open ones, so it follows the state exactly.
     let before_tasks = a.before.map(|b| &b.tasks);
     if before_tasks != Some(&a.state.tasks) {
-        sqlx::query(sql(b, "DELETE FROM tasks WHERE dossier_code = ?"))
-            .bind(&d.code)
-            .execute(&mut **tx)
-            .await?;
+        batch.push(
+            "DELETE FROM tasks WHERE dossier_code = ?",
+            vec![Arg::Text(d.code.clone())],
+        );
         for t in &p.tasks {
-            sqlx::query(sql(b, "INSERT INTO tasks (dossier_code, task_id, step, name, role, agency_code, claimed_by, opened_at, due_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-            )
-            .bind(&t.dossier_code)
-            .bind(&t.task_id)
-            .bind(&t.step)
-            .bind(&t.name)
-            .bind(&t.role)
-            .bind(&t.agency_code)
-            .bind(&t.claimed_by)
-            .bind(micros(t.opened_at))
-            .bind(opt_micros(t.due_at))
-            .execute(&mut **tx)
-            .await?;
+            batch.push(
+                "INSERT INTO tasks (dossier_code, task_id, step, name, role, agency_code, claimed_by, opened_at, due_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    Arg::Text(t.dossier_code.clone()),
+                    Arg::Text(t.task_id.clone()),
+                    Arg::Text(t.step.clone()),
+                    Arg::Text(t.name.clone()),
+                    Arg::Text(t.role.clone()),
+                    Arg::Text(t.agency_code.clone()),
+                    Arg::OptText(t.claimed_by.clone()),
+                    Arg::Int(micros(t.opened_at)),
+                    Arg::OptInt(opt_micros(t.due_at)),
+                ],
+            );
         }
     }
 
     // Jobs: upserted when changed. A job whose attempts or state changed loses its lease, so
     // the next attempt can be claimed; others keep it (a worker may be running them).
+    let mut jobs_changed = false;
     for (j, row) in a.state.jobs.values().zip(&p.jobs) {
         let old = a.before.and_then(|b| b.jobs.get(&j.id));
         if old == Some(j) {
             continue;
         }
-        sqlx::query(sql(b, "INSERT INTO jobs (dossier_code, job_id, kind, call, state, attempts, run_at, last_error, lease_until)
+        jobs_changed = true;
+        batch.push(
+            "INSERT INTO jobs (dossier_code, job_id, kind, call, state, attempts, run_at, last_error, lease_until)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
              ON CONFLICT (dossier_code, job_id) DO UPDATE SET state = excluded.state,
                 attempts = excluded.attempts, run_at = excluded.run_at, last_error = excluded.last_error,
-                lease_until = NULL"),
-        )
-        .bind(&row.dossier_code)
-        .bind(&row.job_id)
-        .bind(&row.kind)
-        .bind(&row.call)
-        .bind(&row.state)
-        .bind(i64::from(row.attempts))
-        .bind(micros(row.run_at))
-        .bind(&row.last_error)
-        .execute(&mut **tx)
-        .await?;
+                lease_until = NULL",
+            vec![
+                Arg::Text(row.dossier_code.clone()),
+                Arg::Text(row.job_id.clone()),
+                Arg::Text(row.kind.clone()),
+                Arg::Text(row.call.clone()),
+                Arg::Text(row.state.clone()),
+                Arg::Int(i64::from(row.attempts)),
+                Arg::Int(micros(row.run_at)),
+                Arg::OptText(row.last_error.clone()),
+            ],
+        );
     }
-
     // Wake idle workers on other nodes; delivered when the transaction commits.
-    let jobs_changed = a
-        .state
-        .jobs
-        .values()
-        .any(|j| a.before.and_then(|x| x.jobs.get(&j.id)) != Some(j));
     if b == Backend::Postgres && jobs_changed {
-        sqlx::query(sql(b, "SELECT pg_notify('tthc_jobs', '')"))
-            .execute(&mut **tx)
-            .await?;
+        batch.push("SELECT pg_notify('tthc_jobs', '')", Vec::new());
     }
 
     for (i, row) in a.state.incidents.values().zip(&p.incidents) {
         if a.before.and_then(|b| b.incidents.get(&i.id)) == Some(i) {
             continue;
         }
-        sqlx::query(sql(b, "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution)
+        batch.push(
+            "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution)
              VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (dossier_code, incident_id) DO UPDATE SET resolution = excluded.resolution"),
-        )
-        .bind(&row.dossier_code)
-        .bind(&row.incident_id)
-        .bind(&row.job_id)
-        .bind(&row.error)
-        .bind(micros(row.opened_at))
-        .bind(&row.resolution)
-        .execute(&mut **tx)
-        .await?;
+             ON CONFLICT (dossier_code, incident_id) DO UPDATE SET resolution = excluded.resolution",
+            vec![
+                Arg::Text(row.dossier_code.clone()),
+                Arg::Text(row.incident_id.clone()),
+                Arg::Text(row.job_id.clone()),
+                Arg::Text(row.error.clone()),
+                Arg::Int(micros(row.opened_at)),
+                Arg::OptText(row.resolution.clone()),
+            ],
+        );
     }
 
     let known = a.before.map_or(0, |b| b.notifications.len());
     for n in p.notifications.iter().skip(known) {
-        sqlx::query(sql(b, "INSERT INTO notifications (dossier_code, notification_id, template, recipient, subject, body, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dossier_code, notification_id) DO NOTHING"),
-        )
-        .bind(&n.dossier_code)
-        .bind(&n.notification_id)
-        .bind(&n.template)
-        .bind(&n.recipient)
-        .bind(&n.subject)
-        .bind(&n.body)
-        .bind(micros(n.created_at))
-        .execute(&mut **tx)
-        .await?;
+        batch.push(
+            "INSERT INTO notifications (dossier_code, notification_id, template, recipient, subject, body, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dossier_code, notification_id) DO NOTHING",
+            vec![
+                Arg::Text(n.dossier_code.clone()),
+                Arg::Text(n.notification_id.clone()),
+                Arg::Text(n.template.clone()),
+                Arg::Text(n.recipient.clone()),
+                Arg::Text(n.subject.clone()),
+                Arg::Text(n.body.clone()),
+                Arg::Int(micros(n.created_at)),
+            ],
+        );
     }
-    Ok(())
 }
 
 fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {
