@@ -218,9 +218,12 @@ impl Reuse {
                 paper: paper.id.clone(),
             });
         }
-        let stored = self
-            .blobs
-            .put(&bytes)
+        // File IO with a sync to disk: off the async workers.
+        let blobs = Arc::clone(&self.blobs);
+        let size = bytes.len() as u64;
+        let stored = tokio::task::spawn_blocking(move || blobs.put(&bytes))
+            .await
+            .map_err(|e| ReuseError::Storage(e.to_string()))?
             .map_err(|e| ReuseError::Storage(e.to_string()))?;
         let now = engine.now();
         let new = NewPaper {
@@ -245,7 +248,7 @@ impl Reuse {
             digitized: None,
             file: Some(PaperFile {
                 sha256: stored.clone(),
-                size: bytes.len() as u64,
+                size,
                 content_type: paper.content_type.clone(),
             }),
             dossier_code: None,

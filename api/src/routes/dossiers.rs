@@ -544,19 +544,31 @@ async fn sign_result(
         .get(&agency)
         .cloned()
         .unwrap_or_else(|| agency.clone());
-    let document = crate::integrations::sign_result_document(
-        &state.io,
-        &d,
-        &b.result_code,
-        &result_name,
-        &number,
-        caller.actor.id(),
-        caller.actor.name(),
-        &agency,
-        &agency_name,
-        state.engine.now(),
-    )
-    .map_err(ApiError::internal)?;
+    // Signing stores the document and syncs it to disk: blocking work, kept off the async
+    // workers so that other requests do not wait behind the disk.
+    let document = {
+        let (state, d) = (state.clone(), d.clone());
+        let (result_code, number) = (b.result_code.clone(), number.clone());
+        let (signer_id, signer_name) = (caller.actor.id().to_owned(), caller.actor.name().to_owned());
+        let now = state.engine.now();
+        tokio::task::spawn_blocking(move || {
+            crate::integrations::sign_result_document(
+                &state.io,
+                &d,
+                &result_code,
+                &result_name,
+                &number,
+                &signer_id,
+                &signer_name,
+                &agency,
+                &agency_name,
+                now,
+            )
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+    };
     let cmd = Command::SignResult {
         result_code: b.result_code,
         number: Some(number),

@@ -512,9 +512,11 @@ async fn verify_result(
     Path((code, result_code)): Path<(String, String)>,
 ) -> ApiResult<Json<Verification>> {
     let d = readable_dossier(&state, &caller, &code).await?;
-    Ok(Json(crate::integrations::verify_result(
-        &state.io,
-        &d,
-        &result_code,
-    )))
+    // Reads and re-hashes the document from disk: off the async workers.
+    let verification = tokio::task::spawn_blocking(move || {
+        crate::integrations::verify_result(&state.io, &d, &result_code)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(Json(verification))
 }
