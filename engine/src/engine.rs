@@ -584,24 +584,39 @@ impl Engine {
     }
 
     /// [`Engine::execute`], first on `read` when the caller has just read the state.
+    ///
+    /// Without one, the first attempt decides on this node's cached state without reading the
+    /// database: the append only holds if the dossier is still at that state's sequence, so a
+    /// stale cache can cost a retry but never a wrong append. A refusal or a conflict on the
+    /// unchecked state is decided again on a fresh read before it is reported.
     async fn execute_from(
         &self,
-        mut read: Option<Cached>,
+        read: Option<Cached>,
         code: &str,
         expected_seq: Option<u64>,
         actor: &Actor,
         command: &Command,
     ) -> Result<Dossier, EngineError> {
         let mut attempts = 0;
+        let mut next = match read {
+            Some(c) => Some((c, true)),
+            None => self.cached(code).map(|c| (c, false)),
+        };
         loop {
-            attempts += 1;
-            let Cached { state, head } = match read.take() {
-                Some(c) => c,
-                None => self.current(code).await?,
+            let (Cached { state, head }, checked) = match next.take() {
+                Some(n) => n,
+                None => (self.current(code).await?, true),
             };
+            // A decision on the unchecked cache is not an attempt of its own.
+            if checked {
+                attempts += 1;
+            }
             if let Some(expected) = expected_seq
                 && expected != state.seq
             {
+                if !checked {
+                    continue;
+                }
                 return Err(EngineError::Conflict {
                     code: code.to_owned(),
                     expected,
@@ -617,7 +632,11 @@ impl Engine {
                 actor,
                 sync_status: self.inner.config.sync_status_to_portal,
             };
-            let decision = decide(&ctx, &state, command)?;
+            let decision = match decide(&ctx, &state, command) {
+                Ok(d) => d,
+                Err(_) if !checked => continue,
+                Err(e) => return Err(e.into()),
+            };
             let append = Append {
                 at: now,
                 actor_id: actor.id(),
@@ -635,6 +654,7 @@ impl Engine {
                     });
                     return Ok(decision.state);
                 }
+                Err(StoreError::Conflict { .. }) if !checked => continue,
                 Err(StoreError::Conflict { .. })
                     if expected_seq.is_none() && attempts < MAX_RETRIES_ON_CONFLICT =>
                 {

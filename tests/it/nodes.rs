@@ -116,6 +116,34 @@ async fn nodes_taking_turns_each_see_what_the_other_appended() {
     h.assert_replays_and_verifies(&d.code).await;
 }
 
+/// A node decides first on its copy of the dossier; a command its copy would refuse (a task
+/// another node opened) is decided again on the stored state, not refused.
+#[tokio::test]
+async fn a_command_refused_on_a_stale_copy_is_decided_again_on_the_stored_state() {
+    let (h, b) = two_nodes().await;
+    let d = h.file_lltp(1).await;
+    // Node A holds the dossier as filed; node B receives it, which opens the first task.
+    b.execute(&d.code, None, &desk(), &Command::Receive)
+        .await
+        .unwrap();
+    b.drain_jobs().await.unwrap();
+    let received = b.dossier(&d.code).await.unwrap();
+    let task = task_at(&received, "tham_dinh");
+    let claimed = h
+        .engine
+        .execute(
+            &d.code,
+            None,
+            &specialist(),
+            &Command::ClaimTask { task: task.clone() },
+        )
+        .await
+        .unwrap();
+    assert!(claimed.tasks[&task].claimed_by.is_some());
+    assert!(claimed.seq > received.seq);
+    h.assert_replays_and_verifies(&d.code).await;
+}
+
 #[tokio::test]
 async fn each_due_job_is_claimed_by_one_node_only() {
     let (h, b) = two_nodes().await;

@@ -549,7 +549,8 @@ async fn sign_result(
     let document = {
         let (state, d) = (state.clone(), d.clone());
         let (result_code, number) = (b.result_code.clone(), number.clone());
-        let (signer_id, signer_name) = (caller.actor.id().to_owned(), caller.actor.name().to_owned());
+        let (signer_id, signer_name) =
+            (caller.actor.id().to_owned(), caller.actor.name().to_owned());
         let now = state.engine.now();
         tokio::task::spawn_blocking(move || {
             crate::integrations::sign_result_document(
