@@ -1216,7 +1216,9 @@ impl Batch {
             Backend::Postgres => self.statements,
         };
         for (statement, args) in groups {
-            let mut query = sqlx::query(sql_dyn(b, statement));
+            // Not kept prepared: a batch's text varies with what changed, and every connection
+            // would otherwise cache its own copy of each variant (megabytes over a pool).
+            let mut query = sqlx::query(sql_dyn(b, statement)).persistent(false);
             for arg in args {
                 query = match arg {
                     Arg::Int(v) => query.bind(v),
