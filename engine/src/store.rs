@@ -255,6 +255,77 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// SQLite: the task that checkpoints the WAL; stops when the last clone of the store goes.
     _checkpointer: Option<std::sync::Arc<Checkpointer>>,
+    /// SQLite: appends waiting for the writer's turn. Whichever writer gets the turn commits
+    /// all of them in one transaction (group commit), each still checked against its own
+    /// expected sequence.
+    pending: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<GroupWrite>>>>,
+}
+
+/// An append waiting to be committed with others.
+struct GroupWrite {
+    expected_seq: u64,
+    prepared: Prepared,
+    outcome: std::sync::Mutex<Option<Result<(), StoreError>>>,
+}
+
+impl std::fmt::Debug for GroupWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupWrite")
+            .field("dossier", &self.prepared.dossier.code)
+            .field("expected_seq", &self.expected_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupWrite {
+    fn take_outcome(&self) -> Option<Result<(), StoreError>> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn set_outcome(&self, outcome: Result<(), StoreError>) {
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+}
+
+/// Commits appends to SQLite in one transaction. A conflict leaves its own append out (nothing
+/// of it was written); any other failure rolls the group back, and each append is then tried
+/// alone, so that only the failing one reports the error.
+async fn commit_group(pool: &AnyPool, writes: &[std::sync::Arc<GroupWrite>]) {
+    let b = Backend::Sqlite;
+    let together = async {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for w in writes {
+            match apply(b, &mut tx, w.expected_seq, &w.prepared).await {
+                Ok(()) => outcomes.push(Ok(())),
+                Err(e @ StoreError::Conflict { .. }) => outcomes.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().await?;
+        Ok::<_, StoreError>(outcomes)
+    };
+    match together.await {
+        Ok(outcomes) => {
+            for (w, outcome) in writes.iter().zip(outcomes) {
+                w.set_outcome(outcome);
+            }
+        }
+        Err(_) => {
+            for w in writes {
+                let alone = async {
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    apply(b, &mut tx, w.expected_seq, &w.prepared).await?;
+                    tx.commit().await?;
+                    Ok::<_, StoreError>(())
+                };
+                w.set_outcome(alone.await);
+            }
+        }
+    }
 }
 
 /// Copies the SQLite WAL back into the database file every [`Checkpointer::EVERY`], beside
@@ -412,6 +483,7 @@ impl Store {
             url: url.clone(),
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             _checkpointer: checkpointer,
+            pending: std::sync::Arc::default(),
         })
     }
 
@@ -653,11 +725,57 @@ impl Store {
     /// Appends events to an existing dossier whose state was `append.before`.
     /// Returns the hash of the last event appended: the new head of the dossier's chain.
     pub async fn append(&self, append: &Append<'_>) -> Result<String, StoreError> {
+        if let (Backend::Sqlite, Some(before), Some(hash)) =
+            (self.backend, append.before, append.before_hash)
+        {
+            return self.append_grouped(append, before.seq, hash).await;
+        }
         let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
         let head = write(self.backend, &mut tx, append).await?;
         tx.commit().await?;
         Ok(head)
+    }
+
+    /// SQLite's one writer, shared: the append is prepared (hashes, statements) before the
+    /// writer's turn and queued; the writer that gets the turn commits every queued append in
+    /// one transaction. Under load many commands share a commit; alone, it is one transaction
+    /// as before. The caller returns only once its append is committed (or refused).
+    async fn append_grouped(
+        &self,
+        append: &Append<'_>,
+        expected_seq: u64,
+        head: &str,
+    ) -> Result<String, StoreError> {
+        let prepared = prepare(self.backend, append, expected_seq, head.to_owned())?;
+        let head = prepared.head.clone();
+        let write = std::sync::Arc::new(GroupWrite {
+            expected_seq,
+            prepared,
+            outcome: std::sync::Mutex::new(None),
+        });
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(std::sync::Arc::clone(&write));
+        let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
+        if let Some(outcome) = write.take_outcome() {
+            // Committed (or refused) by the writer before us.
+            return outcome.map(|()| head);
+        }
+        let writes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let pool = self.pool.clone();
+        // A task of its own, holding the turn: the writers whose appends it carries wait for
+        // it, and it finishes even if this caller goes away.
+        let _ = tokio::spawn(async move {
+            let _turn = turn;
+            commit_group(&pool, &writes).await;
+        })
+        .await;
+        write
+            .take_outcome()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("the append was not committed".into())))
+            .map(|()| head)
     }
 
     /// Claims up to `limit` jobs due at `now`, each under a lease until `now + lease`.
@@ -1072,7 +1190,7 @@ async fn write(
     a: &Append<'_>,
 ) -> Result<String, StoreError> {
     let code = &a.state.code;
-    let (mut seq, mut prev) = match (a.before, a.before_hash) {
+    let (seq, prev) = match (a.before, a.before_hash) {
         (None, _) => (0u64, audit::GENESIS.to_owned()),
         // The caller read the head with the events it decided on.
         (Some(before), Some(hash)) => (before.seq, hash.to_owned()),
@@ -1096,6 +1214,35 @@ async fn write(
             (current, last_hash)
         }
     };
+    let prepared = prepare(b, a, seq, prev)?;
+    match a.before {
+        None => {
+            let mut batch = Batch::default();
+            insert_dossier(&mut batch, &prepared.dossier, &prepared.head);
+            batch.statements.extend(prepared.batch.statements);
+            batch.run(b, tx).await?;
+        }
+        Some(before) => apply(b, tx, before.seq, &prepared).await?,
+    }
+    Ok(prepared.head)
+}
+
+/// An append made ready to store: the dossier row, the new head of the chain, and a batch
+/// with the events and every read-model row that changed. Pure: no database.
+#[derive(Clone)]
+struct Prepared {
+    dossier: DossierRow,
+    head: String,
+    batch: Batch,
+}
+
+fn prepare(
+    b: Backend,
+    a: &Append<'_>,
+    mut seq: u64,
+    mut prev: String,
+) -> Result<Prepared, StoreError> {
+    let code = &a.state.code;
     let mut rows = Vec::with_capacity(a.events.len());
     for e in a.events {
         seq += 1;
@@ -1114,32 +1261,7 @@ async fn write(
         )));
     }
     let p = Projection::of(a.state);
-    // Everything after the sequence check goes as one batch: on SQLite a single round trip
-    // to the connection's thread, where each statement used to be one.
     let mut batch = Batch::default();
-    // The dossier row first: for an existing dossier the update holds only if nobody appended
-    // since the state the events were decided on; on PostgreSQL it also locks the row, so a
-    // concurrent append waits here, then finds the sequence moved on.
-    match a.before {
-        None => insert_dossier(&mut batch, &p.dossier, &prev),
-        Some(before) => {
-            if !update_dossier(b, tx, &p.dossier, before.seq, &prev).await? {
-                let current: Option<i64> =
-                    sqlx::query_scalar(sql(b, "SELECT seq FROM dossiers WHERE code = ?"))
-                        .bind(code)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                let Some(current) = current else {
-                    return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
-                };
-                return Err(StoreError::Conflict {
-                    code: code.clone(),
-                    expected: before.seq,
-                    current: u64::try_from(current).unwrap_or(0),
-                });
-            }
-        }
-    }
     // One multi-row INSERT per batch of events: a statement costs far more than a row.
     const COLUMNS: usize = 8;
     const ROWS_PER_STATEMENT: usize = 64;
@@ -1171,11 +1293,45 @@ async fn write(
         batch.push(statement, args);
     }
     project(b, &mut batch, a, &p);
-    batch.run(b, tx).await?;
-    Ok(prev)
+    Ok(Prepared {
+        dossier: p.dossier,
+        head: prev,
+        batch,
+    })
+}
+
+/// Stores a prepared append to an existing dossier that was at `expected_seq`. The dossier row
+/// first: the update holds only if nobody appended since the state the events were decided
+/// on; on PostgreSQL it also locks the row, so a concurrent append waits here, then finds the
+/// sequence moved on. The rest follows as one batch: on SQLite a single round trip to the
+/// connection's thread, where each statement used to be one.
+async fn apply(
+    b: Backend,
+    tx: &mut Transaction<'static, Any>,
+    expected_seq: u64,
+    prepared: &Prepared,
+) -> Result<(), StoreError> {
+    let code = &prepared.dossier.code;
+    if !update_dossier(b, tx, &prepared.dossier, expected_seq, &prepared.head).await? {
+        let current: Option<i64> =
+            sqlx::query_scalar(sql(b, "SELECT seq FROM dossiers WHERE code = ?"))
+                .bind(code)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let Some(current) = current else {
+            return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
+        };
+        return Err(StoreError::Conflict {
+            code: code.clone(),
+            expected: expected_seq,
+            current: u64::try_from(current).unwrap_or(0),
+        });
+    }
+    prepared.batch.run(b, tx).await
 }
 
 /// A value bound in a [`Batch`].
+#[derive(Clone)]
 enum Arg {
     Int(i64),
     OptInt(Option<i64>),
@@ -1188,7 +1344,7 @@ enum Arg {
 /// multi-statement query, its parameters bound in order across the statements: one round trip
 /// to the connection's thread. PostgreSQL's protocol takes one statement with parameters at a
 /// time.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Batch {
     statements: Vec<(String, Vec<Arg>)>,
 }
@@ -1198,22 +1354,26 @@ impl Batch {
         self.statements.push((statement.into(), args));
     }
 
-    async fn run(self, b: Backend, tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
+    async fn run(&self, b: Backend, tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
         if self.statements.is_empty() {
             return Ok(());
         }
-        let groups: Vec<(String, Vec<Arg>)> = match b {
+        let groups: Vec<(String, Vec<&Arg>)> = match b {
             Backend::Sqlite => {
                 let mut text = String::new();
                 let mut all = Vec::new();
-                for (statement, args) in self.statements {
-                    text.push_str(&statement);
+                for (statement, args) in &self.statements {
+                    text.push_str(statement);
                     text.push_str(";\n");
                     all.extend(args);
                 }
                 vec![(text, all)]
             }
-            Backend::Postgres => self.statements,
+            Backend::Postgres => self
+                .statements
+                .iter()
+                .map(|(statement, args)| (statement.clone(), args.iter().collect()))
+                .collect(),
         };
         for (statement, args) in groups {
             // Not kept prepared: a batch's text varies with what changed, and every connection
@@ -1221,11 +1381,11 @@ impl Batch {
             let mut query = sqlx::query(sql_dyn(b, statement)).persistent(false);
             for arg in args {
                 query = match arg {
-                    Arg::Int(v) => query.bind(v),
-                    Arg::OptInt(v) => query.bind(v),
-                    Arg::Text(v) => query.bind(v),
-                    Arg::OptText(v) => query.bind(v),
-                    Arg::Bytes(v) => query.bind(v),
+                    Arg::Int(v) => query.bind(*v),
+                    Arg::OptInt(v) => query.bind(*v),
+                    Arg::Text(v) => query.bind(v.as_str()),
+                    Arg::OptText(v) => query.bind(v.as_deref()),
+                    Arg::Bytes(v) => query.bind(v.as_slice()),
                 };
             }
             query.execute(&mut **tx).await?;

@@ -919,3 +919,59 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
     // Still the same open store, and everything is readable.
     assert_eq!(store.procedures().await.unwrap().len(), 8);
 }
+
+/// On SQLite, appends waiting for the writer are committed together (group commit): every
+/// command still succeeds or fails on its own, against its own expected state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_each_succeed_or_conflict_on_their_own() {
+    let h = harness().await;
+    let mut dossiers = Vec::new();
+    for _ in 0..12 {
+        dossiers.push(h.file_lltp(1).await);
+    }
+    // Different dossiers at once: all of them are received.
+    let mut handles = Vec::new();
+    for d in &dossiers {
+        let (engine, code, seq) = (h.engine.clone(), d.code.clone(), d.seq);
+        handles.push(tokio::spawn(async move {
+            engine
+                .execute(&code, Some(seq), &desk(), &Command::Receive)
+                .await
+        }));
+    }
+    for handle in handles {
+        let d = handle.await.unwrap().unwrap();
+        assert_eq!(d.status, Status::Received);
+    }
+    h.drain().await;
+    // One dossier, the same command decided on the same state six times at once: one wins.
+    let d = h.engine.dossier(&dossiers[0].code).await.unwrap();
+    let task = task_at(&d, "tham_dinh");
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let (engine, code, seq, task) = (h.engine.clone(), d.code.clone(), d.seq, task.clone());
+        handles.push(tokio::spawn(async move {
+            engine
+                .execute(
+                    &code,
+                    Some(seq),
+                    &specialist(),
+                    &Command::ClaimTask { task },
+                )
+                .await
+        }));
+    }
+    let mut won = 0;
+    for handle in handles {
+        match handle.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(EngineError::Conflict { expected, .. }) => assert_eq!(expected, d.seq),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    for d in &dossiers {
+        h.assert_replays_and_verifies(&d.code).await;
+    }
+    assert!(h.engine.verify(None).await.unwrap().is_intact());
+}
