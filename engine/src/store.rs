@@ -501,8 +501,11 @@ impl Store {
         sql_dyn(self.backend, statement.to_owned())
     }
 
-    /// This process's turn to write, on SQLite; PostgreSQL needs none.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    /// This process's turn to write, on SQLite; PostgreSQL needs none. Every write of the
+    /// process takes it, so that writers queue here rather than in SQLite's busy handler
+    /// (whose sleeps would stall whoever holds the turn). Never held across a call that takes
+    /// it again.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match self.backend {
             Backend::Sqlite => Some(self.writer.lock().await),
             Backend::Postgres => None,
@@ -521,6 +524,7 @@ impl Store {
 
     /// Records a procedure version. Returns false when that version is already deployed.
     pub async fn save_procedure(&self, p: &StoredProcedure) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query(sql(
             self.backend,
             "INSERT INTO procedures (code, version, name, source, forms, deployed_at)
@@ -852,6 +856,7 @@ impl Store {
         job: &mut ClaimedJob,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query(sql(
             self.backend,
             "UPDATE jobs SET lease_until = ? WHERE dossier_code = ? AND job_id = ? AND lease_until = ?",
@@ -871,6 +876,7 @@ impl Store {
 
     /// Gives a claimed job back without recording an attempt (the worker could not run it).
     pub async fn release_job(&self, job: &ClaimedJob) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(sql(
             self.backend,
             "UPDATE jobs SET lease_until = NULL WHERE dossier_code = ? AND job_id = ?",
@@ -1664,6 +1670,7 @@ impl Store {
         response: &RememberedResponse,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(sql(self.backend, "INSERT INTO idempotency_keys (actor_id, key, scope, request_hash, status, body, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (actor_id, key) DO NOTHING"),
         )
@@ -1725,6 +1732,7 @@ impl Store {
         uploader: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(sql(self.backend, "INSERT INTO uploads (sha256, uploader_id, content_type, size, uploaded_at) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (sha256, uploader_id) DO NOTHING"),
         )
@@ -1768,6 +1776,7 @@ impl Store {
         schedule: &str,
         tick: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let r = sqlx::query(sql(
             self.backend,
             "INSERT INTO schedules (name, last_tick) VALUES (?, ?)

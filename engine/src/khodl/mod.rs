@@ -537,6 +537,7 @@ impl KhoDl {
         };
         // INSERT OR IGNORE alone decides who wins between concurrent saves of one id; the
         // loser then compares what is stored with what it meant to store.
+        let turn = self.store.write_turn().await;
         let inserted = sqlx::query(sql(
             self.b(),
             "INSERT INTO khodl_papers (paper_id, code, national_code, name, owner_id, owner_name,
@@ -583,6 +584,7 @@ impl KhoDl {
         .await?
         .rows_affected()
             == 1;
+        drop(turn);
         if inserted {
             return Ok(Saved {
                 paper,
@@ -692,6 +694,7 @@ impl KhoDl {
         dossier_code: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, KhoDlError> {
+        let turn = self.store.write_turn().await;
         let done = sqlx::query(sql(
             self.b(),
             "UPDATE khodl_papers SET hidden = 0, updated_at = ?
@@ -702,6 +705,7 @@ impl KhoDl {
         .bind(dossier_code)
         .execute(self.store.pool())
         .await?;
+        drop(turn);
         Ok(done.rows_affected())
     }
 
@@ -735,6 +739,7 @@ impl KhoDl {
         }
         // The state is checked again in the UPDATE, so two officers deciding at once cannot
         // both win.
+        let turn = self.store.write_turn().await;
         let done = sqlx::query(sql(
             self.b(),
             "UPDATE khodl_papers SET approval = ?, approval_by = ?, approval_at = ?, updated_at = ?
@@ -748,6 +753,7 @@ impl KhoDl {
         .bind(paper_id)
         .execute(self.store.pool())
         .await?;
+        drop(turn);
         let after = self
             .get(owner, paper_id, Visibility::IncludeHidden)
             .await?
