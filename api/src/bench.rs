@@ -767,24 +767,13 @@ async fn db_bytes(pool: &sqlx::SqlitePool) -> Result<i64> {
     Ok(pages * size)
 }
 
-/// One dossier through the happy path on the durable engine; returns its code and the
-/// commands run (filing, officers' commands, hook outcomes).
+/// One dossier down the happy path, every command through the engine and every hook through
+/// the job worker: its code, the commands it took, and the worker's claim passes (each a write
+/// transaction of its own).
 async fn durable_dossier(
     engine: &Engine,
     officers: &[(Who, Actor)],
     n: u64,
-) -> Result<(String, u64)> {
-    let (code, commands, _) = durable_dossier_counted(engine, officers, n, false).await?;
-    Ok((code, commands))
-}
-
-/// As [`durable_dossier`]; with `count`, the worker's passes are run one by one (what
-/// `drain_jobs` does) so that its claim transactions are counted too.
-async fn durable_dossier_counted(
-    engine: &Engine,
-    officers: &[(Who, Actor)],
-    n: u64,
-    count: bool,
 ) -> Result<(String, u64, u64)> {
     let mut passes = 0u64;
     let (actor, owner) = citizen(n)?;
@@ -804,22 +793,8 @@ async fn durable_dossier_counted(
             .with_context(|| format!("{code}: {}", cmd.name()))?;
         commands += 1;
         if pending_hook(&d).is_some() {
-            let r = if count {
-                let mut total = engine::engine::WorkReport::default();
-                loop {
-                    let r = engine.run_due_jobs(64).await?;
-                    passes += 1;
-                    if r.claimed == 0 {
-                        break;
-                    }
-                    total.claimed += r.claimed;
-                    total.failed += r.failed;
-                    total.stale += r.stale;
-                }
-                total
-            } else {
-                engine.drain_jobs().await?
-            };
+            let r = engine.drain_jobs().await?;
+            passes += r.passes as u64;
             if r.failed > 0 || r.stale > 0 {
                 bail!("durable: dossier {code}: hooks failed: {r:?}");
             }
@@ -858,7 +833,7 @@ async fn prepare_engine(root: &Path, url: &str, definition: &Definition) -> Resu
 /// counts the write transactions a dossier takes: each command, each claim pass of the worker.
 async fn warm_up(engine: &Engine) -> Result<u64> {
     let officers = officers();
-    let (_, commands, passes) = durable_dossier_counted(engine, &officers, 999_999, true).await?;
+    let (_, commands, passes) = durable_dossier(engine, &officers, 999_999).await?;
     for n in 0..4 {
         durable_dossier(engine, &officers, 1_000_000 + n).await?;
     }

@@ -37,11 +37,17 @@ pub fn canonical(
     out
 }
 
-pub fn chain(prev_hash: &str, canonical: &[u8]) -> String {
+/// The hash of a record chained to the previous one (`prev_hash` in lowercase hex), as stored.
+pub fn chain_digest(prev_hash: &str, canonical: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(canonical);
-    hex::encode(h.finalize())
+    h.finalize().into()
+}
+
+/// [`chain_digest`] in lowercase hex, as the next record chains to it and the API shows it.
+pub fn chain(prev_hash: &str, canonical: &[u8]) -> String {
+    hex::encode(chain_digest(prev_hash, canonical))
 }
 
 /// The JSON text an event is stored as, and its type name.

@@ -200,6 +200,8 @@ pub enum Deployed {
 /// The outcome of one pass of the worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkReport {
+    /// Passes that claimed jobs: each is one claim transaction.
+    pub passes: usize,
     pub claimed: usize,
     pub succeeded: usize,
     pub failed: usize,
@@ -240,7 +242,7 @@ struct Inner {
 #[derive(Clone)]
 struct Cached {
     state: Arc<Dossier>,
-    head: Option<Arc<str>>,
+    head: Arc<str>,
 }
 
 /// The process engine. Cheap to clone; clones share everything.
@@ -281,12 +283,8 @@ impl Engine {
                 states: std::sync::Mutex::new(lru::LruCache::new(cache_size)),
             }),
         };
-        for p in engine.inner.store.procedures().await? {
-            let definition =
-                Definition::from_stored(&format!("{} v{}", p.code, p.version), &p.source, &p.forms)
-                    .map_err(EngineError::Definition)?;
-            engine.register(definition)?;
-        }
+        // Every deployed version: none is known yet.
+        engine.refresh().await?;
         engine.register_hook(
             "notify",
             Arc::new(NotifyHook {
@@ -456,7 +454,7 @@ impl Engine {
             crate::store::Created::New(d, head) => {
                 self.remember(Cached {
                     state: Arc::new(Dossier::clone(&d)),
-                    head: Some(head.into()),
+                    head: head.into(),
                 });
                 Ok((*d, false))
             }
@@ -504,7 +502,7 @@ impl Engine {
         }
         let current = Cached {
             state: Arc::new(state),
-            head: Some(head),
+            head,
         };
         self.remember(current.clone());
         Ok(current)
@@ -643,14 +641,13 @@ impl Engine {
                 actor_name: actor.name(),
                 events: &decision.events,
                 state: &decision.state,
-                before: Some(&*state),
-                before_hash: head.as_deref(),
+                before: Some((&*state, &*head)),
             };
             match self.inner.store.append(&append).await {
                 Ok(head) => {
                     self.remember(Cached {
                         state: Arc::new(decision.state.clone()),
-                        head: Some(head.into()),
+                        head: head.into(),
                     });
                     return Ok(decision.state);
                 }
@@ -694,6 +691,7 @@ impl Engine {
             .claim_due_jobs(now, limit, self.inner.config.job_lease)
             .await?;
         let mut report = WorkReport {
+            passes: usize::from(!claimed.is_empty()),
             claimed: claimed.len(),
             ..WorkReport::default()
         };
@@ -805,6 +803,7 @@ impl Engine {
             if r.claimed == 0 {
                 break;
             }
+            total.passes += r.passes;
             total.claimed += r.claimed;
             total.succeeded += r.succeeded;
             total.failed += r.failed;

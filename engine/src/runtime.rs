@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::definition::{Definition, Duration, Procedure, Step, compile_expression, free_names};
+use crate::definition::{
+    DOSSIER_FIELDS, Definition, Duration, Procedure, Step, compile_expression, free_names,
+};
 use crate::dossier::Dossier;
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
@@ -113,23 +115,29 @@ fn json_val(v: &Value) -> Box<dyn Val> {
     }
 }
 
-/// The `dossier` variable: [`crate::definition::DOSSIER_FIELDS`].
+/// One of [`DOSSIER_FIELDS`], the fields of the `dossier` variable.
+fn dossier_field(state: &Dossier, name: &str) -> Option<String> {
+    Some(match name {
+        "channel" => state.channel.as_str().to_owned(),
+        "owner_type" => crate::wire_name(&state.owner.id.owner_type()),
+        "owner_id" => state.owner.id.as_str().to_owned(),
+        "agency_code" => state.agency_code.clone(),
+        "procedure_code" => state.procedure_code.clone(),
+        _ => return None,
+    })
+}
+
+/// The `dossier` variable: every field the checker lets expressions read.
 fn dossier_val(state: &Dossier) -> Box<dyn Val> {
-    let fields = [
-        ("channel", state.channel.as_str().to_owned()),
-        ("owner_type", crate::wire_name(&state.owner.id.owner_type())),
-        ("owner_id", state.owner.id.as_str().to_owned()),
-        ("agency_code", state.agency_code.clone()),
-        ("procedure_code", state.procedure_code.clone()),
-    ];
     Box::new(CelMap::from(
-        fields
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    CelMapKey::from(k.to_owned()),
-                    Box::new(CelString::from(v)) as Box<dyn Val>,
-                )
+        DOSSIER_FIELDS
+            .iter()
+            .filter_map(|&name| {
+                let value = dossier_field(state, name)?;
+                Some((
+                    CelMapKey::from(name.to_owned()),
+                    Box::new(CelString::from(value)) as Box<dyn Val>,
+                ))
             })
             .collect::<HashMap<_, _>>(),
     ))

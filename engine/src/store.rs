@@ -238,11 +238,15 @@ pub struct Append<'a> {
     pub actor_name: &'a str,
     pub events: &'a [Event],
     pub state: &'a Dossier,
-    /// The state the events were decided on (`None` for a new dossier).
-    pub before: Option<&'a Dossier>,
-    /// The hash of `before`'s last event when the caller knows it (read with the events);
-    /// otherwise the store reads it.
-    pub before_hash: Option<&'a str>,
+    /// The state the events were decided on and the hash of its last event, the head the new
+    /// events chain to (`None` for a new dossier).
+    pub before: Option<(&'a Dossier, &'a str)>,
+}
+
+impl Append<'_> {
+    fn before_state(&self) -> Option<&Dossier> {
+        self.before.map(|(d, _)| d)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -610,17 +614,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The dossier's state, folded from its events.
-    pub async fn load(&self, code: &str) -> Result<Option<Dossier>, StoreError> {
-        let events = self.events(code).await?;
-        if events.is_empty() {
-            return Ok(None);
-        }
-        Dossier::fold(events.iter().map(|e| (e.at, &e.event)))
-            .map(Some)
-            .ok_or_else(|| StoreError::Corrupt(format!("{code} does not start with a filing")))
-    }
-
     /// Files a new dossier: allocates its code for the agency and day, lets `decide` turn it
     /// into events, and stores them, all in one transaction. With an idempotency key (actor's
     /// key, request hash), the key is recorded in the same transaction: a key seen before
@@ -695,7 +688,6 @@ impl Store {
                 events: &events,
                 state: &state,
                 before: None,
-                before_hash: None,
             },
         )
         .await?;
@@ -729,10 +721,8 @@ impl Store {
     /// Appends events to an existing dossier whose state was `append.before`.
     /// Returns the hash of the last event appended: the new head of the dossier's chain.
     pub async fn append(&self, append: &Append<'_>) -> Result<String, StoreError> {
-        if let (Backend::Sqlite, Some(before), Some(hash)) =
-            (self.backend, append.before, append.before_hash)
-        {
-            return self.append_grouped(append, before.seq, hash).await;
+        if let (Backend::Sqlite, Some((before, head))) = (self.backend, append.before) {
+            return self.append_grouped(append, before.seq, head).await;
         }
         let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
@@ -1195,30 +1185,9 @@ async fn write(
     tx: &mut Transaction<'static, Any>,
     a: &Append<'_>,
 ) -> Result<String, StoreError> {
-    let code = &a.state.code;
-    let (seq, prev) = match (a.before, a.before_hash) {
-        (None, _) => (0u64, audit::GENESIS.to_owned()),
-        // The caller read the head with the events it decided on.
-        (Some(before), Some(hash)) => (before.seq, hash.to_owned()),
-        (Some(before), None) => {
-            let row: Option<(i64, String)> =
-                sqlx::query_as(sql(b, "SELECT seq, last_hash FROM dossiers WHERE code = ?"))
-                    .bind(code)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            let Some((current, last_hash)) = row else {
-                return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
-            };
-            let current = u64::try_from(current).unwrap_or(0);
-            if current != before.seq {
-                return Err(StoreError::Conflict {
-                    code: code.clone(),
-                    expected: before.seq,
-                    current,
-                });
-            }
-            (current, last_hash)
-        }
+    let (seq, prev) = match a.before {
+        None => (0u64, audit::GENESIS.to_owned()),
+        Some((before, head)) => (before.seq, head.to_owned()),
     };
     let prepared = prepare(b, a, seq, prev)?;
     match a.before {
@@ -1228,7 +1197,7 @@ async fn write(
             batch.statements.extend(prepared.batch.statements);
             batch.run(b, tx).await?;
         }
-        Some(before) => apply(b, tx, before.seq, &prepared).await?,
+        Some((before, _)) => apply(b, tx, before.seq, &prepared).await?,
     }
     Ok(prepared.head)
 }
@@ -1249,42 +1218,21 @@ fn prepare(
     mut prev: String,
 ) -> Result<Prepared, StoreError> {
     let code = &a.state.code;
-    let mut rows = Vec::with_capacity(a.events.len());
-    for e in a.events {
-        seq += 1;
-        let (payload, kind) = audit::event_text(e);
-        let hash = audit::chain(
-            &prev,
-            &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
-        );
-        prev.clone_from(&hash);
-        rows.push((seq, kind, payload, hash));
-    }
-    if seq != a.state.seq {
-        return Err(StoreError::Corrupt(format!(
-            "dossier {code}: state is at event {} but the stream at {seq}",
-            a.state.seq
-        )));
-    }
-    let p = Projection::of(a.state);
     let mut batch = Batch::default();
     // One multi-row INSERT per batch of events: a statement costs far more than a row.
     const COLUMNS: usize = 8;
     const ROWS_PER_STATEMENT: usize = 64;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
-        let mut statement = String::from(
-            "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, hash) VALUES ",
-        );
+    let row = format!("({})", ["?"; COLUMNS].join(", "));
+    for chunk in a.events.chunks(ROWS_PER_STATEMENT) {
         let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
-        for (i, (seq, kind, payload, hash)) in chunk.into_iter().enumerate() {
-            if i > 0 {
-                statement.push_str(", ");
-            }
-            statement.push('(');
-            statement.push_str(&["?"; COLUMNS].join(", "));
-            statement.push(')');
+        for e in chunk {
+            seq += 1;
+            let (payload, kind) = audit::event_text(e);
+            let digest = audit::chain_digest(
+                &prev,
+                &audit::canonical(code, seq, a.at, a.actor_id, a.actor_name, &payload),
+            );
+            prev = hex::encode(digest);
             args.extend([
                 Arg::Text(code.clone()),
                 Arg::Int(i64::try_from(seq).unwrap_or(i64::MAX)),
@@ -1293,11 +1241,24 @@ fn prepare(
                 Arg::Text(a.actor_id.to_owned()),
                 Arg::Text(a.actor_name.to_owned()),
                 Arg::Text(payload),
-                Arg::Bytes(hex::decode(&hash).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                Arg::Bytes(digest.to_vec()),
             ]);
         }
-        batch.push(statement, args);
+        batch.push(
+            format!(
+                "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, hash) VALUES {}",
+                vec![row.as_str(); chunk.len()].join(", ")
+            ),
+            args,
+        );
     }
+    if seq != a.state.seq {
+        return Err(StoreError::Corrupt(format!(
+            "dossier {code}: state is at event {} but the stream at {seq}",
+            a.state.seq
+        )));
+    }
+    let p = Projection::of(a.state);
     project(b, &mut batch, a, &p);
     Ok(Prepared {
         dossier: p.dossier,
@@ -1465,7 +1426,7 @@ async fn update_dossier(
 fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     let d = &p.dossier;
     // Tasks: the table holds the open ones, so it follows the state exactly.
-    let before_tasks = a.before.map(|b| &b.tasks);
+    let before_tasks = a.before_state().map(|b| &b.tasks);
     if before_tasks != Some(&a.state.tasks) {
         batch.push(
             "DELETE FROM tasks WHERE dossier_code = ?",
@@ -1494,7 +1455,7 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     // the next attempt can be claimed; others keep it (a worker may be running them).
     let mut jobs_changed = false;
     for (j, row) in a.state.jobs.values().zip(&p.jobs) {
-        let old = a.before.and_then(|b| b.jobs.get(&j.id));
+        let old = a.before_state().and_then(|b| b.jobs.get(&j.id));
         if old == Some(j) {
             continue;
         }
@@ -1523,7 +1484,7 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     }
 
     for (i, row) in a.state.incidents.values().zip(&p.incidents) {
-        if a.before.and_then(|b| b.incidents.get(&i.id)) == Some(i) {
+        if a.before_state().and_then(|b| b.incidents.get(&i.id)) == Some(i) {
             continue;
         }
         batch.push(
@@ -1541,7 +1502,7 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
         );
     }
 
-    let known = a.before.map_or(0, |b| b.notifications.len());
+    let known = a.before_state().map_or(0, |b| b.notifications.len());
     for n in p.notifications.iter().skip(known) {
         batch.push(
             "INSERT INTO notifications (dossier_code, notification_id, template, recipient, subject, body, created_at)

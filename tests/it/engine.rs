@@ -682,19 +682,14 @@ async fn concurrent_filings_get_distinct_sequential_codes() {
 async fn a_new_version_leaves_running_dossiers_on_theirs() {
     let h = harness().await;
     let old = h.file_lltp(1).await;
-    let loader = engine::definition::Loader::new(engine::definition::LoaderConfig::at_root(
-        &crate::support::repo_root(),
-    ))
-    .unwrap();
-    let path = crate::support::repo_root().join("procedures/cap-phieu-lltp.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("version: 1", "version: 2")
-        .replace(
+    let v2_edits = [
+        ("version: 1", "version: 2"),
+        (
             "processing_time: { working_days: 10 }",
             "processing_time: { working_days: 8 }",
-        );
-    let (v2, _) = loader.load_str(&path, &text).unwrap();
+        ),
+    ];
+    let v2 = lltp_edited(&v2_edits);
     assert!(matches!(
         h.engine.deploy(&v2).await.unwrap(),
         engine::engine::Deployed::New { version: 2, .. }
@@ -704,9 +699,11 @@ async fn a_new_version_leaves_running_dossiers_on_theirs() {
         h.engine.deploy(&v2).await.unwrap(),
         engine::engine::Deployed::Unchanged { .. }
     ));
-    let (changed, _) = loader
-        .load_str(&path, &text.replace("working_days: 8", "working_days: 9"))
-        .unwrap();
+    let changed = lltp_edited(&[
+        v2_edits[0],
+        v2_edits[1],
+        ("working_days: 8", "working_days: 9"),
+    ]);
     assert_eq!(
         h.engine.deploy(&changed).await.unwrap_err().code(),
         "invalid_definition"

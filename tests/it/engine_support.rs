@@ -129,6 +129,18 @@ pub async fn harness() -> Harness {
     }
 }
 
+/// The shipped judicial record procedure with its text edited (`from` → `to`, in order),
+/// loaded and checked as a deployment would be.
+pub fn lltp_edited(edits: &[(&str, &str)]) -> engine::definition::Definition {
+    let loader = Loader::new(LoaderConfig::at_root(&repo_root())).unwrap();
+    let path = repo_root().join("procedures/cap-phieu-lltp.yaml");
+    let text = edits.iter().fold(
+        std::fs::read_to_string(&path).unwrap(),
+        |text, (from, to)| text.replace(from, to),
+    );
+    loader.load_str(&path, &text).unwrap().0
+}
+
 pub async fn deploy_shipped(engine: &Engine) {
     let loader = Loader::new(LoaderConfig::at_root(&repo_root())).unwrap();
     let report = loader.load_paths(&[repo_root().join("procedures")]);

@@ -227,15 +227,7 @@ async fn idle_workers_are_woken_by_new_jobs_on_postgresql() {
 #[tokio::test]
 async fn a_version_deployed_through_one_node_is_used_by_the_others() {
     let (h, b) = two_nodes().await;
-    let loader = engine::definition::Loader::new(engine::definition::LoaderConfig::at_root(
-        &crate::support::repo_root(),
-    ))
-    .unwrap();
-    let path = crate::support::repo_root().join("procedures/cap-phieu-lltp.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("version: 1", "version: 2");
-    let (v2, _) = loader.load_str(&path, &text).unwrap();
+    let v2 = lltp_edited(&[("version: 1", "version: 2")]);
     h.engine.deploy(&v2).await.unwrap();
     // Node b never deployed it: it files on it, and runs commands on its dossiers.
     let d = b.file(&citizen(), &lltp_filing(1)).await.unwrap();

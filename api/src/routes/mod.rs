@@ -94,20 +94,8 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
 {
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let k = v.to_str().unwrap_or_default().trim();
-            if k.is_empty() || k.len() > 200 {
-                return Err(ApiError::bad_request(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1 to 200 characters",
-                ));
-            }
-            Some(k.to_owned())
-        }
-    };
-    let hash = hex::encode(Sha256::digest(format!("{scope}\n{body}").as_bytes()));
+    let key = idempotency_key(headers)?;
+    let hash = request_hash(scope, body);
     let store = state.engine.store();
     if let Some(k) = &key
         && let Some(r) = store
