@@ -366,6 +366,9 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         overdue_scan: Background::parse_schedule(&config.overdue_scan)
             .map_err(anyhow::Error::msg)?,
         poll: std::time::Duration::from_millis(config.job_poll_ms),
+        seal_after: config
+            .seal_after_seconds
+            .map(|s| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))),
     };
     Ok((router, state, background))
 }

@@ -102,6 +102,16 @@ impl StreamVerifier {
         }
     }
 
+    /// A verifier for the events after `seq`, whose stored hash is `head` (a sealed archive's).
+    pub fn after(dossier: &str, seq: u64, head: &str) -> StreamVerifier {
+        StreamVerifier {
+            dossier: dossier.to_owned(),
+            expected_seq: seq + 1,
+            prev: head.to_owned(),
+            broken: false,
+        }
+    }
+
     /// Checks the next stored event. Once a stream is broken, later events are not judged.
     pub fn next(
         &mut self,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::archive;
 use crate::audit::VerifyReport;
 use crate::calendar::Calendar;
 use crate::definition::{Definition, Duration};
@@ -22,7 +23,9 @@ use crate::dossier::{
 };
 use crate::notify::{NotifyContext, Templates};
 use crate::runtime::CompiledProcedure;
-use crate::store::{Append, ClaimedJob, Projection, Store, StoreError, StoredProcedure};
+use crate::store::{
+    Append, ClaimedJob, Projection, SealReport, Store, StoreError, StoredProcedure,
+};
 
 /// Why the engine refused or failed a request.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +239,10 @@ struct Inner {
     /// stored, so a cached state plus the events after its `seq` is the current state, on
     /// this node or after another node appended.
     states: std::sync::Mutex<lru::LruCache<String, Cached>>,
+    /// Dossiers whose streams did not verify when the sealer read them: never sealed.
+    seal_refused: Mutex<std::collections::HashSet<String>>,
+    /// Dossiers this node sealed since the archive dictionary was last trained.
+    sealed_since_training: Mutex<u64>,
 }
 
 /// A folded state and the hash of its last event (the head its next append chains to).
@@ -281,6 +288,8 @@ impl Engine {
                 procedures: RwLock::new(HashMap::new()),
                 hooks: RwLock::new(HashMap::new()),
                 states: std::sync::Mutex::new(lru::LruCache::new(cache_size)),
+                seal_refused: Mutex::new(std::collections::HashSet::new()),
+                sealed_since_training: Mutex::new(0),
             }),
         };
         // Every deployed version: none is known yet.
@@ -875,6 +884,87 @@ impl Engine {
         })
     }
 
+    /// Seals the events of settled dossiers unchanged for `after`, at most `limit` of them in
+    /// one transaction (see [`crate::archive`]). A stream that does not verify is never sealed:
+    /// it is logged once and left for the auditors.
+    pub async fn seal_settled(
+        &self,
+        after: chrono::Duration,
+        limit: u32,
+    ) -> Result<SealReport, EngineError> {
+        let refused = self
+            .inner
+            .seal_refused
+            .lock()
+            .expect("seal_refused")
+            .clone();
+        let candidates: Vec<_> = self
+            .inner
+            .store
+            .settled_unsealed(
+                self.now() - after,
+                limit.saturating_add(u32::try_from(refused.len()).unwrap_or(u32::MAX)),
+            )
+            .await?
+            .into_iter()
+            .filter(|c| !refused.contains(&c.code))
+            .take(limit as usize)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(SealReport::default());
+        }
+        let report = self.inner.store.seal(&candidates).await?;
+        {
+            let mut refused = self.inner.seal_refused.lock().expect("seal_refused");
+            for b in &report.broken {
+                tracing::error!(dossier = %b.dossier, seq = b.seq, problem = %b.problem,
+                    "events not sealed: the stream does not verify");
+                refused.insert(b.dossier.clone());
+            }
+        }
+        self.train_archive_dictionary(report.sealed).await?;
+        Ok(report)
+    }
+
+    /// Archives compress several times better with a zstd dictionary trained on earlier ones
+    /// (see [`crate::archive`]): one is trained once enough archives exist, and again after
+    /// every [`RETRAIN_AFTER`] seals on this node (procedures and their letters change).
+    async fn train_archive_dictionary(&self, sealed: u64) -> Result<(), EngineError> {
+        const SAMPLES: u32 = 256;
+        const RETRAIN_AFTER: u64 = 20_000;
+        let since = {
+            let mut n = self
+                .inner
+                .sealed_since_training
+                .lock()
+                .expect("sealed_since_training");
+            *n += sealed;
+            *n
+        };
+        let due = if since >= RETRAIN_AFTER {
+            true
+        } else if sealed == 0 || self.inner.store.current_dictionary().await? != 0 {
+            false
+        } else {
+            self.inner.store.archive_count(SAMPLES).await? >= archive::MIN_SAMPLES as u64
+        };
+        if due
+            && let Some(id) = self
+                .inner
+                .store
+                .train_dictionary(SAMPLES, self.now())
+                .await?
+        {
+            tracing::info!(dictionary = id, "archive dictionary trained");
+            *self
+                .inner
+                .sealed_since_training
+                .lock()
+                .expect("sealed_since_training") = 0;
+        }
+        Ok(())
+    }
+
     /// Verifies the hash chains of every dossier (or one).
     pub async fn verify(&self, only: Option<&str>) -> Result<VerifyReport, EngineError> {
         Ok(self.inner.store.verify(only).await?)
@@ -963,6 +1053,8 @@ pub struct Background {
     pub overdue_scan: cron::Schedule,
     /// The longest an idle worker sleeps before looking for due jobs again.
     pub poll: std::time::Duration,
+    /// Seal the events of dossiers settled at least this long ago (`None`: never seal).
+    pub seal_after: Option<chrono::Duration>,
 }
 
 impl Background {
@@ -1037,6 +1129,38 @@ impl Engine {
                 }
             }
         };
+        let sealer = {
+            let engine = self.clone();
+            let mut shutdown = shutdown.clone();
+            let (after, poll) = (background.seal_after, background.poll);
+            async move {
+                let Some(after) = after else { return };
+                const BATCH: u32 = 64;
+                loop {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                    let more = match engine.seal_settled(after, BATCH).await {
+                        Ok(r) => {
+                            if r.sealed > 0 {
+                                tracing::debug!(dossiers = r.sealed, events = r.events, "sealed");
+                            }
+                            r.sealed + r.changed >= u64::from(BATCH)
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "sealing failed");
+                            false
+                        }
+                    };
+                    if !more {
+                        tokio::select! {
+                            _ = tokio::time::sleep(poll.max(std::time::Duration::from_secs(1))) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                }
+            }
+        };
         let scanner = {
             let engine = self.clone();
             let schedule = background.overdue_scan.clone();
@@ -1081,6 +1205,6 @@ impl Engine {
                 }
             }
         };
-        tokio::join!(worker, scanner);
+        tokio::join!(worker, scanner, sealer);
     }
 }

@@ -3,16 +3,17 @@
 //! Appends carry the sequence number the caller decided on; a writer whose expected number
 //! is stale gets [`StoreError::Conflict`] and nothing is written.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Executor, Row, Transaction};
 
+use std::collections::HashMap;
+
+use crate::archive::{self, Archive, ArchiveError, Dictionary, StoredEvent};
 use crate::audit::{self, ChainBreak, StreamVerifier, VerifyReport};
-use crate::dossier::{Dossier, Event, EventRecord};
+use crate::dossier::{Dossier, Event, EventRecord, JobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -191,16 +192,7 @@ impl Projection {
             jobs: d
                 .jobs
                 .values()
-                .map(|j| JobRow {
-                    dossier_code: code.clone(),
-                    job_id: j.id.clone(),
-                    kind: crate::wire_name(&j.kind),
-                    call: j.call.clone(),
-                    state: crate::wire_name(&j.state),
-                    attempts: j.attempts,
-                    run_at: j.run_at,
-                    last_error: j.last_error.clone(),
-                })
+                .filter_map(|j| job_projection(code, j))
                 .collect(),
             incidents: d
                 .incidents
@@ -229,6 +221,24 @@ impl Projection {
                 .collect(),
         }
     }
+}
+
+/// A job's row in the work queue; `None` once it is finished (done or cancelled): finished
+/// jobs leave the queue, their outcome is an event.
+fn job_projection(code: &str, j: &crate::dossier::Job) -> Option<JobRow> {
+    if matches!(j.state, JobState::Done | JobState::Cancelled) {
+        return None;
+    }
+    Some(JobRow {
+        dossier_code: code.to_owned(),
+        job_id: j.id.clone(),
+        kind: crate::wire_name(&j.kind),
+        call: j.call.clone(),
+        state: crate::wire_name(&j.state),
+        attempts: j.attempts,
+        run_at: j.run_at,
+        last_error: j.last_error.clone(),
+    })
 }
 
 /// An append: who, when, the events decided and the state they lead to.
@@ -263,6 +273,10 @@ pub struct Store {
     /// all of them in one transaction (group commit), each still checked against its own
     /// expected sequence.
     pending: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<GroupWrite>>>>,
+    /// Archive dictionaries by id, prepared once (they never change once stored).
+    dictionaries: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<Dictionary>>>>,
+    /// The newest dictionary's id and when it was looked up.
+    current_dictionary: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
 }
 
 /// An append waiting to be committed with others.
@@ -488,6 +502,8 @@ impl Store {
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             _checkpointer: checkpointer,
             pending: std::sync::Arc::default(),
+            dictionaries: std::sync::Arc::default(),
+            current_dictionary: std::sync::Arc::default(),
         })
     }
 
@@ -572,46 +588,420 @@ impl Store {
     }
 
     /// The stored events of a dossier after event `seq`, in order: what a state folded up to
-    /// `seq` still lacks. Each record's `prev_hash` is the hash of the row before it (event
-    /// `seq` itself is read for the first one).
+    /// `seq` still lacks. Each record's `prev_hash` is the hash of the event before it (event
+    /// `seq` itself is read for the first one). Events of a sealed stream come from its
+    /// archive, with their hashes recomputed from the records (the archive keeps a check of
+    /// each; `audit verify` compares them).
     pub async fn events_after(&self, code: &str, seq: u64) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(sql(
-            self.backend,
-            "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
-             WHERE dossier_code = ? AND seq >= ? ORDER BY seq",
-        ))
-        .bind(code)
-        .bind(i64::try_from(seq.max(1)).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
+        let from = seq.max(1);
+        let mut stored = self.event_rows(code, from).await?;
+        let mut hashes: Vec<Vec<u8>> = Vec::new();
+        if stored.is_empty() && seq > 0 && self.head_seq(code).await? == Some(seq) {
+            // Nothing after `seq`, whose row was sealed: no need to open the archive.
+            return Ok(Vec::new());
+        }
+        if stored.first().map(|e| e.seq) != Some(from) {
+            // The events before the first row (all of them, if none) may be sealed.
+            if let Some(archive) = self.archive(code).await?
+                && archive.upto >= from
+            {
+                let archived = self
+                    .unpack(&archive)
+                    .await?
+                    .map_err(|e| StoreError::Corrupt(format!("{code}: {e}")))?;
+                let (digests, _) = archive::recompute_hashes(code, &archived);
+                let skip = usize::try_from(from - 1).unwrap_or(usize::MAX);
+                hashes.extend(digests.iter().skip(skip).map(|d| d.to_vec()));
+                let mut all: Vec<StoredEvent> = archived.into_iter().skip(skip).collect();
+                all.append(&mut stored);
+                stored = all;
+            }
+        }
+        hashes.extend(stored.iter().skip(hashes.len()).map(|e| e.hash.clone()));
+        if stored.is_empty() {
+            if seq > 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "{code}: event {seq} is missing from its stream"
+                )));
+            }
+            return Ok(Vec::new());
+        }
         let mut prev = audit::GENESIS.to_owned();
-        let mut out = Vec::with_capacity(rows.len());
-        for (i, r) in rows.into_iter().enumerate() {
-            let n = u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0);
-            let hash = hex::encode(r.try_get::<Vec<u8>, _>("hash")?);
+        let mut out = Vec::with_capacity(stored.len());
+        for (i, (e, hash)) in stored.into_iter().zip(hashes).enumerate() {
+            let expected = from + i as u64;
+            if e.seq != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "{code}: event {expected} is missing from its stream"
+                )));
+            }
+            let hash = hex::encode(hash);
             if i == 0 && seq > 0 {
-                if n != seq {
-                    return Err(StoreError::Corrupt(format!(
-                        "{code}: event {seq} is missing from its stream"
-                    )));
-                }
                 prev = hash;
                 continue;
             }
-            let payload: String = r.try_get("payload")?;
             out.push(EventRecord {
+                event: serde_json::from_str(&e.payload)
+                    .map_err(|err| StoreError::Corrupt(format!("{code} event {}: {err}", e.seq)))?,
                 dossier: code.to_owned(),
-                seq: n,
-                at: from_micros(r.try_get("at")?),
-                actor_id: r.try_get("actor_id")?,
-                actor_name: r.try_get("actor_name")?,
-                event: serde_json::from_str(&payload)
-                    .map_err(|e| StoreError::Corrupt(format!("{code} event {n}: {e}")))?,
+                seq: e.seq,
+                at: from_micros(e.at),
+                actor_id: e.actor_id,
+                actor_name: e.actor_name,
                 prev_hash: std::mem::replace(&mut prev, hash.clone()),
                 hash,
             });
         }
         Ok(out)
+    }
+
+    /// The event rows of a dossier from event `from` on (not the sealed ones), as stored.
+    async fn event_rows(&self, code: &str, from: u64) -> Result<Vec<StoredEvent>, StoreError> {
+        sqlx::query(sql(
+            self.backend,
+            "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
+             WHERE dossier_code = ? AND seq >= ? ORDER BY seq",
+        ))
+        .bind(code)
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredEvent {
+                seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+                at: r.try_get("at")?,
+                actor_id: r.try_get("actor_id")?,
+                actor_name: r.try_get("actor_name")?,
+                payload: r.try_get("payload")?,
+                hash: r.try_get("hash")?,
+            })
+        })
+        .collect()
+    }
+
+    /// The sequence number of a dossier's last event.
+    async fn head_seq(&self, code: &str) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar(sql(self.backend, "SELECT seq FROM dossiers WHERE code = ?"))
+                .bind(code)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(seq.map(|s| u64::try_from(s).unwrap_or(0)))
+    }
+
+    /// The archive of a dossier's sealed events, if it has one.
+    pub async fn archive(&self, code: &str) -> Result<Option<Archive>, StoreError> {
+        let row = sqlx::query(sql(
+            self.backend,
+            "SELECT upto_seq, head, checks, dictionary, body FROM event_archives WHERE dossier_code = ?",
+        ))
+        .bind(code)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| archive_row(&r)).transpose()
+    }
+
+    /// An archive's events, decompressed with the dictionary it names; `Err` inside when the
+    /// archive cannot be read (damaged, or its dictionary is not stored).
+    async fn unpack(
+        &self,
+        archive: &Archive,
+    ) -> Result<Result<Vec<StoredEvent>, ArchiveError>, StoreError> {
+        Ok(match self.dictionary(archive.dictionary).await? {
+            Some(d) => archive::unpack(archive, &d),
+            None => Err(ArchiveError::Unreadable(format!(
+                "it needs dictionary {}, which is not stored",
+                archive.dictionary
+            ))),
+        })
+    }
+
+    /// A dictionary (0: none), prepared once per process: stored ones never change.
+    async fn dictionary(&self, id: i64) -> Result<Option<std::sync::Arc<Dictionary>>, StoreError> {
+        if let Some(d) = self.dictionaries.lock().expect("dictionaries").get(&id) {
+            return Ok(Some(d.clone()));
+        }
+        let prepared = if id == 0 {
+            Dictionary::none()
+        } else {
+            let bytes: Option<Vec<u8>> = sqlx::query_scalar(sql(
+                self.backend,
+                "SELECT bytes FROM archive_dictionaries WHERE id = ?",
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(bytes) = bytes else {
+                return Ok(None);
+            };
+            Dictionary::new(id, &bytes)
+        }
+        .map_err(|e| StoreError::Corrupt(format!("dictionary {id}: {e}")))?;
+        let d = std::sync::Arc::new(prepared);
+        self.dictionaries
+            .lock()
+            .expect("dictionaries")
+            .insert(id, d.clone());
+        Ok(Some(d))
+    }
+
+    /// The newest stored dictionary's id, which new archives are compressed with (0: none
+    /// yet). Looked up at most every 10 s: any stored dictionary reads back, so one trained
+    /// on another node a moment ago can wait.
+    pub async fn current_dictionary(&self) -> Result<i64, StoreError> {
+        if let Some((at, id)) = *self.current_dictionary.lock().expect("current_dictionary")
+            && at.elapsed() < std::time::Duration::from_secs(10)
+        {
+            return Ok(id);
+        }
+        let id: Option<i64> = sqlx::query_scalar(sql(
+            self.backend,
+            "SELECT MAX(id) FROM archive_dictionaries",
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let id = id.unwrap_or(0);
+        *self.current_dictionary.lock().expect("current_dictionary") =
+            Some((std::time::Instant::now(), id));
+        Ok(id)
+    }
+
+    /// How many archives exist, up to `cap` (counting stops there).
+    pub async fn archive_count(&self, cap: u32) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(sql(
+            self.backend,
+            "SELECT COUNT(*) FROM (SELECT 1 FROM event_archives LIMIT ?) AS a",
+        ))
+        .bind(i64::from(cap))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Trains a dictionary on the newest `samples` archives (at least
+    /// [`archive::MIN_SAMPLES`], else nothing is trained) and stores it as the current one.
+    /// Returns its id.
+    pub async fn train_dictionary(
+        &self,
+        samples: u32,
+        at: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        let rows = sqlx::query(sql(
+            self.backend,
+            "SELECT upto_seq, head, checks, dictionary, body FROM event_archives
+             ORDER BY dossier_code DESC LIMIT ?",
+        ))
+        .bind(i64::from(samples))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut bodies = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let a = archive_row(r)?;
+            // A damaged archive is left out: `audit verify` reports it.
+            if let Some(d) = self.dictionary(a.dictionary).await?
+                && let Ok(json) = archive::records(&a, &d)
+            {
+                bodies.push(json);
+            }
+        }
+        if bodies.len() < archive::MIN_SAMPLES {
+            return Ok(None);
+        }
+        let count = bodies.len();
+        let trained = tokio::task::spawn_blocking(move || Dictionary::train(&bodies))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("training a dictionary: {e}")))?;
+        let Ok(bytes) = trained else {
+            return Ok(None);
+        };
+        let _turn = self.write_turn().await;
+        // Ids only grow; another node training at the same moment makes this insert a no-op.
+        let done = sqlx::query(sql(
+            self.backend,
+            "INSERT INTO archive_dictionaries (id, trained_at, samples, bytes)
+             SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ? FROM archive_dictionaries WHERE true
+             ON CONFLICT (id) DO NOTHING",
+        ))
+        .bind(micros(at))
+        .bind(i64::try_from(count).unwrap_or(i64::MAX))
+        .bind(bytes)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        drop(_turn);
+        *self.current_dictionary.lock().expect("current_dictionary") = None;
+        if done == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.current_dictionary().await?))
+    }
+
+    /// Dossiers ready to be sealed, least recently changed first: closed, settled (no open task,
+    /// no job left in the queue), with events not yet sealed, unchanged since `before`.
+    pub async fn settled_unsealed(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<SealCandidate>, StoreError> {
+        sqlx::query(sql(
+            self.backend,
+            "SELECT code, seq, last_hash, sealed_seq FROM dossiers d
+             WHERE closed = 1 AND sealed_seq < seq AND updated_at <= ?
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dossier_code = d.code)
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.dossier_code = d.code)
+             ORDER BY updated_at, code LIMIT ?",
+        ))
+        .bind(micros(before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SealCandidate {
+                code: r.try_get("code")?,
+                seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+                head: r.try_get("last_hash")?,
+                sealed: u64::try_from(r.try_get::<i64, _>("sealed_seq")?).unwrap_or(0),
+            })
+        })
+        .collect()
+    }
+
+    /// Seals the events of each candidate into its archive (see [`crate::archive`]), all in one
+    /// transaction: the archive replaces the event rows and the letters' rows (the letters are in
+    /// the events). A stream that does not verify is left as it is, and a dossier that changed
+    /// since it was read is skipped (sealed on a later pass).
+    pub async fn seal(&self, candidates: &[SealCandidate]) -> Result<SealReport, StoreError> {
+        let mut report = SealReport::default();
+        // Read, verify and compress before taking the writer's turn: events up to a sequence
+        // never change, and the conditional update below catches a dossier that moved on.
+        let mut ready = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            match self.pack(c).await? {
+                Ok(archive) => ready.push((c, archive)),
+                Err(b) => report.broken.push(b),
+            }
+        }
+        if ready.is_empty() {
+            return Ok(report);
+        }
+        let _turn = self.write_turn().await;
+        let mut tx = self.begin().await?;
+        for (c, archive) in ready {
+            let moved = sqlx::query(sql(
+                self.backend,
+                "UPDATE dossiers SET sealed_seq = ? WHERE code = ? AND seq = ? AND sealed_seq = ?",
+            ))
+            .bind(i64::try_from(archive.upto).unwrap_or(i64::MAX))
+            .bind(&c.code)
+            .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
+            .bind(i64::try_from(c.sealed).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved == 0 {
+                report.changed += 1;
+                continue;
+            }
+            let mut batch = Batch::default();
+            batch.push(
+                "INSERT INTO event_archives (dossier_code, upto_seq, head, checks, dictionary, body)
+                 VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (dossier_code) DO UPDATE SET upto_seq = excluded.upto_seq,
+                    head = excluded.head, checks = excluded.checks,
+                    dictionary = excluded.dictionary, body = excluded.body",
+                vec![
+                    Arg::Text(c.code.clone()),
+                    Arg::Int(i64::try_from(archive.upto).unwrap_or(i64::MAX)),
+                    Arg::Bytes(archive.head),
+                    Arg::Bytes(archive.checks),
+                    Arg::Int(archive.dictionary),
+                    Arg::Bytes(archive.body),
+                ],
+            );
+            batch.push(
+                "DELETE FROM events WHERE dossier_code = ? AND seq <= ?",
+                vec![
+                    Arg::Text(c.code.clone()),
+                    Arg::Int(i64::try_from(archive.upto).unwrap_or(i64::MAX)),
+                ],
+            );
+            batch.push(
+                "DELETE FROM notifications WHERE dossier_code = ?",
+                vec![Arg::Text(c.code.clone())],
+            );
+            batch.run(self.backend, &mut tx).await?;
+            report.sealed += 1;
+            report.events += c.seq - c.sealed;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// A candidate's whole stream, verified, packed into one archive; or where it breaks.
+    async fn pack(&self, c: &SealCandidate) -> Result<Result<Archive, ChainBreak>, StoreError> {
+        let brk = |seq: u64, problem: String| {
+            Ok(Err(ChainBreak {
+                dossier: c.code.clone(),
+                seq,
+                problem,
+            }))
+        };
+        let mut stream = Vec::new();
+        let mut verifier = StreamVerifier::new(&c.code);
+        if c.sealed > 0 {
+            let Some(archive) = self.archive(&c.code).await? else {
+                return brk(1, "sealed events are missing their archive".into());
+            };
+            let archived = match self.unpack(&archive).await? {
+                Ok(a) => a,
+                Err(e) => return brk(1, e.to_string()),
+            };
+            let (hashes, bad) = archive::recompute_hashes(&c.code, &archived);
+            if let Some(seq) = bad {
+                return brk(seq, "its content does not match its sealed hash".into());
+            }
+            if archive.upto != c.sealed
+                || hashes.last().map(|h| h.as_slice()) != Some(&archive.head)
+            {
+                return brk(archive.upto, "the archive does not end on its head".into());
+            }
+            verifier = StreamVerifier::after(&c.code, archive.upto, &hex::encode(&archive.head));
+            stream = archived;
+        }
+        let rows = self.event_rows(&c.code, c.sealed + 1).await?;
+        for e in rows.into_iter().take_while(|e| e.seq <= c.seq) {
+            if let Some(b) = verifier.next(
+                e.seq,
+                from_micros(e.at),
+                &e.actor_id,
+                &e.actor_name,
+                &e.payload,
+                &hex::encode(&e.hash),
+            ) {
+                return Ok(Err(b));
+            }
+            stream.push(e);
+        }
+        match stream.last() {
+            Some(last) if last.seq == c.seq && hex::encode(&last.hash) == c.head => {}
+            _ => {
+                return brk(
+                    c.seq,
+                    "the stream does not end on the dossier's head".into(),
+                );
+            }
+        }
+        let id = self.current_dictionary().await?;
+        let Some(dictionary) = self.dictionary(id).await? else {
+            return Err(StoreError::Corrupt(format!(
+                "dictionary {id} is not stored"
+            )));
+        };
+        archive::pack(&stream, &dictionary)
+            .map(Ok)
+            .or_else(|e| brk(1, e.to_string()))
     }
 
     /// Files a new dossier: allocates its code for the agency and day, lets `decide` turn it
@@ -966,14 +1356,25 @@ impl Store {
         .iter()
         .map(incident_row)
         .collect::<Result<Vec<_>, _>>()?;
-        let notifications = sqlx::query(sql(self.backend, "SELECT * FROM notifications WHERE dossier_code = ? ORDER BY created_at, notification_id"),
-        )
-        .bind(code)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(notification_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        // A sealed dossier's letters are in its archive (their rows were dropped when it was
+        // sealed): they are read from its events.
+        let notifications = if row.try_get::<i64, _>("sealed_seq")? > 0 {
+            let events = self.events(code).await?;
+            Dossier::fold(events.iter().map(|e| (e.at, &e.event)))
+                .map(|d| Projection::of(&d).notifications)
+                .unwrap_or_default()
+        } else {
+            sqlx::query(sql(
+                self.backend,
+                "SELECT * FROM notifications WHERE dossier_code = ? ORDER BY created_at, notification_id",
+            ))
+            .bind(code)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(notification_row)
+            .collect::<Result<Vec<_>, _>>()?
+        };
         Ok(Some(Projection {
             dossier,
             tasks,
@@ -1073,46 +1474,116 @@ impl Store {
 
     /// Verifies the hash chain of every dossier, or of one.
     pub async fn verify(&self, only: Option<&str>) -> Result<VerifyReport, StoreError> {
-        // One row per dossier, its events aggregated into a JSON array in order: a row crossing
-        // from the database driver costs far more than hashing an event, so streams travel
-        // whole. The stored text of each payload comes back exactly (JSON string escaping
-        // round-trips), so the hashes are computed over the bytes that were stored.
+        // One row per dossier: its head, its archive if sealed, and its event rows aggregated
+        // into a JSON array in order. A row crossing from the database driver costs far more
+        // than hashing an event, so streams travel whole. The stored text of each payload comes
+        // back exactly (JSON string escaping round-trips), so the hashes are computed over the
+        // bytes that were stored.
         let filter = if only.is_some() {
-            "WHERE dossier_code = ?"
+            "WHERE d.code = ?"
         } else {
             ""
         };
         let statement = match self.backend {
             Backend::Sqlite => format!(
-                "SELECT dossier_code, json_group_array(json_array(seq, at, actor_id, actor_name,
-                    payload, lower(hex(hash))) ORDER BY seq) AS stream
-                 FROM events {filter} GROUP BY dossier_code ORDER BY dossier_code"
+                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq,
+                    a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+                    (SELECT json_group_array(json_array(e.seq, e.at, e.actor_id, e.actor_name,
+                        e.payload, lower(hex(e.hash))) ORDER BY e.seq)
+                     FROM events e WHERE e.dossier_code = d.code) AS stream
+                 FROM dossiers d LEFT JOIN event_archives a ON a.dossier_code = d.code
+                 {filter} ORDER BY d.code"
             ),
             Backend::Postgres => format!(
-                "SELECT dossier_code, json_agg(json_build_array(seq, at, actor_id, actor_name,
-                    payload, encode(hash, 'hex')) ORDER BY seq)::text AS stream
-                 FROM events {filter} GROUP BY dossier_code ORDER BY dossier_code"
+                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq,
+                    a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+                    COALESCE((SELECT json_agg(json_build_array(e.seq, e.at, e.actor_id,
+                        e.actor_name, e.payload, encode(e.hash, 'hex')) ORDER BY e.seq)
+                     FROM events e WHERE e.dossier_code = d.code)::text, '[]') AS stream
+                 FROM dossiers d LEFT JOIN event_archives a ON a.dossier_code = d.code
+                 {filter} ORDER BY d.code"
             ),
         };
         let mut q = sqlx::query(sql_dyn(self.backend, statement));
         if let Some(code) = only {
             q = q.bind(code);
         }
-        type StoredEvent = (i64, i64, String, String, String, String);
+        type Row = (i64, i64, String, String, String, String);
         use futures_util::StreamExt;
         let mut rows = q.fetch(&self.pool);
         let mut report = VerifyReport::default();
-        // Each stream's last event, to compare with the head the dossier row records.
-        let mut ends: HashMap<String, (i64, String)> = HashMap::new();
         while let Some(row) = rows.next().await {
             let row = row?;
-            let code: String = row.try_get("dossier_code")?;
+            let code: String = row.try_get("code")?;
+            let head_seq = u64::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0);
+            let head: String = row.try_get("last_hash")?;
+            let sealed = u64::try_from(row.try_get::<i64, _>("sealed_seq")?).unwrap_or(0);
+            let archive = match row.try_get::<Option<i64>, _>("upto_seq")? {
+                Some(_) => Some(archive_row(&row)?),
+                None => None,
+            };
             let stream: String = row.try_get("stream")?;
-            let events: Vec<StoredEvent> = serde_json::from_str(&stream)
+            let events: Vec<Row> = serde_json::from_str(&stream)
                 .map_err(|e| StoreError::Corrupt(format!("{code}: events unreadable: {e}")))?;
             report.dossiers += 1;
             report.events += events.len() as u64;
+            let brk = |seq: u64, problem: String| ChainBreak {
+                dossier: code.clone(),
+                seq,
+                problem,
+            };
+            // The sealed part first: the live rows chain to the archive's head.
             let mut verifier = StreamVerifier::new(&code);
+            let mut end = None;
+            if sealed > 0 || archive.is_some() {
+                let unpacked = match &archive {
+                    Some(a) => Some(self.unpack(a).await?),
+                    None => None,
+                };
+                match unpacked {
+                    None => {
+                        report.breaks.push(brk(
+                            1,
+                            format!(
+                                "events 1 to {sealed} were sealed but their archive is missing"
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        report
+                            .breaks
+                            .push(brk(1, format!("the archive of events 1 to {sealed}: {e}")));
+                        continue;
+                    }
+                    Some(Ok(archived)) => {
+                        let archive = archive.as_ref().expect("matched Some");
+                        report.events += archived.len() as u64;
+                        let (hashes, bad) = archive::recompute_hashes(&code, &archived);
+                        if let Some(seq) = bad {
+                            report.breaks.push(brk(
+                                seq,
+                                "its content does not match its sealed hash: the event was altered"
+                                    .into(),
+                            ));
+                            continue;
+                        }
+                        if archive.upto != sealed
+                            || hashes.last().map(|h| h.as_slice()) != Some(archive.head.as_slice())
+                        {
+                            report.breaks.push(brk(archive.upto, format!(
+                                "the archive of events 1 to {} does not end on its recorded head (the dossier records {sealed} sealed)",
+                                archive.upto
+                            )));
+                            continue;
+                        }
+                        let head = hex::encode(&archive.head);
+                        verifier = StreamVerifier::after(&code, archive.upto, &head);
+                        end = Some((archive.upto, head));
+                    }
+                }
+            }
+            let mut broken = false;
             for (seq, at, actor_id, actor_name, payload, hash) in &events {
                 if let Some(b) = verifier.next(
                     u64::try_from(*seq).unwrap_or(0),
@@ -1123,47 +1594,48 @@ impl Store {
                     hash,
                 ) {
                     report.breaks.push(b);
+                    broken = true;
                 }
             }
             if let Some((seq, .., hash)) = events.into_iter().next_back() {
-                ends.insert(code, (seq, hash));
+                end = Some((u64::try_from(seq).unwrap_or(0), hash));
             }
-        }
-        drop(rows);
-        // The stored head of each chain must be its last event: a truncated stream is a break.
-        let heads = if let Some(code) = only {
-            sqlx::query(sql(
-                self.backend,
-                "SELECT code, seq, last_hash FROM dossiers WHERE code = ?",
-            ))
-            .bind(code)
-            .fetch_all(&self.pool)
-            .await?
-        } else {
-            sqlx::query(sql(
-                self.backend,
-                "SELECT code, seq, last_hash FROM dossiers",
-            ))
-            .fetch_all(&self.pool)
-            .await?
-        };
-        for h in heads {
-            let code: String = h.try_get("code")?;
-            let seq: i64 = h.try_get("seq")?;
-            let last: String = h.try_get("last_hash")?;
-            let ok = ends
-                .get(&code)
-                .is_some_and(|(s, hash)| *s == seq && *hash == last);
-            if !ok && !report.breaks.iter().any(|b| b.dossier == code) {
+            // The stored head of each chain must be its last event: a truncated stream is a break.
+            if !broken
+                && end
+                    .as_ref()
+                    .is_none_or(|(s, h)| *s != head_seq || *h != head)
+            {
                 report.breaks.push(ChainBreak {
                     dossier: code,
-                    seq: u64::try_from(seq).unwrap_or(0),
+                    seq: head_seq,
                     problem: "the stream ends before the dossier's last recorded event: events were removed".into(),
                 });
             }
         }
         Ok(report)
     }
+}
+
+/// A dossier the sealer may seal: its head as it was read, and what is already sealed.
+#[derive(Debug, Clone)]
+pub struct SealCandidate {
+    pub code: String,
+    pub seq: u64,
+    pub head: String,
+    pub sealed: u64,
+}
+
+/// What a sealing pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SealReport {
+    /// Dossiers sealed, and the events moved into their archives.
+    pub sealed: u64,
+    pub events: u64,
+    /// Dossiers that changed after they were read: left for a later pass.
+    pub changed: u64,
+    /// Streams that do not verify: never sealed.
+    pub broken: Vec<ChainBreak>,
 }
 
 /// Filters for searching dossiers.
@@ -1451,15 +1923,24 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
         }
     }
 
-    // Jobs: upserted when changed. A job whose attempts or state changed loses its lease, so
-    // the next attempt can be claimed; others keep it (a worker may be running them).
+    // Jobs: the table is the work queue. A job is upserted when it changed, and leaves the
+    // table once finished (its outcome is an event). A job whose attempts or state changed
+    // loses its lease, so the next attempt can be claimed; others keep it (a worker may be
+    // running them).
     let mut jobs_changed = false;
-    for (j, row) in a.state.jobs.values().zip(&p.jobs) {
+    for j in a.state.jobs.values() {
         let old = a.before_state().and_then(|b| b.jobs.get(&j.id));
         if old == Some(j) {
             continue;
         }
         jobs_changed = true;
+        let Some(row) = job_projection(&d.code, j) else {
+            batch.push(
+                "DELETE FROM jobs WHERE dossier_code = ? AND job_id = ?",
+                vec![Arg::Text(d.code.clone()), Arg::Text(j.id.clone())],
+            );
+            continue;
+        };
         batch.push(
             "INSERT INTO jobs (dossier_code, job_id, kind, call, state, attempts, run_at, last_error, lease_until)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
@@ -1467,14 +1948,14 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
                 attempts = excluded.attempts, run_at = excluded.run_at, last_error = excluded.last_error,
                 lease_until = NULL",
             vec![
-                Arg::Text(row.dossier_code.clone()),
-                Arg::Text(row.job_id.clone()),
-                Arg::Text(row.kind.clone()),
-                Arg::Text(row.call.clone()),
-                Arg::Text(row.state.clone()),
+                Arg::Text(row.dossier_code),
+                Arg::Text(row.job_id),
+                Arg::Text(row.kind),
+                Arg::Text(row.call),
+                Arg::Text(row.state),
                 Arg::Int(i64::from(row.attempts)),
                 Arg::Int(micros(row.run_at)),
-                Arg::OptText(row.last_error.clone()),
+                Arg::OptText(row.last_error),
             ],
         );
     }
@@ -1518,6 +1999,16 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
             ],
         );
     }
+}
+
+fn archive_row(r: &AnyRow) -> Result<Archive, StoreError> {
+    Ok(Archive {
+        upto: u64::try_from(r.try_get::<i64, _>("upto_seq")?).unwrap_or(0),
+        head: r.try_get("head")?,
+        checks: r.try_get("checks")?,
+        dictionary: r.try_get("dictionary")?,
+        body: r.try_get("body")?,
+    })
 }
 
 fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {

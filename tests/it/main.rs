@@ -13,4 +13,5 @@ mod khodl;
 mod nodes;
 mod portal;
 mod reuse;
+mod seal;
 mod support;
