@@ -151,6 +151,26 @@ impl Expression {
     }
 }
 
+impl Expression {
+    fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
+        let data = self.data(state);
+        let dossier: Box<dyn Val> = match &self.dossier {
+            Some(fields) => dossier_val(state, fields),
+            None => Box::new(CelNull),
+        };
+        // Building CEL's standard library is most of an evaluation's cost: each thread builds
+        // it once, and every evaluation runs in a child scope holding only its variables.
+        ROOT_CONTEXT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable_as_val("data", data);
+            ctx.add_variable_as_val("dossier", dossier);
+            self.program
+                .execute(&ctx)
+                .map_err(|e| format!("`{source}` could not be evaluated: {e}"))
+        })
+    }
+}
+
 /// A JSON value as a CEL value, built directly (numbers as serde gives them to CEL: unsigned
 /// when non-negative integers, signed when negative, double otherwise).
 fn json_val(v: &Value) -> Box<dyn Val> {
@@ -281,26 +301,10 @@ impl CompiledProcedure {
     /// Evaluates an expression over a dossier: `data` holds its forms, `dossier` the fields in
     /// [`crate::definition::DOSSIER_FIELDS`]. Only what the expression names is converted.
     pub fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
-        let expression = match self.programs.get(source) {
-            Some(p) => p,
-            None => return Err(format!("expression `{source}` was not compiled")),
-        };
-        let data = expression.data(state);
-        let dossier: Box<dyn Val> = match &expression.dossier {
-            Some(fields) => dossier_val(state, fields),
-            None => Box::new(CelNull),
-        };
-        // Building CEL's standard library is most of an evaluation's cost: each thread builds
-        // it once, and every evaluation runs in a child scope holding only its variables.
-        ROOT_CONTEXT.with(|root| {
-            let mut ctx = root.new_inner_scope();
-            ctx.add_variable_as_val("data", data);
-            ctx.add_variable_as_val("dossier", dossier);
-            expression
-                .program
-                .execute(&ctx)
-                .map_err(|e| format!("`{source}` could not be evaluated: {e}"))
-        })
+        match self.programs.get(source) {
+            Some(p) => p.evaluate(source, state),
+            None => Err(format!("expression `{source}` was not compiled")),
+        }
     }
 
     /// Whether the processing time runs in working time (and so pauses in working minutes).
@@ -366,6 +370,67 @@ mod tests {
             assert_eq!(
                 eval(source, data.clone()),
                 cel::Value::Bool(true),
+                "{source}"
+            );
+        }
+    }
+
+    /// Converting only the selected forms and fields gives the same results (and the same
+    /// errors, which end up in events) as converting all of `data` and `dossier`.
+    #[test]
+    fn narrowed_conversion_evaluates_like_the_whole() {
+        use crate::dossier::{Channel, Event, Owner, OwnerId};
+        let filed = Event::Filed {
+            code: "000.00.01.H59-260302-0001".into(),
+            procedure_code: "2.000488".into(),
+            procedure_version: 1,
+            procedure_name: "p".into(),
+            agency_code: "000.00.01.H59".into(),
+            owner: Owner {
+                id: OwnerId::parse("001099012345").unwrap(),
+                name: "A".into(),
+                email: None,
+                phone: None,
+            },
+            channel: Channel::Online,
+            data: std::collections::BTreeMap::from([
+                (
+                    "f".to_owned(),
+                    serde_json::json!({"n": 1, "s": "x", "t": true, "m": {"k": "v"}, "l": [1, 2]}),
+                ),
+                ("g".to_owned(), serde_json::json!([1, 2])),
+                ("h".to_owned(), serde_json::json!("text")),
+            ]),
+            documents: Vec::new(),
+        };
+        let state = Dossier::from_filed(chrono::Utc::now(), &filed).unwrap();
+        for source in [
+            "data.f.n == 1",
+            "data.f.missing == 1",
+            "has(data.f.missing) || has(data.f.t)",
+            "data.f.t && data.f.m.k == 'v' && data.f.l[1] == 2",
+            "size(data.f) == 5 && data.f.n == 1",
+            "data.f['n'] == 1 && data.f.s == 'x'",
+            "data.f.n + data.f.s",
+            "data.f.m",
+            "data.g[0] == 1 && data.g.x == 1",
+            "data.h.x == 1",
+            "data.none.x == 1",
+            "size(data) == 3",
+            "[data.f].all(x, x.n == 1)",
+            "dossier.channel == 'online' && dossier.owner_id == '001099012345'",
+            "dossier.unknown == 1",
+            "size(dossier) > 0 && dossier.channel == 'online'",
+        ] {
+            let narrowed = Expression::new(compile_expression(source).unwrap());
+            let whole = Expression {
+                program: compile_expression(source).unwrap(),
+                forms: None,
+                dossier: Some(DOSSIER_FIELDS.to_vec()),
+            };
+            assert_eq!(
+                format!("{:?}", narrowed.evaluate(source, &state)),
+                format!("{:?}", whole.evaluate(source, &state)),
                 "{source}"
             );
         }
