@@ -40,36 +40,86 @@ struct Expression {
     program: cel::Program,
     /// The forms of `data` it names (`data.to_khai.…` → `to_khai`); `None` when it uses
     /// `data` as a whole (`data["x"]`, `size(data)`), which then is converted entirely.
-    forms: Option<Vec<String>>,
-    reads_dossier: bool,
+    forms: Option<Vec<FormRead>>,
+    /// The fields of `dossier` it reads: `None` when it does not read `dossier`, all of
+    /// [`DOSSIER_FIELDS`] when it uses `dossier` as a whole.
+    dossier: Option<Vec<&'static str>>,
+}
+
+/// One form an expression reads.
+struct FormRead {
+    form: String,
+    /// The form's fields it selects (`data.to_khai.loai_phieu` → `loai_phieu`); `None` when
+    /// it uses the form as a whole (`size(data.to_khai)`, `data.to_khai["x"]`). Selecting a
+    /// field sees the same value, or the same missing key, in the fields named as in the
+    /// whole form, so only those are converted.
+    fields: Option<Vec<String>>,
 }
 
 impl Expression {
     fn new(program: cel::Program) -> Expression {
-        let mut forms = Some(Vec::new());
-        let mut reads_dossier = false;
+        let mut forms = Some(Vec::<FormRead>::new());
+        let mut dossier: Option<Vec<&'static str>> = None;
         for name in free_names(&program) {
             match name.path.first().map(String::as_str) {
                 Some("data") => match (name.path.get(1), forms.as_mut()) {
                     (Some(form), Some(list)) => {
-                        if !list.contains(form) {
-                            list.push(form.clone());
+                        let i = match list.iter().position(|r| &r.form == form) {
+                            Some(i) => i,
+                            None => {
+                                list.push(FormRead {
+                                    form: form.clone(),
+                                    fields: Some(Vec::new()),
+                                });
+                                list.len() - 1
+                            }
+                        };
+                        let read = &mut list[i];
+                        match (name.path.get(2), read.fields.as_mut()) {
+                            (Some(field), Some(fields)) => {
+                                if !fields.contains(field) {
+                                    fields.push(field.clone());
+                                }
+                            }
+                            _ => read.fields = None,
                         }
                     }
                     _ => forms = None,
                 },
-                Some("dossier") => reads_dossier = true,
+                Some("dossier") => {
+                    let fields = dossier.get_or_insert_with(Vec::new);
+                    let named = name
+                        .path
+                        .get(1)
+                        .and_then(|f| DOSSIER_FIELDS.iter().find(|&&d| d == f.as_str()));
+                    match (name.path.len(), named) {
+                        // A field no dossier has: absent either way.
+                        (2.., None) => {}
+                        (2.., Some(f)) => {
+                            if !fields.contains(f) {
+                                fields.push(f);
+                            }
+                        }
+                        _ => {
+                            for f in DOSSIER_FIELDS {
+                                if !fields.contains(f) {
+                                    fields.push(f);
+                                }
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
         }
         Expression {
             program,
             forms,
-            reads_dossier,
+            dossier,
         }
     }
 
-    /// The `data` variable: the named forms only.
+    /// The `data` variable: the named forms only, and of those the named fields only.
     fn data(&self, state: &Dossier) -> Box<dyn Val> {
         let entries: HashMap<CelMapKey<'static>, Box<dyn Val>> = match &self.forms {
             None => state
@@ -79,15 +129,45 @@ impl Expression {
                 .collect(),
             Some(forms) => forms
                 .iter()
-                .filter_map(|f| {
-                    state
-                        .data
-                        .get(f)
-                        .map(|v| (CelMapKey::from(f.clone()), json_val(v)))
+                .filter_map(|r| {
+                    let v = state.data.get(&r.form)?;
+                    let val = match (&r.fields, v) {
+                        (Some(fields), Value::Object(o)) => Box::new(CelMap::from(
+                            fields
+                                .iter()
+                                .filter_map(|f| {
+                                    o.get(f).map(|v| (CelMapKey::from(f.clone()), json_val(v)))
+                                })
+                                .collect::<HashMap<_, _>>(),
+                        ))
+                            as Box<dyn Val>,
+                        _ => json_val(v),
+                    };
+                    Some((CelMapKey::from(r.form.clone()), val))
                 })
                 .collect(),
         };
         Box::new(CelMap::from(entries))
+    }
+}
+
+impl Expression {
+    fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
+        let data = self.data(state);
+        let dossier: Box<dyn Val> = match &self.dossier {
+            Some(fields) => dossier_val(state, fields),
+            None => Box::new(CelNull),
+        };
+        // Building CEL's standard library is most of an evaluation's cost: each thread builds
+        // it once, and every evaluation runs in a child scope holding only its variables.
+        ROOT_CONTEXT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable_as_val("data", data);
+            ctx.add_variable_as_val("dossier", dossier);
+            self.program
+                .execute(&ctx)
+                .map_err(|e| format!("`{source}` could not be evaluated: {e}"))
+        })
     }
 }
 
@@ -127,10 +207,10 @@ fn dossier_field(state: &Dossier, name: &str) -> Option<String> {
     })
 }
 
-/// The `dossier` variable: every field the checker lets expressions read.
-fn dossier_val(state: &Dossier) -> Box<dyn Val> {
+/// The `dossier` variable: the fields of [`DOSSIER_FIELDS`] the expression reads.
+fn dossier_val(state: &Dossier, fields: &[&'static str]) -> Box<dyn Val> {
     Box::new(CelMap::from(
-        DOSSIER_FIELDS
+        fields
             .iter()
             .filter_map(|&name| {
                 let value = dossier_field(state, name)?;
@@ -221,27 +301,10 @@ impl CompiledProcedure {
     /// Evaluates an expression over a dossier: `data` holds its forms, `dossier` the fields in
     /// [`crate::definition::DOSSIER_FIELDS`]. Only what the expression names is converted.
     pub fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
-        let expression = match self.programs.get(source) {
-            Some(p) => p,
-            None => return Err(format!("expression `{source}` was not compiled")),
-        };
-        let data = expression.data(state);
-        let dossier: Box<dyn Val> = if expression.reads_dossier {
-            dossier_val(state)
-        } else {
-            Box::new(CelNull)
-        };
-        // Building CEL's standard library is most of an evaluation's cost: each thread builds
-        // it once, and every evaluation runs in a child scope holding only its variables.
-        ROOT_CONTEXT.with(|root| {
-            let mut ctx = root.new_inner_scope();
-            ctx.add_variable_as_val("data", data);
-            ctx.add_variable_as_val("dossier", dossier);
-            expression
-                .program
-                .execute(&ctx)
-                .map_err(|e| format!("`{source}` could not be evaluated: {e}"))
-        })
+        match self.programs.get(source) {
+            Some(p) => p.evaluate(source, state),
+            None => Err(format!("expression `{source}` was not compiled")),
+        }
     }
 
     /// Whether the processing time runs in working time (and so pauses in working minutes).
@@ -307,6 +370,67 @@ mod tests {
             assert_eq!(
                 eval(source, data.clone()),
                 cel::Value::Bool(true),
+                "{source}"
+            );
+        }
+    }
+
+    /// Converting only the selected forms and fields gives the same results (and the same
+    /// errors, which end up in events) as converting all of `data` and `dossier`.
+    #[test]
+    fn narrowed_conversion_evaluates_like_the_whole() {
+        use crate::dossier::{Channel, Event, Owner, OwnerId};
+        let filed = Event::Filed {
+            code: "000.00.01.H59-260302-0001".into(),
+            procedure_code: "2.000488".into(),
+            procedure_version: 1,
+            procedure_name: "p".into(),
+            agency_code: "000.00.01.H59".into(),
+            owner: Owner {
+                id: OwnerId::parse("001099012345").unwrap(),
+                name: "A".into(),
+                email: None,
+                phone: None,
+            },
+            channel: Channel::Online,
+            data: std::collections::BTreeMap::from([
+                (
+                    "f".to_owned(),
+                    serde_json::json!({"n": 1, "s": "x", "t": true, "m": {"k": "v"}, "l": [1, 2]}),
+                ),
+                ("g".to_owned(), serde_json::json!([1, 2])),
+                ("h".to_owned(), serde_json::json!("text")),
+            ]),
+            documents: Vec::new(),
+        };
+        let state = Dossier::from_filed(chrono::Utc::now(), &filed).unwrap();
+        for source in [
+            "data.f.n == 1",
+            "data.f.missing == 1",
+            "has(data.f.missing) || has(data.f.t)",
+            "data.f.t && data.f.m.k == 'v' && data.f.l[1] == 2",
+            "size(data.f) == 5 && data.f.n == 1",
+            "data.f['n'] == 1 && data.f.s == 'x'",
+            "data.f.n + data.f.s",
+            "data.f.m",
+            "data.g[0] == 1 && data.g.x == 1",
+            "data.h.x == 1",
+            "data.none.x == 1",
+            "size(data) == 3",
+            "[data.f].all(x, x.n == 1)",
+            "dossier.channel == 'online' && dossier.owner_id == '001099012345'",
+            "dossier.unknown == 1",
+            "size(dossier) > 0 && dossier.channel == 'online'",
+        ] {
+            let narrowed = Expression::new(compile_expression(source).unwrap());
+            let whole = Expression {
+                program: compile_expression(source).unwrap(),
+                forms: None,
+                dossier: Some(DOSSIER_FIELDS.to_vec()),
+            };
+            assert_eq!(
+                format!("{:?}", narrowed.evaluate(source, &state)),
+                format!("{:?}", whole.evaluate(source, &state)),
                 "{source}"
             );
         }

@@ -15,7 +15,7 @@ use super::event::{DocumentRef, Event, IncidentResolution};
 use super::state::{Dossier, JobKind, JobState, Task};
 use super::types::{Actor, Channel};
 use crate::calendar::Calendar;
-use crate::definition::{Milestone, RetryPolicy, Step, UserTask};
+use crate::definition::{Milestone, RetryPolicy, Step};
 use crate::runtime::CompiledProcedure;
 
 /// What a decision needs besides the state: the procedure version the dossier runs on,
@@ -714,29 +714,33 @@ fn complete_task(
     reason: Option<String>,
 ) -> Result<(), CommandError> {
     let ctx = em.ctx;
-    let t = open_task(&em.state, task)?.clone();
-    may_work_on(ctx, &em.state, &t)?;
-    not_paused(&em.state)?;
-    if let Some(by) = &t.claimed_by
-        && by != ctx.actor.id()
-    {
-        return Err(CommandError::state(format!(
-            "task {task} is claimed by {}",
-            t.claimed_by_name.as_deref().unwrap_or("another officer")
-        )));
-    }
-    let Some(Step::UserTask(step)) = ctx.procedure.procedure().step(&t.step) else {
-        return Err(CommandError::state(format!(
-            "step {} is not a user task",
-            t.step
-        )));
+    // Only what is needed after the events change the state: the step (borrowed from the
+    // definition, which outlives the decision), the token and whether the task was claimed.
+    let (step, token, claimed) = {
+        let t = open_task(&em.state, task)?;
+        may_work_on(ctx, &em.state, t)?;
+        not_paused(&em.state)?;
+        if let Some(by) = &t.claimed_by
+            && by != ctx.actor.id()
+        {
+            return Err(CommandError::state(format!(
+                "task {task} is claimed by {}",
+                t.claimed_by_name.as_deref().unwrap_or("another officer")
+            )));
+        }
+        let Some(Step::UserTask(step)) = ctx.procedure.procedure().step(&t.step) else {
+            return Err(CommandError::state(format!(
+                "step {} is not a user task",
+                t.step
+            )));
+        };
+        (step, t.token, t.claimed_by.is_some())
     };
-    let step: UserTask = step.clone();
     let next = match (&outcome, step.outcomes.is_empty()) {
-        (Some(o), false) => step.outcomes.get(o).cloned().ok_or_else(|| {
+        (Some(o), false) => step.outcomes.get(o).map(String::as_str).ok_or_else(|| {
             CommandError::input(format!(
                 "`{o}` is not an outcome of {}; choose one of: {}",
-                t.step,
+                step.id,
                 step.outcomes.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         })?,
@@ -751,11 +755,11 @@ fn complete_task(
                 "task {task} has no outcomes to choose from"
             )));
         }
-        (_, true) => step.next.clone().unwrap_or_default(),
+        (_, true) => step.next.as_deref().unwrap_or_default(),
     };
     match (&step.form, &data) {
         (Some(_), Some(d)) => {
-            let violations = ctx.procedure.validate_form(&t.step, d);
+            let violations = ctx.procedure.validate_form(&step.id, d);
             if !violations.is_empty() {
                 return Err(CommandError::InvalidForm { violations });
             }
@@ -790,7 +794,7 @@ fn complete_task(
     {
         return Err(CommandError::input("a refusal needs a reason"));
     }
-    if t.claimed_by.is_none() {
+    if !claimed {
         em.emit(Event::TaskClaimed {
             task: task.to_owned(),
             by: ctx.actor.id().to_owned(),
@@ -816,7 +820,7 @@ fn complete_task(
         em.emit(Event::ResultReturned);
     }
     let via = outcome.as_deref().unwrap_or("done");
-    advance(em, t.token, Some(&t.step), &next, via)?;
+    advance(em, token, Some(&step.id), next, via)?;
     // A returned result becomes visible to its owner in Kho DL: a job, like every effect
     // outside the dossier's own records.
     let saves = ctx
