@@ -860,11 +860,11 @@ async fn timed_dossiers(engine: &Engine, n: u64) -> Result<(f64, f64)> {
         commands += durable_dossier(engine, &officers, i).await?.1;
         // Sealing is part of the work: a pass every 64 settled dossiers, as the background
         // sealer of `tthc serve` takes them.
-        if (i + 1) % 64 == 0 {
+        if (i + 1).is_multiple_of(64) {
             seal(engine, 64).await?;
         }
     }
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         seal(engine, n % 64).await?;
     }
     Ok((start.elapsed().as_secs_f64(), commands as f64 / n as f64))
