@@ -880,6 +880,8 @@ impl Store {
         for c in candidates {
             match self.pack(c).await? {
                 Ok(archive) => ready.push((c, archive)),
+                // Read while another node sealed or appended to it: not broken, just moved on.
+                Err(_) if self.moved_on(c).await? => report.changed += 1,
                 Err(b) => report.broken.push(b),
             }
         }
@@ -937,6 +939,24 @@ impl Store {
         }
         tx.commit().await?;
         Ok(report)
+    }
+
+    /// Whether a candidate's dossier changed since it was read (appended to or sealed).
+    async fn moved_on(&self, c: &SealCandidate) -> Result<bool, StoreError> {
+        let row = sqlx::query(sql(
+            self.backend,
+            "SELECT seq, last_hash, sealed_seq FROM dossiers WHERE code = ?",
+        ))
+        .bind(&c.code)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else {
+            return Ok(false);
+        };
+        let seq = u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0);
+        let sealed = u64::try_from(r.try_get::<i64, _>("sealed_seq")?).unwrap_or(0);
+        let head: String = r.try_get("last_hash")?;
+        Ok(seq != c.seq || sealed != c.sealed || head != c.head)
     }
 
     /// A candidate's whole stream, verified, packed into one archive; or where it breaks.

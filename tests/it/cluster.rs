@@ -285,8 +285,14 @@ async fn three_nodes_on_one_postgres_survive_a_sigkill_under_load() {
     settle(&db, codes.len(), &violations).await;
     let checks_started = Instant::now();
     check_dossiers(&cluster, &tokens, &runs, &violations).await;
-    check_jobs(&db, &violations).await;
-    check_portal(&cluster, &portal, &runs, &db, &violations).await;
+    let store = engine::store::Store::open(&database_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the store on {database_url}: {e}"));
+    let all_codes: Vec<String> = codes.iter().map(|(c, _)| c.clone()).collect();
+    let tally = tally_jobs(&store, &all_codes, &violations).await;
+    check_jobs(&db, &tally, &violations).await;
+    check_sealed(&db, &violations).await;
+    check_portal(&cluster, &portal, &runs, &tally, &violations).await;
     check_audit(&cluster, &tokens, codes.len(), dossiers, &violations).await;
     check_races(&progress, &violations);
     check_kill(&cluster, &kill, &violations);
@@ -1852,66 +1858,125 @@ async fn check_dossier(
 }
 
 /// The outbox: every job done, once; the events agree.
-async fn check_jobs(db: &PgPool, v: &Violations) {
-    let states: Result<Vec<(String, i64)>, _> =
-        sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
-            .fetch_all(db)
-            .await;
-    match states {
-        Ok(states) => {
-            let not_done: Vec<_> = states.iter().filter(|(s, _)| s != "done").collect();
-            if !not_done.is_empty() {
-                v.push(format!("jobs not done at the end: {not_done:?}"));
+/// Each dossier's jobs as its events record them (the `jobs` table is only the queue, and a
+/// sealed dossier's events are in its archive): done jobs by call, and `hook_succeeded`
+/// events.
+#[derive(Default)]
+struct JobTally {
+    done_by_call: BTreeMap<String, u64>,
+    done_hooks: u64,
+    succeeded: u64,
+    /// (dossier, job, count) for jobs with more than one `hook_succeeded` event.
+    doubled: Vec<(String, String, usize)>,
+}
+
+async fn tally_jobs(store: &engine::store::Store, codes: &[String], v: &Violations) -> JobTally {
+    use engine::dossier::{Dossier, Event, JobKind, JobState};
+    let mut t = JobTally::default();
+    for code in codes {
+        let events = match store.events(code).await {
+            Ok(e) => e,
+            Err(e) => {
+                v.push(format!("{code}: cannot read its events: {e}"));
+                continue;
+            }
+        };
+        let mut per_job: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &events {
+            if let Event::HookSucceeded { job, .. } = &e.event {
+                *per_job.entry(job.as_str()).or_default() += 1;
+                t.succeeded += 1;
             }
         }
-        Err(e) => v.push(format!("cannot read the jobs table: {e}")),
+        t.doubled.extend(
+            per_job
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(job, n)| (code.clone(), (*job).to_owned(), *n)),
+        );
+        let Some(state) = Dossier::fold(events.iter().map(|e| (e.at, &e.event))) else {
+            v.push(format!("{code}: its events fold to nothing"));
+            continue;
+        };
+        for j in state.jobs.values().filter(|j| j.state == JobState::Done) {
+            *t.done_by_call.entry(j.call.clone()).or_default() += 1;
+            if j.kind == JobKind::Hook {
+                t.done_hooks += 1;
+            }
+        }
     }
-    let twice: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
-        "SELECT dossier_code, job_id, COUNT(*) FROM jobs GROUP BY dossier_code, job_id HAVING COUNT(*) > 1",
-    )
-    .fetch_all(db)
-    .await;
-    match twice {
-        Ok(t) if !t.is_empty() => v.push(format!("jobs stored twice: {t:?}")),
+    t
+}
+
+async fn check_jobs(db: &PgPool, t: &JobTally, v: &Violations) {
+    // Finished jobs leave the queue: whatever is left did not finish.
+    let left: Result<Vec<(String, String, i64)>, _> =
+        sqlx::query_as("SELECT state, call, COUNT(*) FROM jobs GROUP BY state, call ORDER BY 1, 2")
+            .fetch_all(db)
+            .await;
+    match left {
+        Ok(left) if !left.is_empty() => {
+            v.push(format!("jobs left in the queue at the end: {left:?}"))
+        }
         Ok(_) => {}
         Err(e) => v.push(format!("cannot read the jobs table: {e}")),
     }
-    let done: Result<i64, _> =
-        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND kind = 'hook'")
-            .fetch_one(db)
-            .await;
-    let succeeded: Result<i64, _> =
-        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = 'hook_succeeded'")
-            .fetch_one(db)
-            .await;
-    let per_job: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
-        "SELECT dossier_code, job, COUNT(*) FROM (
-             SELECT dossier_code, CAST(payload AS JSONB) ->> 'job' AS job
-             FROM events WHERE type = 'hook_succeeded'
-         ) s GROUP BY dossier_code, job HAVING COUNT(*) > 1",
-    )
-    .fetch_all(db)
-    .await;
-    match (done, succeeded) {
-        (Ok(d), Ok(s)) if d != s => v.push(format!(
-            "{d} hook jobs are done but {s} `hook_succeeded` events are stored"
-        )),
-        (Ok(_), Ok(_)) => {}
-        (d, s) => v.push(format!("cannot count jobs and events: {d:?} {s:?}")),
+    if t.done_hooks != t.succeeded {
+        v.push(format!(
+            "{} hook jobs are done but {} `hook_succeeded` events are stored",
+            t.done_hooks, t.succeeded
+        ));
     }
-    match per_job {
-        Ok(t) if !t.is_empty() => v.push(format!(
+    if t.done_hooks == 0 {
+        v.push("no hook job is done".to_owned());
+    }
+    if !t.doubled.is_empty() {
+        v.push(format!(
             "jobs with more than one `hook_succeeded` event (dossier, job, count): {:?}",
-            t.iter().take(5).collect::<Vec<_>>()
-        )),
-        Ok(_) => {}
-        Err(e) => v.push(format!("cannot read the events table: {e}")),
+            t.doubled.iter().take(5).collect::<Vec<_>>()
+        ));
+    }
+}
+
+/// Every node runs a sealer: each settled dossier ends up sealed once, none refused as broken.
+async fn check_sealed(db: &PgPool, v: &Violations) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unsealed: Result<(i64, i64), _> = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM dossiers WHERE closed = 1 AND sealed_seq < seq),
+                    (SELECT COUNT(*) FROM event_archives)",
+        )
+        .fetch_one(db)
+        .await;
+        match unsealed {
+            Ok((0, archives)) => {
+                say(format!("sealed: {archives} archives, every closed dossier"));
+                return;
+            }
+            Ok((n, _)) if Instant::now() > deadline => {
+                v.push(format!(
+                    "{n} closed dossiers still unsealed 30 s after settling"
+                ));
+                return;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => {
+                v.push(format!("cannot count unsealed dossiers: {e}"));
+                return;
+            }
+        }
     }
 }
 
 /// The portal: one push per dossier (the simulator keeps each idempotency key once), one
 /// paper per owner, every dossier synced at its final status, one sync per done sync job.
-async fn check_portal(cluster: &Cluster, portal: &str, runs: &[Run], db: &PgPool, v: &Violations) {
+async fn check_portal(
+    cluster: &Cluster,
+    portal: &str,
+    runs: &[Run],
+    jobs: &JobTally,
+    v: &Violations,
+) {
     let dossiers: usize = runs.iter().map(|r| r.codes.len()).sum();
     let token = cluster
         .http
@@ -1953,29 +2018,27 @@ async fn check_portal(cluster: &Cluster, portal: &str, runs: &[Run], db: &PgPool
             ));
         }
     }
-    let calls: Result<Vec<(String, i64)>, _> =
-        sqlx::query_as("SELECT call, COUNT(*) FROM jobs WHERE state = 'done' GROUP BY call")
-            .fetch_all(db)
-            .await;
-    match calls {
-        Ok(calls) => {
-            let calls: BTreeMap<String, i64> = calls.into_iter().collect();
-            let syncs = calls.get("portal.sync_dossier").copied().unwrap_or(0) as u64;
-            let pushes = calls.get("portal.push_result").copied().unwrap_or(0) as u64;
-            let seen = stats["syncs_applied"].as_u64().unwrap_or(0)
-                + stats["syncs_ignored"].as_u64().unwrap_or(0);
-            if seen != syncs {
-                v.push(format!(
-                    "{syncs} sync jobs are done but the portal recorded {seen} distinct syncs"
-                ));
-            }
-            if pushes != n {
-                v.push(format!(
-                    "{pushes} push jobs are done for {dossiers} dossiers"
-                ));
-            }
-        }
-        Err(e) => v.push(format!("cannot count done jobs by call: {e}")),
+    let syncs = jobs
+        .done_by_call
+        .get("portal.sync_dossier")
+        .copied()
+        .unwrap_or(0);
+    let pushes = jobs
+        .done_by_call
+        .get("portal.push_result")
+        .copied()
+        .unwrap_or(0);
+    let seen =
+        stats["syncs_applied"].as_u64().unwrap_or(0) + stats["syncs_ignored"].as_u64().unwrap_or(0);
+    if seen != syncs {
+        v.push(format!(
+            "{syncs} sync jobs are done but the portal recorded {seen} distinct syncs"
+        ));
+    }
+    if pushes != n {
+        v.push(format!(
+            "{pushes} push jobs are done for {dossiers} dossiers"
+        ));
     }
 
     let items: Vec<(String, Vec<String>)> = runs

@@ -376,3 +376,27 @@ async fn once_enough_dossiers_are_sealed_a_dictionary_is_trained_and_used() {
     assert_eq!(v.dossiers, engine::archive::MIN_SAMPLES as u64 + 1);
     h.assert_replays_and_verifies(&code).await;
 }
+
+#[tokio::test]
+async fn a_dossier_another_node_sealed_meanwhile_is_skipped_not_reported_broken() {
+    let h = harness().await;
+    let code = returned(&h).await;
+    let other = open_engine(&h.dir, h.engine.clock().clone()).await;
+    // The other node reads the candidates, then this one seals them first.
+    let candidates = other
+        .store()
+        .settled_unsealed(h.engine.now(), 64)
+        .await
+        .unwrap();
+    assert_eq!(candidates.len(), 1);
+    let r = h
+        .engine
+        .seal_settled(chrono::Duration::zero(), 64)
+        .await
+        .unwrap();
+    assert_eq!(r.sealed, 1);
+    let r = other.store().seal(&candidates).await.unwrap();
+    assert_eq!((r.sealed, r.changed), (0, 1), "{r:?}");
+    assert!(r.broken.is_empty(), "{:?}", r.broken);
+    h.assert_replays_and_verifies(&code).await;
+}
