@@ -40,5 +40,5 @@ echo "== peers: $shared/peers/run.sh $n" >&2
 echo "== tthc bench" >&2
 dossiers=$n
 [[ ${#quick[@]} -gt 0 ]] && dossiers=$(( n < 50 ? n : 50 ))
-"$repo/target/release/tthc" --root "$repo" bench "${quick[@]}" "${only[@]}" \
+"${CARGO_TARGET_DIR:-$repo/target}/release/tthc" --root "$repo" bench "${quick[@]}" "${only[@]}" \
   --dossiers "$dossiers" --peers "$out/peers.txt" --json "$out/bench.json"

@@ -15,7 +15,7 @@
 //!   recomputed hash then differs; the whole head catches it in any case).
 //! - `dictionary`: the zstd dictionary the body was compressed with (0: none). Streams of one
 //!   procedure repeat the same keys, step names and letter templates, which a dictionary
-//!   trained on earlier archives holds once: a returned judicial record dossier's 63 events
+//!   made of earlier streams holds once: a returned judicial record dossier's 63 events
 //!   take about 500 bytes with one, 2,700 without. Dictionaries are stored in the database and
 //!   never change, so every archive stays readable.
 //! - `head`: the whole stored hash of the last archived event, which the recomputed chain must
@@ -38,11 +38,11 @@ pub const CHECK_LEN: usize = 4;
 /// several times the work.
 const LEVEL: i32 = 7;
 
-/// The largest dictionary trained, and the most an archive may decompress to (a damaged
+/// The largest dictionary, and the most an archive may decompress to (a damaged
 /// or forged body must not exhaust memory).
 pub const DICTIONARY_SIZE: usize = 16 * 1024;
-/// The fewest archives a dictionary is trained on.
-pub const MIN_SAMPLES: usize = 64;
+/// The fewest archives a dictionary is made from.
+pub const MIN_SAMPLES: usize = 8;
 const MAX_STREAM_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The zstd contexts for one dictionary (id 0: none), kept for reuse: creating a context
@@ -82,10 +82,21 @@ impl Dictionary {
         })
     }
 
-    /// Trains a dictionary on samples: the decompressed bodies of archives ([`records`]).
-    pub fn train(samples: &[Vec<u8>]) -> Result<Vec<u8>, ArchiveError> {
-        zstd::dict::from_samples(samples, DICTIONARY_SIZE)
-            .map_err(|e| ArchiveError::Unreadable(format!("training a dictionary: {e}")))
+    /// A dictionary made of earlier streams: the decompressed bodies of recent archives
+    /// ([`records`]), oldest first, of which the last [`DICTIONARY_SIZE`] bytes are kept. zstd
+    /// takes bytes without its magic number as raw content: history the next stream's matches
+    /// may point into. For streams of the same procedures that does as well as a trained
+    /// dictionary (measured: 448 against 464 B a judicial record stream), without the
+    /// trainer's memory and CPU.
+    pub fn from_streams(samples: &[Vec<u8>]) -> Vec<u8> {
+        let all: Vec<u8> = samples.concat();
+        let start = all.len().saturating_sub(DICTIONARY_SIZE);
+        let mut bytes = all[start..].to_vec();
+        // Never the magic number of a trained dictionary, which zstd would parse as one.
+        if bytes.starts_with(&[0x37, 0xA4, 0x30, 0xEC]) {
+            bytes.remove(0);
+        }
+        bytes
     }
 }
 
@@ -348,11 +359,11 @@ mod tests {
     }
 
     #[test]
-    fn a_dictionary_trained_on_archives_shrinks_the_next_ones_and_is_needed_to_read_them() {
+    fn a_dictionary_made_of_earlier_streams_shrinks_the_next_ones_and_is_needed_to_read_them() {
         let samples: Vec<Vec<u8>> = (0..64)
             .map(|n| records(&pack(&stream(30 + n % 7), &none()).unwrap(), &none()).unwrap())
             .collect();
-        let bytes = Dictionary::train(&samples).unwrap();
+        let bytes = Dictionary::from_streams(&samples);
         assert!(bytes.len() <= DICTIONARY_SIZE);
         let dictionary = Dictionary::new(1, &bytes).unwrap();
         let events = stream(40);

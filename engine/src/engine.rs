@@ -926,11 +926,11 @@ impl Engine {
         Ok(report)
     }
 
-    /// Archives compress several times better with a zstd dictionary trained on earlier ones
-    /// (see [`crate::archive`]): one is trained once enough archives exist, and again after
-    /// every [`RETRAIN_AFTER`] seals on this node (procedures and their letters change).
+    /// Archives compress several times better with a zstd dictionary made of earlier streams
+    /// (see [`crate::archive`]): one is made once enough archives exist, and again after
+    /// every `RETRAIN_AFTER` seals on this node (procedures and their letters change).
     async fn train_archive_dictionary(&self, sealed: u64) -> Result<(), EngineError> {
-        const SAMPLES: u32 = 256;
+        const SAMPLES: u32 = archive::MIN_SAMPLES as u32;
         const RETRAIN_AFTER: u64 = 20_000;
         let since = {
             let mut n = self

@@ -779,9 +779,9 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Trains a dictionary on the newest `samples` archives (at least
-    /// [`archive::MIN_SAMPLES`], else nothing is trained) and stores it as the current one.
-    /// Returns its id.
+    /// Makes a dictionary of the newest `samples` archives' streams (at least
+    /// [`archive::MIN_SAMPLES`], else none is made) and stores it as the current one. Returns
+    /// its id.
     pub async fn train_dictionary(
         &self,
         samples: u32,
@@ -809,12 +809,9 @@ impl Store {
             return Ok(None);
         }
         let count = bodies.len();
-        let trained = tokio::task::spawn_blocking(move || Dictionary::train(&bodies))
-            .await
-            .map_err(|e| StoreError::Corrupt(format!("training a dictionary: {e}")))?;
-        let Ok(bytes) = trained else {
-            return Ok(None);
-        };
+        // Newest last: zstd looks back into the end of a raw dictionary first.
+        bodies.reverse();
+        let bytes = Dictionary::from_streams(&bodies);
         let _turn = self.write_turn().await;
         // Ids only grow; another node training at the same moment makes this insert a no-op.
         let done = sqlx::query(sql(
