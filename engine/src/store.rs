@@ -680,6 +680,50 @@ impl Store {
         .collect()
     }
 
+    /// [`Self::event_rows`] as one aggregated row, as `verify` reads streams: each row crossing
+    /// from sqlx's connection thread costs more than its content, so the sealer reads whole
+    /// streams this way. The stored payload text comes back exactly (JSON string escaping
+    /// round-trips).
+    async fn event_rows_aggregated(
+        &self,
+        code: &str,
+        from: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let statement = match self.backend {
+            Backend::Sqlite => {
+                "SELECT json_group_array(json_array(seq, at, actor_id, actor_name, payload,
+                    lower(hex(hash))) ORDER BY seq)
+                 FROM events WHERE dossier_code = ? AND seq >= ?"
+            }
+            Backend::Postgres => {
+                "SELECT COALESCE(json_agg(json_build_array(seq, at, actor_id, actor_name,
+                    payload, encode(hash, 'hex')) ORDER BY seq)::text, '[]')
+                 FROM events WHERE dossier_code = ? AND seq >= ?"
+            }
+        };
+        let text: String = sqlx::query_scalar(sql(self.backend, statement))
+            .bind(code)
+            .bind(i64::try_from(from).unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await?;
+        type Row = (i64, i64, String, String, String, String);
+        let rows: Vec<Row> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("{code}: events unreadable: {e}")))?;
+        rows.into_iter()
+            .map(|(seq, at, actor_id, actor_name, payload, hash)| {
+                Ok(StoredEvent {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    at,
+                    actor_id,
+                    actor_name,
+                    payload,
+                    hash: hex::decode(&hash)
+                        .map_err(|e| StoreError::Corrupt(format!("{code} event {seq}: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
     /// The sequence number of a dossier's last event.
     async fn head_seq(&self, code: &str) -> Result<Option<u64>, StoreError> {
         let seq: Option<i64> =
@@ -885,10 +929,15 @@ impl Store {
         if ready.is_empty() {
             return Ok(report);
         }
-        let _turn = self.write_turn().await;
-        let mut tx = self.begin().await?;
-        for (c, archive) in ready {
-            let moved = sqlx::query(sql(
+        // A few dossiers a transaction: on SQLite the sealer holds the writer's turn meanwhile,
+        // and commands wait behind it.
+        const PER_TRANSACTION: usize = 8;
+        let mut ready = ready.into_iter().peekable();
+        while ready.peek().is_some() {
+            let _turn = self.write_turn().await;
+            let mut tx = self.begin().await?;
+            for (c, archive) in ready.by_ref().take(PER_TRANSACTION) {
+                let moved = sqlx::query(sql(
                 self.backend,
                 "UPDATE dossiers SET sealed_seq = ? WHERE code = ? AND seq = ? AND sealed_seq = ?",
             ))
@@ -899,12 +948,12 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if moved == 0 {
-                report.changed += 1;
-                continue;
-            }
-            let mut batch = Batch::default();
-            batch.push(
+                if moved == 0 {
+                    report.changed += 1;
+                    continue;
+                }
+                let mut batch = Batch::default();
+                batch.push(
                 "INSERT INTO event_archives (dossier_code, upto_seq, head, checks, dictionary, body)
                  VALUES (?, ?, ?, ?, ?, ?)
                  ON CONFLICT (dossier_code) DO UPDATE SET upto_seq = excluded.upto_seq,
@@ -919,22 +968,23 @@ impl Store {
                     Arg::Bytes(archive.body),
                 ],
             );
-            batch.push(
-                "DELETE FROM events WHERE dossier_code = ? AND seq <= ?",
-                vec![
-                    Arg::Text(c.code.clone()),
-                    Arg::Int(i64::try_from(archive.upto).unwrap_or(i64::MAX)),
-                ],
-            );
-            batch.push(
-                "DELETE FROM notifications WHERE dossier_code = ?",
-                vec![Arg::Text(c.code.clone())],
-            );
-            batch.run(self.backend, &mut tx).await?;
-            report.sealed += 1;
-            report.events += c.seq - c.sealed;
+                batch.push(
+                    "DELETE FROM events WHERE dossier_code = ? AND seq <= ?",
+                    vec![
+                        Arg::Text(c.code.clone()),
+                        Arg::Int(i64::try_from(archive.upto).unwrap_or(i64::MAX)),
+                    ],
+                );
+                batch.push(
+                    "DELETE FROM notifications WHERE dossier_code = ?",
+                    vec![Arg::Text(c.code.clone())],
+                );
+                batch.run(self.backend, &mut tx).await?;
+                report.sealed += 1;
+                report.events += c.seq - c.sealed;
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(report)
     }
 
@@ -987,7 +1037,7 @@ impl Store {
             verifier = StreamVerifier::after(&c.code, archive.upto, &hex::encode(&archive.head));
             stream = archived;
         }
-        let rows = self.event_rows(&c.code, c.sealed + 1).await?;
+        let rows = self.event_rows_aggregated(&c.code, c.sealed + 1).await?;
         for e in rows.into_iter().take_while(|e| e.seq <= c.seq) {
             if let Some(b) = verifier.next(
                 e.seq,
