@@ -1006,6 +1006,52 @@ impl Store {
         Ok(seq != c.seq || sealed != c.sealed || head != c.head)
     }
 
+    /// A dossier's sealed events (`sealed` > 0), checked against their archive, and a verifier
+    /// for the event rows after them; or where the sealed part breaks. Shared by `verify` and
+    /// the sealer, so both judge an archive alike.
+    async fn open_sealed(
+        &self,
+        code: &str,
+        archive: Option<&Archive>,
+        sealed: u64,
+    ) -> Result<Result<(Vec<StoredEvent>, StreamVerifier), ChainBreak>, StoreError> {
+        let brk = |seq: u64, problem: String| {
+            Ok(Err(ChainBreak {
+                dossier: code.to_owned(),
+                seq,
+                problem,
+            }))
+        };
+        let Some(archive) = archive else {
+            return brk(
+                1,
+                format!("events 1 to {sealed} were sealed but their archive is missing"),
+            );
+        };
+        let archived = match self.unpack(archive).await? {
+            Ok(a) => a,
+            Err(e) => return brk(1, format!("the archive of events 1 to {sealed}: {e}")),
+        };
+        let (hashes, bad) = archive::recompute_hashes(code, &archived);
+        if let Some(seq) = bad {
+            return brk(
+                seq,
+                "its content does not match its sealed hash: the event was altered".into(),
+            );
+        }
+        if archive.upto != sealed || hashes.last().map(|h| h.as_slice()) != Some(&archive.head) {
+            return brk(
+                archive.upto,
+                format!(
+                    "the archive of events 1 to {} does not end on its recorded head (the dossier records {sealed} sealed)",
+                    archive.upto
+                ),
+            );
+        }
+        let verifier = StreamVerifier::after(code, archive.upto, &hex::encode(&archive.head));
+        Ok(Ok((archived, verifier)))
+    }
+
     /// A candidate's whole stream, verified, packed into one archive; or where it breaks.
     async fn pack(&self, c: &SealCandidate) -> Result<Result<Archive, ChainBreak>, StoreError> {
         let brk = |seq: u64, problem: String| {
@@ -1015,28 +1061,18 @@ impl Store {
                 problem,
             }))
         };
-        let mut stream = Vec::new();
-        let mut verifier = StreamVerifier::new(&c.code);
-        if c.sealed > 0 {
-            let Some(archive) = self.archive(&c.code).await? else {
-                return brk(1, "sealed events are missing their archive".into());
-            };
-            let archived = match self.unpack(&archive).await? {
-                Ok(a) => a,
-                Err(e) => return brk(1, e.to_string()),
-            };
-            let (hashes, bad) = archive::recompute_hashes(&c.code, &archived);
-            if let Some(seq) = bad {
-                return brk(seq, "its content does not match its sealed hash".into());
-            }
-            if archive.upto != c.sealed
-                || hashes.last().map(|h| h.as_slice()) != Some(&archive.head)
+        let (mut stream, mut verifier) = if c.sealed > 0 {
+            let archive = self.archive(&c.code).await?;
+            match self
+                .open_sealed(&c.code, archive.as_ref(), c.sealed)
+                .await?
             {
-                return brk(archive.upto, "the archive does not end on its head".into());
+                Ok(opened) => opened,
+                Err(b) => return Ok(Err(b)),
             }
-            verifier = StreamVerifier::after(&c.code, archive.upto, &hex::encode(&archive.head));
-            stream = archived;
-        }
+        } else {
+            (Vec::new(), StreamVerifier::new(&c.code))
+        };
         let rows = self.event_rows_aggregated(&c.code, c.sealed + 1).await?;
         for e in rows.into_iter().take_while(|e| e.seq <= c.seq) {
             if let Some(b) = verifier.next(
@@ -1594,59 +1630,21 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(format!("{code}: events unreadable: {e}")))?;
             report.dossiers += 1;
             report.events += events.len() as u64;
-            let brk = |seq: u64, problem: String| ChainBreak {
-                dossier: code.clone(),
-                seq,
-                problem,
-            };
             // The sealed part first: the live rows chain to the archive's head.
             let mut verifier = StreamVerifier::new(&code);
             let mut end = None;
             if sealed > 0 || archive.is_some() {
-                let unpacked = match &archive {
-                    Some(a) => Some(self.unpack(a).await?),
-                    None => None,
-                };
-                match unpacked {
-                    None => {
-                        report.breaks.push(brk(
-                            1,
-                            format!(
-                                "events 1 to {sealed} were sealed but their archive is missing"
-                            ),
-                        ));
-                        continue;
-                    }
-                    Some(Err(e)) => {
-                        report
-                            .breaks
-                            .push(brk(1, format!("the archive of events 1 to {sealed}: {e}")));
-                        continue;
-                    }
-                    Some(Ok(archived)) => {
-                        let archive = archive.as_ref().expect("matched Some");
+                match self.open_sealed(&code, archive.as_ref(), sealed).await? {
+                    Ok((archived, after)) => {
                         report.events += archived.len() as u64;
-                        let (hashes, bad) = archive::recompute_hashes(&code, &archived);
-                        if let Some(seq) = bad {
-                            report.breaks.push(brk(
-                                seq,
-                                "its content does not match its sealed hash: the event was altered"
-                                    .into(),
-                            ));
-                            continue;
-                        }
-                        if archive.upto != sealed
-                            || hashes.last().map(|h| h.as_slice()) != Some(archive.head.as_slice())
-                        {
-                            report.breaks.push(brk(archive.upto, format!(
-                                "the archive of events 1 to {} does not end on its recorded head (the dossier records {sealed} sealed)",
-                                archive.upto
-                            )));
-                            continue;
-                        }
-                        let head = hex::encode(&archive.head);
-                        verifier = StreamVerifier::after(&code, archive.upto, &head);
-                        end = Some((archive.upto, head));
+                        end = archived
+                            .last()
+                            .map(|e| (e.seq, hex::encode(&archive.as_ref().expect("opened").head)));
+                        verifier = after;
+                    }
+                    Err(b) => {
+                        report.breaks.push(b);
+                        continue;
                     }
                 }
             }
