@@ -1214,7 +1214,7 @@ fn serve_child(root: &Path, db: &Path) -> Result<ExitCode> {
             })
             .await;
         };
-        axum::serve(listener, router)
+        axum::serve(listener, router.into_make_service())
             .with_graceful_shutdown(stdin_closed)
             .await?;
         let _ = stop_tx.send(true);

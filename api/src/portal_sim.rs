@@ -275,7 +275,7 @@ pub async fn start(
         source,
     })?;
     let app = router(sim);
-    let handle = tokio::spawn(async move { axum::serve(listener, app).await });
+    let handle = tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
     Ok((addr, handle))
 }
 

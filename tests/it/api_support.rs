@@ -43,7 +43,7 @@ pub async fn start_api() -> Api {
     let (router, state, background) = server::build(&config, Clock::System).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(async move { axum::serve(listener, router.into_make_service()).await });
     let (stop, rx) = tokio::sync::watch::channel(false);
     let engine = state.engine.clone();
     tokio::spawn(async move { engine.run_background(background, rx).await });
