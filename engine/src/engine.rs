@@ -243,6 +243,9 @@ struct Inner {
     seal_refused: Mutex<std::collections::HashSet<String>>,
     /// Dossiers this node sealed since the archive dictionary was last trained.
     sealed_since_training: Mutex<u64>,
+    /// Woken when this node stores a decision that scheduled a job: the worker claims it at
+    /// once instead of at its next poll (`job_poll_ms`), and sees a timer due before then.
+    jobs_scheduled: tokio::sync::Notify,
 }
 
 /// A folded state and the hash of its last event (the head its next append chains to).
@@ -265,6 +268,20 @@ impl std::fmt::Debug for Engine {
 }
 
 const MAX_RETRIES_ON_CONFLICT: usize = 8;
+
+/// Whether `after` holds a pending job that `before` did not: a new hook call or timer, or a
+/// retry rescheduled. Jobs are shared copy-on-write, so a decision that left them alone is
+/// answered without looking at any.
+fn schedules_jobs(before: &Dossier, after: &Dossier) -> bool {
+    !Arc::ptr_eq(&before.jobs, &after.jobs)
+        && after.jobs.iter().any(|(id, job)| {
+            job.state == JobState::Pending
+                && before
+                    .jobs
+                    .get(id)
+                    .is_none_or(|old| old.state != JobState::Pending || old.run_at != job.run_at)
+        })
+}
 
 impl Engine {
     /// Opens the store (applying migrations) and loads every deployed procedure version.
@@ -290,6 +307,7 @@ impl Engine {
                 states: std::sync::Mutex::new(lru::LruCache::new(cache_size)),
                 seal_refused: Mutex::new(std::collections::HashSet::new()),
                 sealed_since_training: Mutex::new(0),
+                jobs_scheduled: tokio::sync::Notify::new(),
             }),
         };
         // Every deployed version: none is known yet.
@@ -461,6 +479,9 @@ impl Engine {
             .await?;
         match created? {
             crate::store::Created::New(d, head) => {
+                if !d.jobs.is_empty() {
+                    self.inner.jobs_scheduled.notify_one();
+                }
                 self.remember(Cached {
                     state: Arc::new(Dossier::clone(&d)),
                     head: head.into(),
@@ -654,6 +675,9 @@ impl Engine {
             };
             match self.inner.store.append(&append).await {
                 Ok(head) => {
+                    if schedules_jobs(&state, &decision.state) {
+                        self.inner.jobs_scheduled.notify_one();
+                    }
                     self.remember(Cached {
                         state: Arc::new(decision.state.clone()),
                         head: head.into(),
@@ -1109,6 +1133,7 @@ impl Engine {
                             Some(l) => {
                                 tokio::select! {
                                     _ = tokio::time::sleep(wait) => {}
+                                    _ = engine.inner.jobs_scheduled.notified() => {}
                                     _ = shutdown.changed() => {}
                                     n = l.recv() => {
                                         if let Err(e) = n {
@@ -1121,6 +1146,7 @@ impl Engine {
                             None => {
                                 tokio::select! {
                                     _ = tokio::time::sleep(wait) => {}
+                                    _ = engine.inner.jobs_scheduled.notified() => {}
                                     _ = shutdown.changed() => {}
                                 }
                             }

@@ -8,6 +8,39 @@ use tthc_api::auth::UserKind;
 use crate::api_support::*;
 use crate::engine_support::{AGENCY, CITIZEN_ID};
 
+/// A command that schedules a hook wakes the worker of the node that stored it: the receipt
+/// goes out and the next task opens at once, not at the worker's next poll (a minute here,
+/// `job_poll_ms`; `wait_for` gives up after about five seconds).
+#[tokio::test]
+async fn a_scheduled_hook_runs_without_waiting_for_the_next_poll() {
+    let api = start_api_polling(60_000).await;
+    let desk = officer_token("desk", &["mot_cua"]);
+    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(
+        !r.body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["step"] == "tham_dinh"),
+        "verification opens only after the receipt hook: {}",
+        r.body["tasks"]
+    );
+    api.wait_for(&code, "the verification task", |d| {
+        d["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["step"] == "tham_dinh"))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_judicial_record_procedure_end_to_end_over_http() {
     let api = start_api().await;

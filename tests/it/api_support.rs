@@ -25,13 +25,18 @@ pub struct Api {
 }
 
 pub async fn start_api() -> Api {
+    start_api_polling(20).await
+}
+
+/// [`start_api`] with the worker polling for due jobs every `job_poll_ms`.
+pub async fn start_api_polling(job_poll_ms: u64) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: crate::support::database_url(dir.path()).await,
         root: repo_root(),
         jwt_secret: Some(SECRET.into()),
-        job_poll_ms: 20,
+        job_poll_ms,
         body_limit_bytes: 64 * 1024,
         blobs_dir: dir.path().join("blobs"),
         portal_simulator_database: format!(
