@@ -972,3 +972,54 @@ async fn concurrent_commands_each_succeed_or_conflict_on_their_own() {
     }
     assert!(h.engine.verify(None).await.unwrap().is_intact());
 }
+
+/// A hook whose every call waits (up to 5 s) for a second call to be in flight before it
+/// answers: it succeeds only when two jobs run side by side.
+struct Rendezvous {
+    barrier: tokio::sync::Barrier,
+}
+
+impl engine::HookHandler for Rendezvous {
+    fn call<'a>(&'a self, _request: engine::HookRequest<'a>) -> engine::engine::HookFuture<'a> {
+        Box::pin(async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), self.barrier.wait()).await
+            {
+                Ok(_) => engine::dossier::HookOutcome::Succeeded {
+                    detail: json!({}),
+                    notification: None,
+                },
+                Err(_) => engine::dossier::HookOutcome::Failed {
+                    error: "no other call came".into(),
+                },
+            }
+        })
+    }
+}
+
+/// The worker runs different dossiers' jobs side by side: a slow external system holds up
+/// only the dossier it serves. (One dossier's jobs still run one after another.)
+#[tokio::test]
+async fn different_dossiers_jobs_run_side_by_side() {
+    let h = harness().await;
+    h.engine.register_hook(
+        "portal.sync_dossier",
+        std::sync::Arc::new(Rendezvous {
+            barrier: tokio::sync::Barrier::new(2),
+        }),
+    );
+    let a = h.file_lltp(1).await;
+    let b = h.file_lltp(1).await;
+    let report = h.engine.run_due_jobs(8).await.unwrap();
+    assert_eq!(report.claimed, 2, "the two filings' syncs: {report:?}");
+    assert_eq!(report.succeeded, 2, "{report:?}");
+    for code in [&a.code, &b.code] {
+        let d = h.engine.dossier(code).await.unwrap();
+        assert!(
+            d.jobs
+                .values()
+                .all(|j| j.state == engine::dossier::JobState::Done),
+            "{:?}",
+            d.jobs
+        );
+    }
+}
