@@ -76,3 +76,44 @@ fn tthc_bench_quick_writes_every_row_as_json() {
     }
     assert!(table.contains("spiffworkflow") && table.contains("bpmn-engine"));
 }
+
+/// `--http-pace` holds the offered load: at 5 dossiers a second for 2 s, the 32 clients start
+/// at most 10 dossiers between them, and a paced run gives no verdict on the target (which is
+/// set for the closed loop).
+#[test]
+fn tthc_bench_http_pace_holds_the_offered_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = tthc(&[
+        "bench",
+        "--quick",
+        "--only",
+        "http",
+        "--http-pace",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+        "--workdir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let http = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "http")
+        .unwrap();
+    assert_eq!(http["status"], "measured", "{http}");
+    assert_eq!(http["data"]["pace_dossiers_per_sec"], 5.0, "{http}");
+    let dossiers = http["data"]["dossiers"].as_u64().unwrap();
+    assert!((1..=10).contains(&dossiers), "{dossiers} dossiers: {http}");
+    assert!(http["met"].is_null(), "{http}");
+    assert!(
+        http["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("paced at 5 dossiers/s"),
+        "{http}"
+    );
+}
