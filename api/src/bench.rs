@@ -489,8 +489,8 @@ const HAPPY_PATH: [(Who, Act); 10] = [
 fn task_id(d: &Dossier, step: &str) -> Result<String> {
     d.tasks
         .values()
-        .find(|t| t.step == step)
-        .map(|t| t.id.clone())
+        .find(|t| *t.step == *step)
+        .map(|t| t.id.to_string())
         .ok_or_else(|| {
             anyhow!(
                 "dossier {}: no open task at {step} (open: {:?})",
@@ -813,7 +813,7 @@ async fn durable_dossier(
     if !d.is_closed() {
         bail!("durable: dossier {code} did not end: {:?}", d.tokens);
     }
-    Ok((code, commands, passes))
+    Ok((code.to_string(), commands, passes))
 }
 
 fn officers() -> Vec<(Who, Actor)> {

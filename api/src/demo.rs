@@ -152,11 +152,11 @@ impl Province {
         data: Option<Value>,
     ) -> Result<Dossier> {
         let d = self.engine.dossier(code).await?;
-        let Some(task) = d.tasks.values().find(|t| t.step == step) else {
+        let Some(task) = d.tasks.values().find(|t| *t.step == *step) else {
             bail!("dossier {code} has no open task at {step}");
         };
         let command = Command::CompleteTask {
-            task: task.id.clone(),
+            task: task.id.to_string(),
             outcome: outcome.map(str::to_owned),
             data,
             reason: None,
@@ -195,14 +195,14 @@ impl Province {
     ) -> Result<()> {
         let leader = self.actor("leader", "lanh_dao");
         let d = self.engine.dossier(code).await?;
-        let Some(task) = d.tasks.values().find(|t| t.step == step) else {
+        let Some(task) = d.tasks.values().find(|t| *t.step == *step) else {
             bail!("no signing task on {code}");
         };
         self.run(
             code,
             &leader,
             Command::ClaimTask {
-                task: task.id.clone(),
+                task: task.id.to_string(),
             },
         )
         .await?;
@@ -540,8 +540,8 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     );
     Ok(DemoReport {
         text: out,
-        certificate_dossier: cert,
-        licence_dossier: lic,
+        certificate_dossier: cert.to_string(),
+        licence_dossier: lic.to_string(),
         dir: dir.to_path_buf(),
         province_a_db: format!("sqlite://{}", dir.join("province-a.db").display()),
         province_b_db: format!("sqlite://{}", dir.join("province-b.db").display()),

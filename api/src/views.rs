@@ -49,11 +49,11 @@ impl TaskView {
     pub fn of(code: &str, t: &Task) -> TaskView {
         TaskView {
             dossier_code: code.to_owned(),
-            task_id: t.id.clone(),
-            step: t.step.clone(),
-            name: t.name.clone(),
-            role: t.role.clone(),
-            agency_code: t.agency.clone(),
+            task_id: t.id.to_string(),
+            step: t.step.to_string(),
+            name: t.name.to_string(),
+            role: t.role.to_string(),
+            agency_code: t.agency.to_string(),
             claimed_by: t.claimed_by.clone(),
             opened_at: t.opened_at,
             due_at: t.due_at,
@@ -119,11 +119,11 @@ pub struct DossierView {
 impl DossierView {
     pub fn of(d: &Dossier) -> DossierView {
         DossierView {
-            code: d.code.clone(),
-            procedure_code: d.procedure_code.clone(),
+            code: d.code.to_string(),
+            procedure_code: d.procedure_code.to_string(),
             procedure_version: d.procedure_version,
-            procedure_name: d.procedure_name.clone(),
-            agency_code: d.agency_code.clone(),
+            procedure_name: d.procedure_name.to_string(),
+            agency_code: d.agency_code.to_string(),
             owner: OwnerView {
                 id: d.owner.id.to_string(),
                 name: d.owner.name.clone(),
@@ -149,7 +149,12 @@ impl DossierView {
             }),
             supplement_rounds: d.supplement_rounds,
             reason: d.reason.clone(),
-            data: Value::Object(d.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            data: Value::Object(
+                d.data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (**v).clone()))
+                    .collect(),
+            ),
             documents: d
                 .documents
                 .iter()

@@ -547,12 +547,12 @@ impl Engine {
     fn remember(&self, c: Cached) {
         let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
         if states
-            .peek(&c.state.code)
+            .peek(&*c.state.code)
             .is_some_and(|d| d.state.seq > c.state.seq)
         {
             return;
         }
-        states.put(c.state.code.clone(), c);
+        states.put(c.state.code.to_string(), c);
     }
 
     async fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
@@ -788,7 +788,7 @@ impl Engine {
     async fn run_job(&self, claimed: &ClaimedJob) -> Result<bool, EngineError> {
         let read = self.current(&claimed.dossier).await?;
         let state = Arc::clone(&read.state);
-        let Some(job) = state.jobs.get(&claimed.job).cloned() else {
+        let Some(job) = state.jobs.get(claimed.job.as_str()).cloned() else {
             return Err(EngineError::Command(CommandError::not_found_job(
                 &claimed.job,
             )));

@@ -457,12 +457,12 @@ pub fn sync_payload(
         _ => None,
     });
     wire::SyncDossier {
-        dossier_code: d.code.clone(),
+        dossier_code: d.code.to_string(),
         sequence: d.seq,
-        procedure_code: d.procedure_code.clone(),
-        procedure_name: d.procedure_name.clone(),
+        procedure_code: d.procedure_code.to_string(),
+        procedure_name: d.procedure_name.to_string(),
         field: field.to_owned(),
-        agency_code: d.agency_code.clone(),
+        agency_code: d.agency_code.to_string(),
         owner: wire::Owner {
             id: d.owner.id.as_str().to_owned(),
             name: d.owner.name.clone(),
@@ -585,13 +585,13 @@ pub fn paper_metadata(
         name: result_name(catalog, signature),
         number: signature.number.clone(),
         issued_at: portal_time(signature.at),
-        issuing_agency_code: d.agency_code.clone(),
+        issuing_agency_code: d.agency_code.to_string(),
         issuing_agency_name: agency_name.map(str::to_owned),
         signer: signature.signer.clone(),
         permanent: valid_until.is_none(),
         valid_until: valid_until.map(portal_time),
-        dossier_code: d.code.clone(),
-        procedure_code: d.procedure_code.clone(),
+        dossier_code: d.code.to_string(),
+        procedure_code: d.procedure_code.to_string(),
         content_type: signature
             .document
             .as_ref()
@@ -1323,7 +1323,7 @@ impl PortalPushHook {
             signature,
             valid_until(signature.at, validity, self.calendar.as_ref()),
             self.catalog.as_ref(),
-            self.agency_names.get(&d.agency_code).map(String::as_str),
+            self.agency_names.get(&*d.agency_code).map(String::as_str),
         );
         let content = match &signature.document {
             None => Vec::new(),
@@ -1487,7 +1487,7 @@ mod tests {
         d.status = Status::Returned;
         d.processed_at = Some(at(2026, 3, 10, 2, 0));
         d.returned_at = Some(at(2026, 3, 11, 3, 0));
-        d.owner.id = OwnerId::parse("0101234567").unwrap();
+        std::sync::Arc::make_mut(&mut d.owner).id = OwnerId::parse("0101234567").unwrap();
         d.channel = Channel::Postal;
         let p = sync_payload(&d, "", Vec::new(), None);
         assert_eq!((p.status, p.channel, p.owner.owner_type), (10, 3, 2));
@@ -1624,7 +1624,7 @@ mod tests {
     fn papers_get_validity_names_and_a_note_without_a_document() {
         let mut d = dossier();
         let signed = at(2026, 1, 31, 3, 0);
-        d.signatures.push(Signature {
+        std::sync::Arc::make_mut(&mut d.signatures).push(Signature {
             result_code: "KQ.LLTP.01".into(),
             number: Some("123/2026/LLTP".into()),
             document: None,
@@ -1678,7 +1678,7 @@ mod tests {
     #[test]
     fn results_are_listed_in_the_sync_under_their_paper_ids() {
         let mut d = dossier();
-        d.signatures.push(Signature {
+        std::sync::Arc::make_mut(&mut d.signatures).push(Signature {
             result_code: "KQ.LLTP.01".into(),
             number: None,
             document: Some(doc(None)),

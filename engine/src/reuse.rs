@@ -81,7 +81,7 @@ impl Reuse {
     ) -> Result<Vec<ReusedPaper>, ReuseError> {
         let procedure = engine
             .procedure(&d.procedure_code, Some(d.procedure_version))
-            .ok_or_else(|| EngineError::UnknownProcedure(d.procedure_code.clone()))?;
+            .ok_or_else(|| EngineError::UnknownProcedure(d.procedure_code.to_string()))?;
         let Some(reuse) = procedure
             .procedure()
             .component(component)

@@ -130,7 +130,7 @@ impl Expression {
             Some(forms) => forms
                 .iter()
                 .filter_map(|r| {
-                    let v = state.data.get(&r.form)?;
+                    let v: &Value = state.data.get(&r.form)?;
                     let val = match (&r.fields, v) {
                         (Some(fields), Value::Object(o)) => Box::new(CelMap::from(
                             fields
@@ -201,8 +201,8 @@ fn dossier_field(state: &Dossier, name: &str) -> Option<String> {
         "channel" => state.channel.as_str().to_owned(),
         "owner_type" => crate::wire_name(&state.owner.id.owner_type()),
         "owner_id" => state.owner.id.as_str().to_owned(),
-        "agency_code" => state.agency_code.clone(),
-        "procedure_code" => state.procedure_code.clone(),
+        "agency_code" => state.agency_code.to_string(),
+        "procedure_code" => state.procedure_code.to_string(),
         _ => return None,
     })
 }

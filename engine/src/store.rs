@@ -156,10 +156,10 @@ impl Projection {
         let code = &d.code;
         Projection {
             dossier: DossierRow {
-                code: code.clone(),
-                procedure_code: d.procedure_code.clone(),
+                code: code.to_string(),
+                procedure_code: d.procedure_code.to_string(),
                 procedure_version: d.procedure_version,
-                agency_code: d.agency_code.clone(),
+                agency_code: d.agency_code.to_string(),
                 owner_id: d.owner.id.to_string(),
                 owner_name: d.owner.name.clone(),
                 channel: d.channel.as_str().to_owned(),
@@ -178,12 +178,12 @@ impl Projection {
                 .tasks
                 .values()
                 .map(|t| TaskRow {
-                    dossier_code: code.clone(),
-                    task_id: t.id.clone(),
-                    step: t.step.clone(),
-                    name: t.name.clone(),
-                    role: t.role.clone(),
-                    agency_code: t.agency.clone(),
+                    dossier_code: code.to_string(),
+                    task_id: t.id.to_string(),
+                    step: t.step.to_string(),
+                    name: t.name.to_string(),
+                    role: t.role.to_string(),
+                    agency_code: t.agency.to_string(),
                     claimed_by: t.claimed_by.clone(),
                     opened_at: t.opened_at,
                     due_at: t.due_at,
@@ -198,7 +198,7 @@ impl Projection {
                 .incidents
                 .values()
                 .map(|i| IncidentRow {
-                    dossier_code: code.clone(),
+                    dossier_code: code.to_string(),
                     incident_id: i.id.clone(),
                     job_id: i.job.clone(),
                     error: i.error.clone(),
@@ -210,7 +210,7 @@ impl Projection {
                 .notifications
                 .iter()
                 .map(|n| NotificationRow {
-                    dossier_code: code.clone(),
+                    dossier_code: code.to_string(),
                     notification_id: n.id.clone(),
                     template: n.template.clone(),
                     recipient: n.recipient.clone(),
@@ -1771,7 +1771,7 @@ fn prepare(
             );
             prev = hex::encode(digest);
             args.extend([
-                Arg::Text(code.clone()),
+                Arg::Text(code.to_string()),
                 Arg::Int(i64::try_from(seq).unwrap_or(i64::MAX)),
                 Arg::Text(kind),
                 Arg::Int(micros(a.at)),
@@ -1994,7 +1994,7 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     // running them).
     let mut jobs_changed = false;
     for j in a.state.jobs.values() {
-        let old = a.before_state().and_then(|b| b.jobs.get(&j.id));
+        let old = a.before_state().and_then(|b| b.jobs.get(j.id.as_str()));
         if old == Some(j) {
             continue;
         }

@@ -31,7 +31,7 @@ async fn judicial_record_happy_path_from_filing_to_returned_result() {
     assert_eq!(d.notifications.len(), 1, "form 01 receipt");
     let receipt = &d.notifications[0];
     assert_eq!(receipt.template, "tiep_nhan");
-    assert!(receipt.subject.contains(&d.code), "{}", receipt.subject);
+    assert!(receipt.subject.contains(&*d.code), "{}", receipt.subject);
     assert!(
         receipt.body.contains("Nguyễn Văn An") && receipt.body.contains("Sở Tư pháp tỉnh Hưng Yên"),
         "{}",
@@ -111,7 +111,7 @@ async fn certificate_no_2_takes_the_other_branch_of_the_decision() {
         .complete(&d.code, &head(), "duyet_phong", Some("approve"), None)
         .await;
     task_at(&d, "ky_phieu_so_2");
-    assert!(!d.tasks.values().any(|t| t.step == "ky_phieu_so_1"));
+    assert!(!d.tasks.values().any(|t| &*t.step == "ky_phieu_so_1"));
 }
 
 #[tokio::test]
@@ -125,9 +125,12 @@ async fn verification_runs_in_parallel_and_joins() {
     let police = d
         .tasks
         .values()
-        .find(|t| t.step == "xac_minh_cong_an")
+        .find(|t| &*t.step == "xac_minh_cong_an")
         .unwrap();
-    assert_eq!(police.agency, POLICE, "the police task goes to the police");
+    assert_eq!(
+        &*police.agency, POLICE,
+        "the police task goes to the police"
+    );
     task_at(&d, "tra_cuu_toa_an");
     assert_eq!(d.tokens.len(), 2);
 
@@ -151,7 +154,7 @@ async fn verification_runs_in_parallel_and_joins() {
         .complete(&d.code, &specialist(), "tra_cuu_toa_an", None, None)
         .await;
     assert!(
-        d.tasks.values().all(|t| t.step != "du_thao_phieu"),
+        d.tasks.values().all(|t| &*t.step != "du_thao_phieu"),
         "the join waits for the police"
     );
     let d = h
@@ -320,7 +323,7 @@ async fn the_owner_withdraws_and_open_tasks_close() {
         .await
         .unwrap();
     assert!(
-        rows.iter().all(|r| r.dossier_code != d.code),
+        rows.iter().all(|r| *r.dossier_code != *d.code),
         "no task is left on the worklist"
     );
     let err = h
@@ -353,7 +356,7 @@ async fn an_overdue_dossier_gets_its_apology_letter_then_a_flag() {
     // Less than one working day before the due date.
     h.clock.set(due - Duration::hours(23));
     let scan = h.engine.scan_overdue().await.unwrap();
-    assert_eq!(scan.apologies, vec![d.code.clone()]);
+    assert_eq!(scan.apologies, vec![d.code.to_string()]);
     h.drain().await;
     let d = h.engine.dossier(&d.code).await.unwrap();
     assert!(d.apology_sent);
@@ -363,12 +366,12 @@ async fn an_overdue_dossier_gets_its_apology_letter_then_a_flag() {
         .iter()
         .find(|n| n.template == "xin_loi")
         .expect("form 04 sent");
-    assert!(letter.body.contains(&d.code));
+    assert!(letter.body.contains(&*d.code));
     assert!(!d.overdue);
 
     h.clock.set(due + Duration::hours(1));
     let scan = h.engine.scan_overdue().await.unwrap();
-    assert_eq!(scan.flagged, vec![d.code.clone()]);
+    assert_eq!(scan.flagged, vec![d.code.to_string()]);
     assert!(scan.apologies.is_empty(), "one letter per dossier");
     let d = h.engine.dossier(&d.code).await.unwrap();
     assert!(d.overdue);
@@ -412,7 +415,7 @@ async fn a_hook_failing_twice_then_succeeding_is_retried_with_backoff() {
     h.clock.advance(Duration::seconds(20));
     h.drain().await;
     let d = h.engine.dossier(&d.code).await.unwrap();
-    let job = &d.jobs[&job.id];
+    let job = &d.jobs[job.id.as_str()];
     assert_eq!(job.attempts, 3);
     assert_eq!(job.state, engine::dossier::JobState::Done);
     let keys = h.push.keys();
@@ -439,11 +442,12 @@ async fn a_hook_failing_for_good_opens_an_incident_an_administrator_retries() {
     }
     let incidents = h.engine.store().open_incidents().await.unwrap();
     assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0].dossier_code, d.code);
+    assert_eq!(incidents[0].dossier_code, *d.code);
     assert!(incidents[0].error.contains("khodl.save unavailable"));
     let d = h.engine.dossier(&d.code).await.unwrap();
     assert_eq!(
-        d.jobs[&incidents[0].job_id].attempts, 5,
+        d.jobs[incidents[0].job_id.as_str()].attempts,
+        5,
         "the default policy makes five attempts"
     );
     assert!(d.tasks.is_empty(), "the dossier waits on the incident");
@@ -508,7 +512,7 @@ async fn two_concurrent_completions_of_one_task_one_wins_one_conflicts() {
         after
             .tasks
             .values()
-            .filter(|t| t.step == "du_thao_phieu")
+            .filter(|t| &*t.step == "du_thao_phieu")
             .count(),
         1,
         "the task was completed once"
@@ -664,7 +668,12 @@ async fn concurrent_filings_get_distinct_sequential_codes() {
     for _ in 0..12 {
         let engine = h.engine.clone();
         handles.push(tokio::spawn(async move {
-            engine.file(&citizen(), &lltp_filing(1)).await.unwrap().code
+            engine
+                .file(&citizen(), &lltp_filing(1))
+                .await
+                .unwrap()
+                .code
+                .to_string()
         }));
     }
     let mut codes = Vec::new();
@@ -821,7 +830,7 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
     // Someone edits the reception in the database: the refusal reason, say.
     let store = h.engine.store();
     sqlx::query(store.statement("UPDATE events SET payload = replace(payload, '\"accept\"', '\"refuse\"') WHERE dossier_code = ? AND type = 'task_completed'"))
-        .bind(&d.code)
+        .bind(&*d.code)
         .execute(h.engine.store().pool())
         .await
         .unwrap();
@@ -829,7 +838,7 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
         store
             .statement("SELECT seq FROM events WHERE dossier_code = ? AND type = 'task_completed'"),
     )
-    .bind(&d.code)
+    .bind(&*d.code)
     .fetch_one(h.engine.store().pool())
     .await
     .unwrap();
@@ -844,14 +853,14 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
         "{text}"
     );
     assert!(
-        !text.contains(&other.code),
+        !text.contains(&*other.code),
         "the other dossier is intact: {text}"
     );
 
     // Removing the last event is caught too.
     sqlx::query(h.engine.store().statement("DELETE FROM events WHERE dossier_code = ? AND seq = (SELECT MAX(seq) FROM events WHERE dossier_code = ?)"))
-        .bind(&other.code)
-        .bind(&other.code)
+        .bind(&*other.code)
+        .bind(&*other.code)
         .execute(h.engine.store().pool())
         .await
         .unwrap();

@@ -12,7 +12,7 @@ fn officer_for(task: &engine::dossier::Task, n: u8) -> Actor {
     officer_at(
         &format!("o{}-{}", task.role, n % 2),
         &task.agency,
-        &[task.role.as_str()],
+        &[&task.role],
     )
 }
 
@@ -54,7 +54,7 @@ fn outcome_for(step: &str, pick: u8) -> Option<String> {
 
 async fn step(h: &Harness, code: &str, op: u8, arg: u8) {
     let d: Dossier = h.engine.dossier(code).await.unwrap();
-    let tasks: Vec<_> = d.tasks.values().cloned().collect();
+    let tasks: Vec<_> = d.tasks.values().map(|t| (**t).clone()).collect();
     let task = (!tasks.is_empty()).then(|| tasks[usize::from(arg) % tasks.len()].clone());
     let result = match (op % 10, task) {
         (0, Some(t)) => {
@@ -63,7 +63,9 @@ async fn step(h: &Harness, code: &str, op: u8, arg: u8) {
                     code,
                     None,
                     &officer_for(&t, arg),
-                    &Command::ClaimTask { task: t.id },
+                    &Command::ClaimTask {
+                        task: t.id.to_string(),
+                    },
                 )
                 .await
         }
@@ -73,7 +75,9 @@ async fn step(h: &Harness, code: &str, op: u8, arg: u8) {
                     code,
                     None,
                     &officer_for(&t, arg),
-                    &Command::ReleaseTask { task: t.id },
+                    &Command::ReleaseTask {
+                        task: t.id.to_string(),
+                    },
                 )
                 .await
         }
@@ -86,7 +90,9 @@ async fn step(h: &Harness, code: &str, op: u8, arg: u8) {
                         code,
                         None,
                         &actor,
-                        &Command::ClaimTask { task: t.id.clone() },
+                        &Command::ClaimTask {
+                            task: t.id.to_string(),
+                        },
                     )
                     .await;
                 let code_ = if t.step.ends_with('1') {
@@ -108,14 +114,14 @@ async fn step(h: &Harness, code: &str, op: u8, arg: u8) {
                     )
                     .await;
             }
-            let reason = (t.step == "tiep_nhan").then(|| "Hồ sơ không hợp lệ".to_owned());
+            let reason = (&*t.step == "tiep_nhan").then(|| "Hồ sơ không hợp lệ".to_owned());
             h.engine
                 .execute(
                     code,
                     None,
                     &actor,
                     &Command::CompleteTask {
-                        task: t.id.clone(),
+                        task: t.id.to_string(),
                         outcome: outcome_for(&t.step, arg),
                         data: data_for(&t.step, arg),
                         reason,

@@ -232,8 +232,8 @@ pub fn lltp_filing(loai_phieu: u8) -> Filing {
 pub fn task_at(d: &Dossier, step: &str) -> String {
     d.tasks
         .values()
-        .find(|t| t.step == step)
-        .map(|t| t.id.clone())
+        .find(|t| *t.step == *step)
+        .map(|t| t.id.to_string())
         .unwrap_or_else(|| {
             panic!(
                 "no open task at {step}; open: {:?}",

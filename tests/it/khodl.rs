@@ -897,7 +897,7 @@ async fn khodl_save_hook_stores_one_hidden_result_for_the_owner() {
     assert!(p.hidden, "hidden until the result is returned");
     assert_eq!(p.number.as_deref(), Some("123/2026/LLTP"));
     assert_eq!(p.issuing_agency, "Sở Tư pháp tỉnh Hưng Yên");
-    assert_eq!(p.dossier_code.as_deref(), Some(d.code.as_str()));
+    assert_eq!(p.dossier_code.as_deref(), Some(&*d.code));
     assert_eq!(p.procedure_code.as_deref(), Some("2.000488"));
     assert_eq!(p.field.as_deref(), Some("Lý lịch tư pháp"));
     let signature = &d.signatures[0];

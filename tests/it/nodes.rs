@@ -29,7 +29,11 @@ async fn dossier_codes_stay_unique_across_nodes() {
             b.clone()
         };
         handles.push(tokio::spawn(async move {
-            node.file(&citizen(), &lltp_filing(1)).await.unwrap().code
+            node.file(&citizen(), &lltp_filing(1))
+                .await
+                .unwrap()
+                .code
+                .to_string()
         }));
     }
     let mut codes = BTreeSet::new();

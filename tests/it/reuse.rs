@@ -169,7 +169,12 @@ async fn file_licence(w: &World, channel: Channel) -> String {
         )]),
         documents: vec![],
     };
-    w.b.engine.file(&actor, &filing).await.unwrap().code
+    w.b.engine
+        .file(&actor, &filing)
+        .await
+        .unwrap()
+        .code
+        .to_string()
 }
 
 fn citizen() -> engine::dossier::Actor {

@@ -14,7 +14,7 @@ async fn returned(h: &Harness) -> String {
     h.run(&d.code, &desk(), Command::ReturnResult).await;
     h.drain().await;
     assert!(h.engine.dossier(&d.code).await.unwrap().is_closed());
-    d.code
+    d.code.to_string()
 }
 
 async fn count(h: &Harness, sql: &str, code: &str) -> i64 {
@@ -150,7 +150,7 @@ async fn events_after_a_seal_chain_to_the_archive_and_are_sealed_with_it() {
     let store = h.engine.store();
     let r = store
         .seal(&[SealCandidate {
-            code: d.code.clone(),
+            code: d.code.to_string(),
             seq: last.seq,
             head: last.hash.clone(),
             sealed: 0,
@@ -324,7 +324,7 @@ async fn withdrawn(engine: &engine::engine::Engine) -> String {
         .await
         .unwrap();
     engine.drain_jobs().await.unwrap();
-    d.code
+    d.code.to_string()
 }
 
 #[tokio::test]

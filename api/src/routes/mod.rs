@@ -25,7 +25,7 @@ pub fn can_read(caller: &Caller, d: &Dossier) -> bool {
         UserKind::Citizen => caller.claims.owner_id.as_deref() == Some(d.owner.id.as_str()),
         UserKind::Officer => {
             let agency = caller.agency().unwrap_or_default();
-            agency == d.agency_code || d.tasks.values().any(|t| t.agency == agency)
+            agency == &*d.agency_code || d.tasks.values().any(|t| *t.agency == *agency)
         }
         UserKind::Auditor | UserKind::Admin => true,
     }

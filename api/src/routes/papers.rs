@@ -252,7 +252,7 @@ async fn attach_document(
                 content_type: upload.content_type.clone(),
             }),
             dossier_code: Some(code.clone()),
-            procedure_code: Some(d.procedure_code.clone()),
+            procedure_code: Some(d.procedure_code.to_string()),
             field: None,
             approval: Approval::Approved,
             hidden: false,

@@ -413,8 +413,9 @@ pub struct Hook {
     pub name: Option<String>,
     pub call: String,
     /// Arguments of the hook, e.g. the template of `notify`.
-    #[serde(default, rename = "with", skip_serializing_if = "BTreeMap::is_empty")]
-    pub args: BTreeMap<String, serde_json::Value>,
+    /// Shared with the jobs the hook schedules (and their events): never copied per dossier.
+    #[serde(default, rename = "with", skip_serializing_if = "no_args")]
+    pub args: std::sync::Arc<BTreeMap<String, serde_json::Value>>,
     #[serde(default)]
     pub retry: RetryPolicy,
     pub next: String,
@@ -512,4 +513,9 @@ pub struct RoleCatalog {
 pub struct CatalogRole {
     pub id: String,
     pub name: String,
+}
+
+/// Whether a hook's arguments are empty (they are left out when serialized).
+pub fn no_args(args: &std::sync::Arc<BTreeMap<String, serde_json::Value>>) -> bool {
+    args.is_empty()
 }

@@ -449,7 +449,7 @@ pub fn decide(
         Command::FireTimer { job } => {
             let j = state
                 .jobs
-                .get(job)
+                .get(job.as_str())
                 .filter(|j| j.kind == JobKind::Timer)
                 .ok_or_else(|| CommandError::not_found(format!("timer {job}")))?;
             if j.state != JobState::Pending {
@@ -493,7 +493,7 @@ pub fn decide(
             }
             let job = state
                 .jobs
-                .get(&i.job)
+                .get(i.job.as_str())
                 .cloned()
                 .ok_or_else(|| CommandError::not_found(format!("job {}", i.job)))?;
             let resolution = match action {
@@ -613,7 +613,7 @@ fn is_required(p: &CompiledProcedure, c: &crate::definition::Component, state: &
 }
 
 fn open_task<'s>(state: &'s Dossier, task: &str) -> Result<&'s Task, CommandError> {
-    state.tasks.get(task).ok_or_else(|| {
+    state.tasks.get(task).map(|t| &**t).ok_or_else(|| {
         CommandError::not_found(format!("open task {task} on dossier {}", state.code))
     })
 }
@@ -630,10 +630,10 @@ fn not_paused(state: &Dossier) -> Result<(), CommandError> {
 /// An officer may work on a task of their agency with the task's role.
 fn may_work_on(ctx: &Context<'_>, _state: &Dossier, t: &Task) -> Result<(), CommandError> {
     match ctx.actor {
-        Actor::Officer { agency, .. } if agency == &t.agency && ctx.actor.has_role(&t.role) => {
+        Actor::Officer { agency, .. } if **agency == *t.agency && ctx.actor.has_role(&t.role) => {
             Ok(())
         }
-        Actor::Officer { agency, .. } if agency != &t.agency => Err(CommandError::forbidden(
+        Actor::Officer { agency, .. } if **agency != *t.agency => Err(CommandError::forbidden(
             format!("task {} belongs to agency {}", t.id, t.agency),
         )),
         Actor::Officer { .. } => Err(CommandError::forbidden(format!(
@@ -647,7 +647,7 @@ fn may_work_on(ctx: &Context<'_>, _state: &Dossier, t: &Task) -> Result<(), Comm
 /// An officer of the agency handling the dossier.
 fn officer_of(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
     match ctx.actor {
-        Actor::Officer { agency, .. } if agency == &state.agency_code => Ok(()),
+        Actor::Officer { agency, .. } if **agency == *state.agency_code => Ok(()),
         Actor::Officer { .. } => Err(CommandError::forbidden(format!(
             "dossier {} belongs to agency {}",
             state.code, state.agency_code
@@ -697,7 +697,7 @@ fn milestone_task(
         .tasks
         .values()
         .find(|t| matches!(p.step(&t.step), Some(Step::UserTask(u)) if u.marks == Some(milestone)))
-        .map(|t| t.id.clone())
+        .map(|t| t.id.to_string())
         .ok_or_else(|| {
             CommandError::state(match milestone {
                 Milestone::Received => "the dossier is not waiting at reception",
@@ -987,7 +987,7 @@ fn system_job(em: &mut Emitter<'_>, call: &str, args: BTreeMap<String, Value>) {
         token: None,
         step: None,
         call: call.into(),
-        args,
+        args: std::sync::Arc::new(args),
         retry: RetryPolicy::default(),
         run_at: em.ctx.now,
     });
@@ -1036,7 +1036,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
                 agency: t
                     .agency
                     .clone()
-                    .unwrap_or_else(|| em.state.agency_code.clone()),
+                    .unwrap_or_else(|| em.state.agency_code.to_string()),
                 token,
                 due_at,
             });

@@ -141,8 +141,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         step: Option<String>,
         call: String,
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        args: BTreeMap<String, Value>,
+        #[serde(default, skip_serializing_if = "crate::definition::no_args")]
+        args: std::sync::Arc<BTreeMap<String, Value>>,
         retry: RetryPolicy,
         run_at: DateTime<Utc>,
     },

@@ -13,11 +13,12 @@ use crate::definition::{EndOutcome, RetryPolicy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
-    pub id: String,
-    pub step: String,
-    pub name: String,
-    pub role: String,
-    pub agency: String,
+    // Fixed when the task opens: shared between copies (claiming copies the task).
+    pub id: Arc<str>,
+    pub step: Arc<str>,
+    pub name: Arc<str>,
+    pub role: Arc<str>,
+    pub agency: Arc<str>,
     pub token: u32,
     pub opened_at: DateTime<Utc>,
     pub due_at: Option<DateTime<Utc>>,
@@ -49,7 +50,8 @@ pub struct Job {
     pub id: String,
     pub kind: JobKind,
     pub call: String,
-    pub args: BTreeMap<String, Value>,
+    /// Shared between copies of the job (a state change copies the job, never its arguments).
+    pub args: Arc<BTreeMap<String, Value>>,
     pub step: Option<String>,
     pub token: Option<u32>,
     pub state: JobState,
@@ -107,12 +109,15 @@ pub struct Payment {
 /// Everything known about a dossier, as of its last event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dossier {
-    pub code: String,
-    pub procedure_code: String,
+    // The identity below never changes after filing: shared between copies of a state (a
+    // decision copies the state it decides on).
+    pub code: Arc<str>,
+    pub procedure_code: Arc<str>,
     pub procedure_version: u32,
-    pub procedure_name: String,
-    pub agency_code: String,
-    pub owner: Owner,
+    pub procedure_name: Arc<str>,
+    pub agency_code: Arc<str>,
+    /// Shared between copies of a state: it never changes after filing.
+    pub owner: Arc<Owner>,
     pub channel: Channel,
     pub status: Status,
     pub seq: u64,
@@ -132,27 +137,31 @@ pub struct Dossier {
     pub paused: Option<Pause>,
     pub supplement_rounds: u32,
     /// The officer who last took a task, named on the notifications they cause.
-    pub last_officer: Option<String>,
+    pub last_officer: Option<Arc<str>>,
     /// The latest reason given (refusal, supplement request, apology, withdrawal, stop).
     pub reason: Option<String>,
     /// Form data by component or task id. Shared between copies of a state (a decision copies
-    /// the state it decides on, and most leave the data alone): changed copy-on-write.
-    pub data: Arc<BTreeMap<String, Value>>,
-    pub documents: Vec<DocumentRef>,
+    /// the state it decides on, and most leave the data alone): changed copy-on-write, the map
+    /// and each form in it (adding a form copies the others' pointers, not their contents).
+    pub data: Arc<BTreeMap<String, Arc<Value>>>,
+    /// Shared copy-on-write like `data`.
+    pub documents: Arc<Vec<DocumentRef>>,
     /// Where the dossier is: token → step.
-    pub tokens: BTreeMap<u32, String>,
+    pub tokens: BTreeMap<u32, Arc<str>>,
     pub next_token: u32,
     /// Tokens waiting at each join.
     pub joins: BTreeMap<String, BTreeSet<u32>>,
-    /// Open tasks by id.
-    pub tasks: BTreeMap<String, Task>,
+    /// Open tasks by id, shared copy-on-write like `jobs`: the map, and each task in it.
+    pub tasks: Arc<BTreeMap<String, Arc<Task>>>,
     pub tasks_opened: u32,
     /// Jobs by id, shared copy-on-write like `data`: the map, and each job in it.
-    pub jobs: Arc<BTreeMap<String, Arc<Job>>>,
+    pub jobs: Arc<BTreeMap<Arc<str>, Arc<Job>>>,
     pub incidents: BTreeMap<String, Incident>,
-    /// Shared copy-on-write like `data` (the letters are the biggest part of a state).
-    pub notifications: Arc<Vec<Notification>>,
-    pub signatures: Vec<Signature>,
+    /// Shared copy-on-write like `jobs`: the list, and each letter in it (the letters are the
+    /// biggest part of a state).
+    pub notifications: Arc<Vec<Arc<Notification>>>,
+    /// Shared copy-on-write like `data`.
+    pub signatures: Arc<Vec<Signature>>,
     pub payments: Vec<Payment>,
 }
 
@@ -187,12 +196,12 @@ impl Dossier {
             return None;
         };
         Some(Dossier {
-            code: code.clone(),
-            procedure_code: procedure_code.clone(),
+            code: code.as_str().into(),
+            procedure_code: procedure_code.as_str().into(),
             procedure_version: *procedure_version,
-            procedure_name: procedure_name.clone(),
-            agency_code: agency_code.clone(),
-            owner: owner.clone(),
+            procedure_name: procedure_name.as_str().into(),
+            agency_code: agency_code.as_str().into(),
+            owner: Arc::new(owner.clone()),
             channel: *channel,
             status: Status::Filed,
             seq: 1,
@@ -211,17 +220,21 @@ impl Dossier {
             supplement_rounds: 0,
             last_officer: None,
             reason: None,
-            data: Arc::new(data.clone()),
-            documents: documents.clone(),
+            data: Arc::new(
+                data.iter()
+                    .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                    .collect(),
+            ),
+            documents: Arc::new(documents.clone()),
             tokens: BTreeMap::new(),
             next_token: 1,
             joins: BTreeMap::new(),
-            tasks: BTreeMap::new(),
+            tasks: Arc::default(),
             tasks_opened: 0,
             jobs: Arc::default(),
             incidents: BTreeMap::new(),
             notifications: Arc::default(),
-            signatures: Vec::new(),
+            signatures: Arc::default(),
             payments: Vec::new(),
         })
     }
@@ -238,7 +251,7 @@ impl Dossier {
         match event {
             Event::Filed { .. } => {}
             Event::Advanced { token, to, .. } => {
-                self.tokens.insert(*token, to.clone());
+                self.tokens.insert(*token, to.as_str().into());
                 self.next_token = self.next_token.max(token + 1);
             }
             Event::Forked {
@@ -246,7 +259,7 @@ impl Dossier {
             } => {
                 self.tokens.remove(token);
                 for (t, step) in branches {
-                    self.tokens.insert(*t, step.clone());
+                    self.tokens.insert(*t, step.as_str().into());
                     self.next_token = self.next_token.max(t + 1);
                 }
             }
@@ -256,7 +269,7 @@ impl Dossier {
             }
             Event::Joined { join, token } => {
                 self.joins.remove(join);
-                self.tokens.insert(*token, join.clone());
+                self.tokens.insert(*token, join.as_str().into());
                 self.next_token = self.next_token.max(token + 1);
             }
             Event::TaskOpened {
@@ -269,34 +282,34 @@ impl Dossier {
                 due_at,
             } => {
                 self.tasks_opened += 1;
-                self.tasks.insert(
+                Arc::make_mut(&mut self.tasks).insert(
                     task.clone(),
-                    Task {
-                        id: task.clone(),
-                        step: step.clone(),
-                        name: name.clone(),
-                        role: role.clone(),
-                        agency: agency.clone(),
+                    Arc::new(Task {
+                        id: task.as_str().into(),
+                        step: step.as_str().into(),
+                        name: name.as_str().into(),
+                        role: role.as_str().into(),
+                        agency: agency.as_str().into(),
                         token: *token,
                         opened_at: at,
                         due_at: *due_at,
                         claimed_by: None,
                         claimed_by_name: None,
-                    },
+                    }),
                 );
             }
             Event::TaskClaimed { task, by, by_name } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = task_mut(&mut self.tasks, task) {
                     t.claimed_by = Some(by.clone());
                     t.claimed_by_name = Some(by_name.clone());
                 }
-                self.last_officer = Some(by_name.clone());
+                self.last_officer = Some(by_name.as_str().into());
                 if self.status == Status::Received {
                     self.status = Status::Processing;
                 }
             }
             Event::TaskReleased { task } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = task_mut(&mut self.tasks, task) {
                     t.claimed_by = None;
                     t.claimed_by_name = None;
                 }
@@ -304,9 +317,10 @@ impl Dossier {
             Event::TaskCompleted {
                 task, data, reason, ..
             } => {
-                if let Some(t) = self.tasks.remove(task) {
+                if let Some(t) = remove_task(&mut self.tasks, task) {
                     if let Some(d) = data {
-                        Arc::make_mut(&mut self.data).insert(t.step.clone(), d.clone());
+                        Arc::make_mut(&mut self.data)
+                            .insert(t.step.to_string(), Arc::new(d.clone()));
                     }
                     self.tokens.remove(&t.token);
                 }
@@ -315,7 +329,7 @@ impl Dossier {
                 }
             }
             Event::TaskCancelled { task } => {
-                self.tasks.remove(task);
+                remove_task(&mut self.tasks, task);
             }
             Event::Received { due_at } => {
                 self.received_at = Some(at);
@@ -335,7 +349,7 @@ impl Dossier {
                 number,
                 document,
                 signer,
-            } => self.signatures.push(Signature {
+            } => Arc::make_mut(&mut self.signatures).push(Signature {
                 result_code: result_code.clone(),
                 number: number.clone(),
                 document: document.clone(),
@@ -355,7 +369,7 @@ impl Dossier {
                     self.tokens.remove(t);
                 }
                 Arc::make_mut(&mut self.jobs).insert(
-                    job.clone(),
+                    job.as_str().into(),
                     Arc::new(Job {
                         id: job.clone(),
                         kind: JobKind::Hook,
@@ -379,12 +393,12 @@ impl Dossier {
             } => {
                 self.tokens.remove(token);
                 Arc::make_mut(&mut self.jobs).insert(
-                    job.clone(),
+                    job.as_str().into(),
                     Arc::new(Job {
                         id: job.clone(),
                         kind: JobKind::Timer,
                         call: "timer".into(),
-                        args: BTreeMap::new(),
+                        args: Arc::default(),
                         step: Some(step.clone()),
                         token: Some(*token),
                         state: JobState::Pending,
@@ -462,7 +476,7 @@ impl Dossier {
                 }
             }
             Event::NotificationRecorded { notification } => {
-                Arc::make_mut(&mut self.notifications).push(notification.clone());
+                Arc::make_mut(&mut self.notifications).push(Arc::new(notification.clone()));
             }
             Event::SupplementRequested {
                 reason,
@@ -488,19 +502,20 @@ impl Dossier {
                     self.status = p.previous_status;
                 }
                 for (k, v) in data {
-                    Arc::make_mut(&mut self.data).insert(k.clone(), v.clone());
+                    Arc::make_mut(&mut self.data).insert(k.clone(), Arc::new(v.clone()));
                 }
-                self.documents.extend(documents.iter().cloned());
+                Arc::make_mut(&mut self.documents).extend(documents.iter().cloned());
                 if due_at.is_some() {
                     self.due_at = *due_at;
                 }
             }
             Event::DocumentAttached { document } | Event::PaperReused { document, .. } => {
-                self.documents.push(document.clone());
+                Arc::make_mut(&mut self.documents).push(document.clone());
             }
             Event::DocumentReplaced { replaced, document } => {
-                self.documents.retain(|d| &d.id != replaced);
-                self.documents.push(document.clone());
+                let documents = Arc::make_mut(&mut self.documents);
+                documents.retain(|d| &d.id != replaced);
+                documents.push(document.clone());
             }
             Event::PaymentRecorded {
                 fee_code,
@@ -561,8 +576,25 @@ impl Dossier {
     }
 }
 
+/// A task to change, copied first if another state shares it.
+fn task_mut<'a>(tasks: &'a mut Arc<BTreeMap<String, Arc<Task>>>, id: &str) -> Option<&'a mut Task> {
+    if !tasks.contains_key(id) {
+        return None;
+    }
+    Arc::make_mut(tasks).get_mut(id).map(Arc::make_mut)
+}
+
+/// Removes a task, copying the map first if another state shares it (and only if it holds
+/// the task).
+fn remove_task(tasks: &mut Arc<BTreeMap<String, Arc<Task>>>, id: &str) -> Option<Arc<Task>> {
+    if !tasks.contains_key(id) {
+        return None;
+    }
+    Arc::make_mut(tasks).remove(id)
+}
+
 /// A job to change, copied first if another state shares it.
-fn job_mut<'a>(jobs: &'a mut Arc<BTreeMap<String, Arc<Job>>>, id: &str) -> Option<&'a mut Job> {
+fn job_mut<'a>(jobs: &'a mut Arc<BTreeMap<Arc<str>, Arc<Job>>>, id: &str) -> Option<&'a mut Job> {
     if !jobs.contains_key(id) {
         return None;
     }

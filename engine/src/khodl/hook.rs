@@ -135,9 +135,9 @@ impl KhoDlSaveHook {
             issued_at: signature.at,
             issuing_agency: self
                 .agencies
-                .get(&d.agency_code)
+                .get(&*d.agency_code)
                 .cloned()
-                .unwrap_or_else(|| d.agency_code.clone()),
+                .unwrap_or_else(|| d.agency_code.to_string()),
             signer: Some(signature.signer.clone()),
             summary: Some(format!("{} (hồ sơ {})", d.procedure_name, d.code)),
             validity,
@@ -149,8 +149,8 @@ impl KhoDlSaveHook {
                 size: doc.size,
                 content_type: doc.content_type.clone(),
             }),
-            dossier_code: Some(d.code.clone()),
-            procedure_code: Some(d.procedure_code.clone()),
+            dossier_code: Some(d.code.to_string()),
+            procedure_code: Some(d.procedure_code.to_string()),
             field: Some(request.procedure.procedure().agency.field.clone()),
             // Signed by the competent officer: nothing is left to approve.
             approval: Approval::Approved,
@@ -164,7 +164,7 @@ impl KhoDlSaveHook {
     async fn save_all(&self, request: &HookRequest<'_>) -> Result<Vec<SavedPaper>, String> {
         let results = &request.procedure.procedure().results;
         let mut saved = Vec::new();
-        for signature in &request.dossier.signatures {
+        for signature in request.dossier.signatures.iter() {
             let Some(spec) = results
                 .iter()
                 .find(|r| r.result_code == signature.result_code && r.save_to_khodl)
