@@ -130,7 +130,7 @@ impl Expression {
             Some(forms) => forms
                 .iter()
                 .filter_map(|r| {
-                    let v: &Value = state.data.get(&r.form)?;
+                    let v = state.data.get(&r.form)?;
                     let val = match (&r.fields, v) {
                         (Some(fields), Value::Object(o)) => Box::new(CelMap::from(
                             fields

@@ -141,9 +141,8 @@ pub struct Dossier {
     /// The latest reason given (refusal, supplement request, apology, withdrawal, stop).
     pub reason: Option<String>,
     /// Form data by component or task id. Shared between copies of a state (a decision copies
-    /// the state it decides on, and most leave the data alone): changed copy-on-write, the map
-    /// and each form in it (adding a form copies the others' pointers, not their contents).
-    pub data: Arc<BTreeMap<String, Arc<Value>>>,
+    /// the state it decides on, and most leave the data alone): changed copy-on-write.
+    pub data: Arc<BTreeMap<String, Value>>,
     /// Shared copy-on-write like `data`.
     pub documents: Arc<Vec<DocumentRef>>,
     /// Where the dossier is: token → step.
@@ -220,11 +219,7 @@ impl Dossier {
             supplement_rounds: 0,
             last_officer: None,
             reason: None,
-            data: Arc::new(
-                data.iter()
-                    .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
-                    .collect(),
-            ),
+            data: Arc::new(data.clone()),
             documents: Arc::new(documents.clone()),
             tokens: BTreeMap::new(),
             next_token: 1,
@@ -319,8 +314,7 @@ impl Dossier {
             } => {
                 if let Some(t) = remove_task(&mut self.tasks, task) {
                     if let Some(d) = data {
-                        Arc::make_mut(&mut self.data)
-                            .insert(t.step.to_string(), Arc::new(d.clone()));
+                        Arc::make_mut(&mut self.data).insert(t.step.to_string(), d.clone());
                     }
                     self.tokens.remove(&t.token);
                 }
@@ -502,7 +496,7 @@ impl Dossier {
                     self.status = p.previous_status;
                 }
                 for (k, v) in data {
-                    Arc::make_mut(&mut self.data).insert(k.clone(), Arc::new(v.clone()));
+                    Arc::make_mut(&mut self.data).insert(k.clone(), v.clone());
                 }
                 Arc::make_mut(&mut self.documents).extend(documents.iter().cloned());
                 if due_at.is_some() {
