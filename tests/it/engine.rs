@@ -982,6 +982,100 @@ async fn concurrent_commands_each_succeed_or_conflict_on_their_own() {
     assert!(h.engine.verify(None).await.unwrap().is_intact());
 }
 
+/// An append that fails in the database (here its event collides with a row planted at the
+/// next sequence) is rolled back whole: the dossier stays where it was, the commands around it
+/// commit, and no connection is left inside the failed transaction (a later writer would wait
+/// for it and fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_append_leaves_the_dossier_as_it_was_and_the_store_writable() {
+    let h = harness().await;
+    let broken = h.file_lltp(1).await;
+    let others = vec![h.file_lltp(1).await, h.file_lltp(1).await];
+    let store = h.engine.store();
+    let plant = store.statement(
+        "INSERT INTO events (dossier_code, seq, type, at, actor_id, actor_name, payload, hash)
+         VALUES (?, ?, 'planted', 0, 'x', 'x', '{}', ?)",
+    );
+    sqlx::query(plant)
+        .bind(&*broken.code)
+        .bind(i64::try_from(broken.seq + 1).unwrap())
+        .bind(vec![0u8; 32])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // The failing append and others at the same moment, so they may share a group commit.
+    let mut handles = Vec::new();
+    for d in std::iter::once(&broken).chain(&others) {
+        let (engine, code, seq) = (h.engine.clone(), d.code.to_string(), d.seq);
+        handles.push(tokio::spawn(async move {
+            engine
+                .execute(&code, Some(seq), &desk(), &Command::Receive)
+                .await
+        }));
+    }
+    let mut results = Vec::new();
+    for handle in handles {
+        results.push(handle.await.unwrap());
+    }
+    assert!(
+        matches!(results[0], Err(EngineError::Store(_))),
+        "{:?}",
+        results[0]
+    );
+    for r in &results[1..] {
+        assert_eq!(r.as_ref().unwrap().status, Status::Received);
+    }
+    let row_seq = |code: String| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(store.statement("SELECT seq FROM dossiers WHERE code = ?"))
+                .bind(code)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        row_seq(broken.code.to_string()).await,
+        i64::try_from(broken.seq).unwrap(),
+        "the failed append moved the dossier row"
+    );
+    // Every later write commits at once: nothing holds the write lock.
+    for d in &others {
+        h.drain().await;
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            h.engine.execute(
+                &d.code,
+                None,
+                &specialist(),
+                &Command::ClaimTask {
+                    task: task_at(&h.engine.dossier(&d.code).await.unwrap(), "tham_dinh"),
+                },
+            ),
+        )
+        .await
+        .expect("a later write waited for a lock");
+        next.unwrap();
+    }
+    // With the planted row gone, the same command on the broken dossier goes through.
+    sqlx::query(store.statement("DELETE FROM events WHERE dossier_code = ? AND type = 'planted'"))
+        .bind(&*broken.code)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let d = h
+        .engine
+        .execute(&broken.code, Some(broken.seq), &desk(), &Command::Receive)
+        .await
+        .unwrap();
+    assert_eq!(d.status, Status::Received);
+    h.drain().await;
+    for d in std::iter::once(&broken).chain(&others) {
+        h.assert_replays_and_verifies(&d.code).await;
+    }
+}
+
 /// A hook whose every call waits (up to 5 s) for a second call to be in flight before it
 /// answers: it succeeds only when two jobs run side by side.
 struct Rendezvous {
