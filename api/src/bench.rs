@@ -95,7 +95,7 @@ pub struct Args {
     /// Pace the HTTP clients: start at most this many dossiers a second in all, evenly spread
     /// (default: none, each client starts its next dossier as soon as the last is returned).
     /// Compares builds at the same offered load, which the closed loop does not.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_rate)]
     pub http_pace: Option<f64>,
     /// The peers' figures (the lines `../shared/peers/run.sh` prints) to compute ratios against.
     #[arg(long)]
@@ -212,6 +212,16 @@ struct Report {
 }
 
 /// `tthc bench`.
+/// A rate for `--http-pace`: a finite number above zero.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{text}` is not a rate above zero (dossiers a second)"
+        )),
+    }
+}
+
 pub fn run(root: &Path, args: Args) -> Result<ExitCode> {
     let root = std::fs::canonicalize(root)
         .with_context(|| format!("the procedure repository {}", root.display()))?;
@@ -295,8 +305,7 @@ pub fn run(root: &Path, args: Args) -> Result<ExitCode> {
             args.http_pace
                 .map_or(String::new(), |r| format!(", {r} dossiers/s"))
         );
-        let pace = args.http_pace.filter(|r| *r > 0.0);
-        rt.block_on(bench_http(&root, &work, sizes.http_seconds, pace))?
+        rt.block_on(bench_http(&root, &work, sizes.http_seconds, args.http_pace))?
     } else {
         http_row().skipped()
     };
@@ -526,7 +535,7 @@ fn pending_hook(d: &Dossier) -> Option<(String, u32)> {
     d.jobs
         .values()
         .find(|j| j.kind == JobKind::Hook && j.state == JobState::Pending)
-        .map(|j| (j.id.clone(), j.attempts + 1))
+        .map(|j| (j.id.to_string(), j.attempts + 1))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -238,7 +238,7 @@ struct Inner {
     /// Folded states by dossier code, each as of its `seq`. Events never change once
     /// stored, so a cached state plus the events after its `seq` is the current state, on
     /// this node or after another node appended.
-    states: std::sync::Mutex<lru::LruCache<String, Cached>>,
+    states: std::sync::Mutex<lru::LruCache<Arc<str>, Cached>>,
     /// Dossiers whose streams did not verify when the sealer read them: never sealed.
     seal_refused: Mutex<std::collections::HashSet<String>>,
     /// Dossiers this node sealed since the archive dictionary was last trained.
@@ -552,7 +552,7 @@ impl Engine {
         {
             return;
         }
-        states.put(c.state.code.to_string(), c);
+        states.put(Arc::clone(&c.state.code), c);
     }
 
     async fn procedure_of(&self, d: &Dossier) -> Result<Arc<CompiledProcedure>, EngineError> {
@@ -795,7 +795,7 @@ impl Engine {
         };
         if job.state != JobState::Pending {
             return Err(EngineError::Command(CommandError::StaleJob {
-                job: job.id.clone(),
+                job: job.id.to_string(),
                 attempt: job.attempts + 1,
             }));
         }
@@ -806,7 +806,7 @@ impl Engine {
                 None,
                 &Actor::System,
                 &Command::FireTimer {
-                    job: job.id.clone(),
+                    job: job.id.to_string(),
                 },
             )
             .await?;
@@ -848,7 +848,7 @@ impl Engine {
             None,
             &Actor::System,
             &Command::RecordHookOutcome {
-                job: job.id.clone(),
+                job: job.id.to_string(),
                 attempt,
                 outcome,
             },

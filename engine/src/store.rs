@@ -231,7 +231,7 @@ fn job_projection(code: &str, j: &crate::dossier::Job) -> Option<JobRow> {
     }
     Some(JobRow {
         dossier_code: code.to_owned(),
-        job_id: j.id.clone(),
+        job_id: j.id.to_string(),
         kind: crate::wire_name(&j.kind),
         call: j.call.clone(),
         state: crate::wire_name(&j.state),
@@ -1994,7 +1994,7 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     // running them).
     let mut jobs_changed = false;
     for j in a.state.jobs.values() {
-        let old = a.before_state().and_then(|b| b.jobs.get(j.id.as_str()));
+        let old = a.before_state().and_then(|b| b.jobs.get(&*j.id));
         if old == Some(j) {
             continue;
         }
@@ -2002,7 +2002,7 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
         let Some(row) = job_projection(&d.code, j) else {
             batch.push(
                 "DELETE FROM jobs WHERE dossier_code = ? AND job_id = ?",
-                vec![Arg::Text(d.code.clone()), Arg::Text(j.id.clone())],
+                vec![Arg::Text(d.code.clone()), Arg::Text(j.id.to_string())],
             );
             continue;
         };

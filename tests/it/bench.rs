@@ -79,7 +79,7 @@ fn tthc_bench_quick_writes_every_row_as_json() {
 
 /// `--http-pace` holds the offered load: at 5 dossiers a second for 2 s, the 32 clients start
 /// at most 10 dossiers between them, and a paced run gives no verdict on the target (which is
-/// set for the closed loop).
+/// set for the closed loop). A rate of zero or below is refused.
 #[test]
 fn tthc_bench_http_pace_holds_the_offered_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,5 +115,13 @@ fn tthc_bench_http_pace_holds_the_offered_load() {
             .unwrap()
             .starts_with("paced at 5 dossiers/s"),
         "{http}"
+    );
+    // A rate of zero is refused, not run as the closed loop.
+    let out = tthc(&["bench", "--quick", "--only", "http", "--http-pace", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a rate above zero"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -415,7 +415,7 @@ async fn a_hook_failing_twice_then_succeeding_is_retried_with_backoff() {
     h.clock.advance(Duration::seconds(20));
     h.drain().await;
     let d = h.engine.dossier(&d.code).await.unwrap();
-    let job = &d.jobs[job.id.as_str()];
+    let job = &d.jobs[&*job.id];
     assert_eq!(job.attempts, 3);
     assert_eq!(job.state, engine::dossier::JobState::Done);
     let keys = h.push.keys();

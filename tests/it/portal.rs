@@ -476,7 +476,7 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     // schedules (the push, and the sync of the new status), whichever runs first.
     s.set_faults(json!({ "fail_first": 2 })).await;
     h.run(&code, &desk(), Command::ReturnResult).await;
-    let before: Vec<String> = d.jobs.keys().map(|k| k.to_string()).collect();
+    let before: Vec<std::sync::Arc<str>> = d.jobs.keys().cloned().collect();
     h.drain().await;
     let d = h.engine.dossier(&code).await.unwrap();
     let push = d
@@ -519,7 +519,7 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     }
 
     let d = h.engine.dossier(&code).await.unwrap();
-    let done = &d.jobs[push.id.as_str()];
+    let done = &d.jobs[&*push.id];
     assert_eq!(done.state, JobState::Done);
     let new_portal_jobs: Vec<_> = d
         .jobs

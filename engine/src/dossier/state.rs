@@ -47,7 +47,8 @@ pub enum JobState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
-    pub id: String,
+    /// The same allocation as the job's key in [`Dossier::jobs`].
+    pub id: Arc<str>,
     pub kind: JobKind,
     pub call: String,
     /// Shared between copies of the job (a state change copies the job, never its arguments).
@@ -294,7 +295,7 @@ impl Dossier {
                 );
             }
             Event::TaskClaimed { task, by, by_name } => {
-                if let Some(t) = task_mut(&mut self.tasks, task) {
+                if let Some(t) = shared_entry_mut(&mut self.tasks, task) {
                     t.claimed_by = Some(by.clone());
                     t.claimed_by_name = Some(by_name.clone());
                 }
@@ -304,7 +305,7 @@ impl Dossier {
                 }
             }
             Event::TaskReleased { task } => {
-                if let Some(t) = task_mut(&mut self.tasks, task) {
+                if let Some(t) = shared_entry_mut(&mut self.tasks, task) {
                     t.claimed_by = None;
                     t.claimed_by_name = None;
                 }
@@ -312,7 +313,7 @@ impl Dossier {
             Event::TaskCompleted {
                 task, data, reason, ..
             } => {
-                if let Some(t) = remove_task(&mut self.tasks, task) {
+                if let Some(t) = remove_shared(&mut self.tasks, task) {
                     if let Some(d) = data {
                         Arc::make_mut(&mut self.data).insert(t.step.to_string(), d.clone());
                     }
@@ -323,7 +324,7 @@ impl Dossier {
                 }
             }
             Event::TaskCancelled { task } => {
-                remove_task(&mut self.tasks, task);
+                remove_shared(&mut self.tasks, task);
             }
             Event::Received { due_at } => {
                 self.received_at = Some(at);
@@ -362,10 +363,11 @@ impl Dossier {
                 if let Some(t) = token {
                     self.tokens.remove(t);
                 }
+                let id: Arc<str> = job.as_str().into();
                 Arc::make_mut(&mut self.jobs).insert(
-                    job.as_str().into(),
+                    Arc::clone(&id),
                     Arc::new(Job {
-                        id: job.clone(),
+                        id,
                         kind: JobKind::Hook,
                         call: call.clone(),
                         args: args.clone(),
@@ -386,10 +388,11 @@ impl Dossier {
                 fire_at,
             } => {
                 self.tokens.remove(token);
+                let id: Arc<str> = job.as_str().into();
                 Arc::make_mut(&mut self.jobs).insert(
-                    job.as_str().into(),
+                    Arc::clone(&id),
                     Arc::new(Job {
-                        id: job.clone(),
+                        id,
                         kind: JobKind::Timer,
                         call: "timer".into(),
                         args: Arc::default(),
@@ -404,14 +407,14 @@ impl Dossier {
                 );
             }
             Event::HookSucceeded { job, attempt, .. } => {
-                if let Some(j) = job_mut(&mut self.jobs, job) {
+                if let Some(j) = shared_entry_mut(&mut self.jobs, job) {
                     j.state = JobState::Done;
                     j.attempts = *attempt;
                     j.last_error = None;
                 }
             }
             Event::TimerFired { job } => {
-                if let Some(j) = job_mut(&mut self.jobs, job) {
+                if let Some(j) = shared_entry_mut(&mut self.jobs, job) {
                     j.state = JobState::Done;
                     j.attempts += 1;
                 }
@@ -422,7 +425,7 @@ impl Dossier {
                 error,
                 retry_at,
             } => {
-                if let Some(j) = job_mut(&mut self.jobs, job) {
+                if let Some(j) = shared_entry_mut(&mut self.jobs, job) {
                     j.attempts = *attempt;
                     j.last_error = Some(error.clone());
                     match retry_at {
@@ -457,7 +460,7 @@ impl Dossier {
                 if let Some(i) = self.incidents.get_mut(incident) {
                     i.resolution = Some(resolution.clone());
                     i.resolved_at = Some(at);
-                    if let Some(j) = job_mut(&mut self.jobs, &i.job) {
+                    if let Some(j) = shared_entry_mut(&mut self.jobs, &i.job) {
                         match resolution {
                             IncidentResolution::Retried => {
                                 j.state = JobState::Pending;
@@ -556,41 +559,41 @@ impl Dossier {
         self.joins.clear();
         self.paused = None;
         // Steps no token will reach again; notifications outside the graph still go out.
-        let cancelled: Vec<String> = self
+        let cancelled: Vec<Arc<str>> = self
             .jobs
             .values()
             .filter(|j| j.token.is_some() && j.state == JobState::Pending)
             .map(|j| j.id.clone())
             .collect();
         for id in cancelled {
-            if let Some(j) = job_mut(&mut self.jobs, &id) {
+            if let Some(j) = shared_entry_mut(&mut self.jobs, &id) {
                 j.state = JobState::Cancelled;
             }
         }
     }
 }
 
-/// A task to change, copied first if another state shares it.
-fn task_mut<'a>(tasks: &'a mut Arc<BTreeMap<String, Arc<Task>>>, id: &str) -> Option<&'a mut Task> {
-    if !tasks.contains_key(id) {
+/// An entry of a shared map (tasks, jobs) to change: the map, then the entry, copied first if
+/// another state shares them, and neither copied when the map does not hold `id`.
+fn shared_entry_mut<'a, K, V>(map: &'a mut Arc<BTreeMap<K, Arc<V>>>, id: &str) -> Option<&'a mut V>
+where
+    K: std::borrow::Borrow<str> + Ord + Clone,
+    V: Clone,
+{
+    if !map.contains_key(id) {
         return None;
     }
-    Arc::make_mut(tasks).get_mut(id).map(Arc::make_mut)
+    Arc::make_mut(map).get_mut(id).map(Arc::make_mut)
 }
 
-/// Removes a task, copying the map first if another state shares it (and only if it holds
-/// the task).
-fn remove_task(tasks: &mut Arc<BTreeMap<String, Arc<Task>>>, id: &str) -> Option<Arc<Task>> {
-    if !tasks.contains_key(id) {
+/// Removes an entry of a shared map, copying the map first if another state shares it (and
+/// only if it holds the entry).
+fn remove_shared<K, V>(map: &mut Arc<BTreeMap<K, Arc<V>>>, id: &str) -> Option<Arc<V>>
+where
+    K: std::borrow::Borrow<str> + Ord + Clone,
+{
+    if !map.contains_key(id) {
         return None;
     }
-    Arc::make_mut(tasks).remove(id)
-}
-
-/// A job to change, copied first if another state shares it.
-fn job_mut<'a>(jobs: &'a mut Arc<BTreeMap<Arc<str>, Arc<Job>>>, id: &str) -> Option<&'a mut Job> {
-    if !jobs.contains_key(id) {
-        return None;
-    }
-    Arc::make_mut(jobs).get_mut(id).map(Arc::make_mut)
+    Arc::make_mut(map).remove(id)
 }
