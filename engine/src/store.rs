@@ -15,6 +15,8 @@ use crate::archive::{self, Archive, ArchiveError, Dictionary, StoredEvent};
 use crate::audit::{self, ChainBreak, StreamVerifier, VerifyReport};
 use crate::dossier::{Dossier, Event, EventRecord, JobState};
 
+mod sqlite;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("dossier {code} changed: it is at event {current}, you expected {expected}")]
@@ -25,6 +27,9 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the SQLite writer's own connection (see `store/writer.rs`).
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -273,6 +278,12 @@ pub struct Store {
     /// all of them in one transaction (group commit), each still checked against its own
     /// expected sequence.
     pending: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<GroupWrite>>>>,
+    /// SQLite (a file): the thread that runs group commits and job claims, each in one
+    /// hand-off (`store/writer.rs`).
+    sqlite_writer: Option<std::sync::Arc<sqlite::Writer>>,
+    /// SQLite (a file): connections for reading a dossier's newest events on the caller's
+    /// thread (`store/sqlite.rs`).
+    sqlite_readers: Option<std::sync::Arc<sqlite::Readers>>,
     /// Archive dictionaries by id, prepared once (they never change once stored).
     dictionaries: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<Dictionary>>>>,
     /// The newest dictionary's id and when it was looked up.
@@ -344,6 +355,131 @@ async fn commit_group(pool: &AnyPool, writes: &[std::sync::Arc<GroupWrite>]) {
             }
         }
     }
+}
+
+/// [`commit_group`] on the writer thread's connection, with the same outcomes: a conflict
+/// leaves its own append out, any other failure rolls the group back and each append is then
+/// tried alone.
+fn commit_group_on(conn: &mut rusqlite::Connection, writes: &[std::sync::Arc<GroupWrite>]) {
+    let together = |conn: &mut rusqlite::Connection| {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for w in writes {
+            match apply_on(&tx, w.expected_seq, &w.prepared) {
+                Ok(()) => outcomes.push(Ok(())),
+                Err(e @ StoreError::Conflict { .. }) => outcomes.push(Err(e)),
+                // Dropping the transaction rolls it back.
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit()?;
+        Ok::<_, StoreError>(outcomes)
+    };
+    match together(conn) {
+        Ok(outcomes) => {
+            for (w, outcome) in writes.iter().zip(outcomes) {
+                w.set_outcome(outcome);
+            }
+        }
+        Err(_) => {
+            for w in writes {
+                let alone = |conn: &mut rusqlite::Connection| {
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    apply_on(&tx, w.expected_seq, &w.prepared)?;
+                    tx.commit()?;
+                    Ok::<_, StoreError>(())
+                };
+                w.set_outcome(alone(conn));
+            }
+        }
+    }
+}
+
+/// [`apply`] on the writer thread's connection: the conditional update of the dossier row,
+/// then the batch, each statement kept prepared.
+fn apply_on(
+    tx: &rusqlite::Transaction<'_>,
+    expected_seq: u64,
+    prepared: &Prepared,
+) -> Result<(), StoreError> {
+    let d = &prepared.dossier;
+    let changed = tx
+        .prepare_cached(UPDATE_DOSSIER)?
+        .execute(rusqlite::params![
+            i64::from(d.status),
+            i64::try_from(d.seq).unwrap_or(i64::MAX),
+            prepared.head,
+            micros(d.updated_at),
+            opt_micros(d.received_at),
+            opt_micros(d.due_at),
+            i64::from(d.closed),
+            i64::from(d.paused),
+            i64::from(d.overdue),
+            i64::from(d.apology_sent),
+            d.code,
+            i64::try_from(expected_seq).unwrap_or(i64::MAX),
+        ])?;
+    if changed != 1 {
+        use rusqlite::OptionalExtension;
+        let current: Option<i64> = tx
+            .prepare_cached("SELECT seq FROM dossiers WHERE code = ?")?
+            .query_row([&d.code], |r| r.get(0))
+            .optional()?;
+        let Some(current) = current else {
+            return Err(StoreError::Corrupt(format!(
+                "dossier {} has no row",
+                d.code
+            )));
+        };
+        return Err(StoreError::Conflict {
+            code: d.code.clone(),
+            expected: expected_seq,
+            current: u64::try_from(current).unwrap_or(0),
+        });
+    }
+    for (statement, args) in &prepared.batch.statements {
+        tx.prepare_cached(statement)?
+            .execute(rusqlite::params_from_iter(args))?;
+    }
+    Ok(())
+}
+
+/// Whether any job is due and not leased (binds: now, now).
+const ANY_JOB_DUE: &str = "SELECT 1 FROM jobs WHERE state = 'pending' AND run_at <= ?
+     AND (lease_until IS NULL OR lease_until < ?) LIMIT 1";
+
+/// SQLite has one writer at a time: the statement is the claim (binds: lease until, now, now,
+/// limit).
+const CLAIM_JOBS_SQLITE: &str = "UPDATE jobs SET lease_until = ?
+     WHERE rowid IN (
+         SELECT rowid FROM jobs
+         WHERE state = 'pending' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+         ORDER BY run_at LIMIT ?)
+     RETURNING dossier_code, job_id";
+
+/// [`Store::claim_due_jobs`] on the writer thread's connection: nothing is written when no job
+/// is due.
+fn claim_on(
+    conn: &mut rusqlite::Connection,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    if !conn.prepare_cached(ANY_JOB_DUE)?.exists([now, now])? {
+        return Ok(Vec::new());
+    }
+    let mut claim = conn.prepare_cached(CLAIM_JOBS_SQLITE)?;
+    let claimed = claim
+        .query_map(rusqlite::params![lease_until, now, now, limit], |r| {
+            Ok(ClaimedJob {
+                dossier: r.get(0)?,
+                job: r.get(1)?,
+                lease_until,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(claimed)
 }
 
 /// Copies the SQLite WAL back into the database file every [`Checkpointer::EVERY`], beside
@@ -493,8 +629,19 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        let checkpointer = (backend == Backend::Sqlite && !url.contains(":memory:"))
-            .then(|| std::sync::Arc::new(Checkpointer::start(pool.clone())));
+        let on_file = backend == Backend::Sqlite && !url.contains(":memory:");
+        let checkpointer = on_file.then(|| std::sync::Arc::new(Checkpointer::start(pool.clone())));
+        let (sqlite_writer, sqlite_readers) = if on_file {
+            let options =
+                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)?;
+            let path = options.get_filename();
+            (
+                Some(std::sync::Arc::new(sqlite::Writer::start(path)?)),
+                Some(std::sync::Arc::new(sqlite::Readers::new(path))),
+            )
+        } else {
+            (None, None)
+        };
         Ok(Store {
             pool,
             backend,
@@ -502,6 +649,8 @@ impl Store {
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             _checkpointer: checkpointer,
             pending: std::sync::Arc::default(),
+            sqlite_writer,
+            sqlite_readers,
             dictionaries: std::sync::Arc::default(),
             current_dictionary: std::sync::Arc::default(),
         })
@@ -657,27 +806,44 @@ impl Store {
 
     /// The event rows of a dossier from event `from` on (not the sealed ones), as stored.
     async fn event_rows(&self, code: &str, from: u64) -> Result<Vec<StoredEvent>, StoreError> {
-        sqlx::query(sql(
-            self.backend,
-            "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
-             WHERE dossier_code = ? AND seq >= ? ORDER BY seq",
-        ))
-        .bind(code)
-        .bind(i64::try_from(from).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(StoredEvent {
-                seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
-                at: r.try_get("at")?,
-                actor_id: r.try_get("actor_id")?,
-                actor_name: r.try_get("actor_name")?,
-                payload: r.try_get("payload")?,
-                hash: r.try_get("hash")?,
+        const EVENT_ROWS: &str = "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
+             WHERE dossier_code = ? AND seq >= ? ORDER BY seq";
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        if let Some(readers) = &self.sqlite_readers {
+            return readers.read(|conn| {
+                let rows = conn
+                    .prepare_cached(EVENT_ROWS)?
+                    .query_map(rusqlite::params![code, from], |r| {
+                        Ok(StoredEvent {
+                            seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                            at: r.get(1)?,
+                            actor_id: r.get(2)?,
+                            actor_name: r.get(3)?,
+                            payload: r.get(4)?,
+                            hash: r.get(5)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            });
+        }
+        sqlx::query(sql(self.backend, EVENT_ROWS))
+            .bind(code)
+            .bind(from)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+                    at: r.try_get("at")?,
+                    actor_id: r.try_get("actor_id")?,
+                    actor_name: r.try_get("actor_name")?,
+                    payload: r.try_get("payload")?,
+                    hash: r.try_get("hash")?,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// [`Self::event_rows`] as one aggregated row, as `verify` reads streams: each row crossing
@@ -1251,14 +1417,23 @@ impl Store {
             return outcome.map(|()| head);
         }
         let writes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let pool = self.pool.clone();
-        // A task of its own, holding the turn: the writers whose appends it carries wait for
-        // it, and it finishes even if this caller goes away.
-        let _ = tokio::spawn(async move {
-            let _turn = turn;
-            commit_group(&pool, &writes).await;
-        })
-        .await;
+        // The commit holds the turn and finishes even if this caller goes away: the writers
+        // whose appends it carries wait for it.
+        if let Some(w) = &self.sqlite_writer {
+            let _ = w
+                .run(move |conn| {
+                    let _turn = turn;
+                    commit_group_on(conn, &writes);
+                })
+                .await;
+        } else {
+            let pool = self.pool.clone();
+            let _ = tokio::spawn(async move {
+                let _turn = turn;
+                commit_group(&pool, &writes).await;
+            })
+            .await;
+        }
         write
             .take_outcome()
             .unwrap_or_else(|| Err(StoreError::Corrupt("the append was not committed".into())))
@@ -1273,17 +1448,26 @@ impl Store {
         limit: u32,
         lease: chrono::Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let lease_until = micros(now + lease);
+        if let Some(w) = &self.sqlite_writer {
+            // The look and the claim in one hand-off to the writer thread.
+            let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
+            let now = micros(now);
+            let limit = i64::from(limit);
+            return w
+                .run(move |conn| {
+                    let _turn = turn;
+                    claim_on(conn, now, lease_until, limit)
+                })
+                .await?;
+        }
         // Look before taking the write lock: an idle worker polling must not commit an empty
         // write transaction each time (on SQLite that would queue behind every writer).
-        let due: Option<i64> = sqlx::query_scalar(sql(
-            self.backend,
-            "SELECT 1 FROM jobs WHERE state = 'pending' AND run_at <= ?
-             AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
-        ))
-        .bind(micros(now))
-        .bind(micros(now))
-        .fetch_optional(&self.pool)
-        .await?;
+        let due: Option<i64> = sqlx::query_scalar(sql(self.backend, ANY_JOB_DUE))
+            .bind(micros(now))
+            .bind(micros(now))
+            .fetch_optional(&self.pool)
+            .await?;
         if due.is_none() {
             return Ok(Vec::new());
         }
@@ -1291,15 +1475,7 @@ impl Store {
         let _turn = self.write_turn().await;
         let statement = match self.backend {
             // SQLite has one writer at a time: the statement is the claim.
-            Backend::Sqlite => sql(
-                self.backend,
-                "UPDATE jobs SET lease_until = ?
-                 WHERE rowid IN (
-                     SELECT rowid FROM jobs
-                     WHERE state = 'pending' AND run_at <= ? AND (lease_until IS NULL OR lease_until < ?)
-                     ORDER BY run_at LIMIT ?)
-                 RETURNING dossier_code, job_id",
-            ),
+            Backend::Sqlite => sql(self.backend, CLAIM_JOBS_SQLITE),
             // Several nodes claim at once: each takes rows no one else has locked.
             Backend::Postgres => sql(
                 self.backend,
@@ -1312,7 +1488,6 @@ impl Store {
                  RETURNING dossier_code, job_id",
             ),
         };
-        let lease_until = micros(now + lease);
         let rows = sqlx::query(statement)
             .bind(lease_until)
             .bind(micros(now))
@@ -1927,6 +2102,12 @@ fn insert_dossier(batch: &mut Batch, d: &DossierRow, last_hash: &str) {
     );
 }
 
+/// Moves a dossier row to its new state if it is still at the sequence it was decided on.
+const UPDATE_DOSSIER: &str =
+    "UPDATE dossiers SET status = ?, seq = ?, last_hash = ?, updated_at = ?,
+        received_at = ?, due_at = ?, closed = ?, paused = ?, overdue = ?, apology_sent = ?
+     WHERE code = ? AND seq = ?";
+
 /// Moves the dossier row from `expected_seq` to the new state; false when it is not at
 /// `expected_seq` (someone appended meanwhile).
 async fn update_dossier(
@@ -1936,26 +2117,21 @@ async fn update_dossier(
     expected_seq: u64,
     last_hash: &str,
 ) -> Result<bool, StoreError> {
-    let r = sqlx::query(sql(
-        b,
-        "UPDATE dossiers SET status = ?, seq = ?, last_hash = ?, updated_at = ?, received_at = ?,
-            due_at = ?, closed = ?, paused = ?, overdue = ?, apology_sent = ?
-         WHERE code = ? AND seq = ?",
-    ))
-    .bind(i64::from(d.status))
-    .bind(i64::try_from(d.seq).unwrap_or(i64::MAX))
-    .bind(last_hash)
-    .bind(micros(d.updated_at))
-    .bind(opt_micros(d.received_at))
-    .bind(opt_micros(d.due_at))
-    .bind(i64::from(d.closed))
-    .bind(i64::from(d.paused))
-    .bind(i64::from(d.overdue))
-    .bind(i64::from(d.apology_sent))
-    .bind(&d.code)
-    .bind(i64::try_from(expected_seq).unwrap_or(i64::MAX))
-    .execute(&mut **tx)
-    .await?;
+    let r = sqlx::query(sql(b, UPDATE_DOSSIER))
+        .bind(i64::from(d.status))
+        .bind(i64::try_from(d.seq).unwrap_or(i64::MAX))
+        .bind(last_hash)
+        .bind(micros(d.updated_at))
+        .bind(opt_micros(d.received_at))
+        .bind(opt_micros(d.due_at))
+        .bind(i64::from(d.closed))
+        .bind(i64::from(d.paused))
+        .bind(i64::from(d.overdue))
+        .bind(i64::from(d.apology_sent))
+        .bind(&d.code)
+        .bind(i64::try_from(expected_seq).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 

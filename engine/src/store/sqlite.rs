@@ -1,0 +1,144 @@
+//! SQLite's own connections beside sqlx's pool, for the hot path of a SQLite file: the writer
+//! thread (group commits of appends, job claims) and the readers of a dossier's newest events.
+//!
+//! Through sqlx every statement, `BEGIN` and `COMMIT` is a round trip to the connection's own
+//! thread, and a connection returned to the pool is pinged (one more): a command took about
+//! five hand-offs between threads, and the durable path spent most of its time switching
+//! threads rather than in SQLite (docs/performance.md).
+//!
+//! - The writer: a whole group commit is one hand-off. The work goes to the writer's thread,
+//!   runs there start to end on a plain connection (rusqlite, sharing sqlx's SQLite library),
+//!   and its answer comes back. It takes part in the store's write turn like every other
+//!   writer of the process.
+//! - The readers: reading the events stored after a cached state (every command of a worker,
+//!   every read of a dossier) runs on the caller's thread, on a connection taken from a small
+//!   idle list. It is one indexed range of one dossier's rows, microseconds from the page
+//!   cache; a WAL reader never waits for the writer.
+//!
+//! Both keep their statements prepared and use the store's settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
+
+use rusqlite::types::{ToSql, ToSqlOutput};
+use rusqlite::{Connection, OpenFlags};
+
+use super::{Arg, StoreError};
+
+type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The handle to the writer thread; the thread ends when the last handle is dropped.
+#[derive(Debug)]
+pub(super) struct Writer {
+    work: mpsc::Sender<Work>,
+}
+
+/// Statements kept prepared on the writer's connection: an append uses a handful, the
+/// multi-row event inserts one per row count.
+const PREPARED_STATEMENTS: usize = 128;
+
+impl Writer {
+    /// Opens the database file (created and migrated already) and starts the thread.
+    pub(super) fn start(path: &Path) -> Result<Writer, StoreError> {
+        let conn = open(path)?;
+        let (work, queue) = mpsc::channel::<Work>();
+        std::thread::Builder::new()
+            .name("tthc-sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = conn;
+                for w in queue {
+                    w(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer: {e}")))?;
+        Ok(Writer { work })
+    }
+
+    /// Runs `f` on the writer's connection and returns its result. Once sent, the work runs to
+    /// its end even if the caller stops waiting.
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.work
+            .send(Box::new(move |conn| {
+                let _ = answer.send(f(conn));
+            }))
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())
+    }
+}
+
+/// A connection with the same settings as the pool's (Store::open).
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 0;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+    Ok(conn)
+}
+
+/// Idle read connections, opened as needed.
+#[derive(Debug)]
+pub(super) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Read connections kept open between uses (more are opened while more read at once).
+const IDLE_READERS: usize = 4;
+
+impl Readers {
+    pub(super) fn new(path: &Path) -> Readers {
+        Readers {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs a short read on the caller's thread. Its statements must be stepped to their end or
+    /// dropped inside `f`, so that no read transaction outlives it.
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = open(&self.path)?;
+                c.execute_batch("PRAGMA query_only = ON;")?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Corrupt("the SQLite writer thread has stopped".into())
+}
+
+impl ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Arg::Int(v) => ToSqlOutput::from(*v),
+            Arg::OptInt(v) => v.to_sql()?,
+            Arg::Text(v) => ToSqlOutput::from(v.as_str()),
+            Arg::OptText(v) => v.to_sql()?,
+            Arg::Bytes(v) => ToSqlOutput::from(v.as_slice()),
+        })
+    }
+}
