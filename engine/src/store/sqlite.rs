@@ -70,6 +70,9 @@ impl Writer {
     }
 }
 
+/// How long a connection waits for a lock another process holds (the pool's setting).
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection with the same settings as the pool's (Store::open).
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -78,9 +81,9 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     )?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0;",
+         PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
     )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
     Ok(conn)
 }
