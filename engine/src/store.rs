@@ -281,9 +281,6 @@ pub struct Store {
     /// SQLite (a file): the thread that runs group commits and job claims, each in one
     /// hand-off (`store/writer.rs`).
     sqlite_writer: Option<std::sync::Arc<sqlite::Writer>>,
-    /// SQLite (a file): connections for reading a dossier's newest events on the caller's
-    /// thread (`store/sqlite.rs`).
-    sqlite_readers: Option<std::sync::Arc<sqlite::Readers>>,
     /// Archive dictionaries by id, prepared once (they never change once stored).
     dictionaries: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<Dictionary>>>>,
     /// The newest dictionary's id and when it was looked up.
@@ -684,7 +681,7 @@ impl Store {
         }
         let on_file = backend == Backend::Sqlite && !url.contains(":memory:");
         let writer = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-        let (sqlite_writer, sqlite_readers, checkpointer) = if on_file {
+        let (sqlite_writer, checkpointer) = if on_file {
             let options =
                 <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)?;
             let path = options.get_filename();
@@ -694,13 +691,9 @@ impl Store {
                 std::sync::Arc::clone(&writer),
                 std::sync::Arc::clone(&sqlite_writer),
             );
-            (
-                Some(sqlite_writer),
-                Some(std::sync::Arc::new(sqlite::Readers::new(path))),
-                Some(std::sync::Arc::new(checkpointer)),
-            )
+            (Some(sqlite_writer), Some(std::sync::Arc::new(checkpointer)))
         } else {
-            (None, None, None)
+            (None, None)
         };
         Ok(Store {
             pool,
@@ -710,7 +703,6 @@ impl Store {
             _checkpointer: checkpointer,
             pending: std::sync::Arc::default(),
             sqlite_writer,
-            sqlite_readers,
             dictionaries: std::sync::Arc::default(),
             current_dictionary: std::sync::Arc::default(),
         })
@@ -869,24 +861,6 @@ impl Store {
         const EVENT_ROWS: &str = "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
              WHERE dossier_code = ? AND seq >= ? ORDER BY seq";
         let from = i64::try_from(from).unwrap_or(i64::MAX);
-        if let Some(readers) = &self.sqlite_readers {
-            return readers.read(|conn| {
-                let rows = conn
-                    .prepare_cached(EVENT_ROWS)?
-                    .query_map(rusqlite::params![code, from], |r| {
-                        Ok(StoredEvent {
-                            seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                            at: r.get(1)?,
-                            actor_id: r.get(2)?,
-                            actor_name: r.get(3)?,
-                            payload: r.get(4)?,
-                            hash: r.get(5)?,
-                        })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            });
-        }
         sqlx::query(sql(self.backend, EVENT_ROWS))
             .bind(code)
             .bind(from)

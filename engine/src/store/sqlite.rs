@@ -1,24 +1,22 @@
-//! SQLite's own connections beside sqlx's pool, for the hot path of a SQLite file: the writer
-//! thread (group commits of appends, job claims) and the readers of a dossier's newest events.
+//! SQLite's writer thread, beside sqlx's pool, for the hot path of a SQLite file: group
+//! commits of appends, job claims and the checkpoint that restarts the WAL.
 //!
 //! Through sqlx every statement, `BEGIN` and `COMMIT` is a round trip to the connection's own
 //! thread, and a connection returned to the pool is pinged (one more): a command took about
 //! five hand-offs between threads, and the durable path spent most of its time switching
-//! threads rather than in SQLite (docs/performance.md).
+//! threads rather than in SQLite (docs/performance.md). Here a whole group commit is one
+//! hand-off: the work goes to the writer's thread, runs there start to end on a plain
+//! connection (rusqlite, sharing sqlx's SQLite library) with its statements kept prepared,
+//! and its answer comes back. The writer takes part in the store's write turn like every
+//! other writer of the process.
 //!
-//! - The writer: a whole group commit is one hand-off. The work goes to the writer's thread,
-//!   runs there start to end on a plain connection (rusqlite, sharing sqlx's SQLite library),
-//!   and its answer comes back. It takes part in the store's write turn like every other
-//!   writer of the process.
-//! - The readers: reading the events stored after a cached state (every command of a worker,
-//!   every read of a dossier) runs on the caller's thread, on a connection taken from a small
-//!   idle list. It is one indexed range of one dossier's rows, microseconds from the page
-//!   cache; a WAL reader never waits for the writer.
-//!
-//! Both keep their statements prepared and use the store's settings.
+//! Reads stay on sqlx's pool. Reading a dossier's newest events on the caller's thread, from
+//! connections of this module, was measured (+15% on the durable row) and taken back: under
+//! the HTTP benchmark a hook outcome then sometimes failed its eight conflict retries, each
+//! decided on the same older state (docs/performance.md, target 2).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::path::Path;
+use std::sync::mpsc;
 
 use rusqlite::types::{ToSql, ToSqlOutput};
 use rusqlite::{Connection, OpenFlags};
@@ -86,48 +84,6 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
     Ok(conn)
-}
-
-/// Idle read connections, opened as needed.
-#[derive(Debug)]
-pub(super) struct Readers {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-}
-
-/// Read connections kept open between uses (more are opened while more read at once).
-const IDLE_READERS: usize = 4;
-
-impl Readers {
-    pub(super) fn new(path: &Path) -> Readers {
-        Readers {
-            path: path.to_owned(),
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Runs a short read on the caller's thread. Its statements must be stepped to their end or
-    /// dropped inside `f`, so that no read transaction outlives it.
-    pub(super) fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match idle {
-            Some(c) => c,
-            None => {
-                let c = open(&self.path)?;
-                c.execute_batch("PRAGMA query_only = ON;")?;
-                c
-            }
-        };
-        let out = f(&conn);
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < IDLE_READERS {
-            idle.push(conn);
-        }
-        out
-    }
 }
 
 fn stopped() -> StoreError {
