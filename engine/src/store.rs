@@ -27,7 +27,7 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// From the SQLite writer's own connection (see `store/writer.rs`).
+    /// From the SQLite writer's own connection (see `store/sqlite.rs`).
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("migration: {0}")]
@@ -279,7 +279,7 @@ pub struct Store {
     /// expected sequence.
     pending: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<GroupWrite>>>>,
     /// SQLite (a file): the thread that runs group commits and job claims, each in one
-    /// hand-off (`store/writer.rs`).
+    /// hand-off (`store/sqlite.rs`).
     sqlite_writer: Option<std::sync::Arc<sqlite::Writer>>,
     /// Archive dictionaries by id, prepared once (they never change once stored).
     dictionaries: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<Dictionary>>>>,
