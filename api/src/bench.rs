@@ -582,8 +582,12 @@ fn core_dossier(
         decisions: 1,
         events: first.events.len() as u64,
         state: first.state,
-        stream: first.events.into_iter().map(|e| (now, e)).collect(),
+        // Sized for the happy path's 61 events, as a store's buffer would be: growing it
+        // copied every event four times a dossier (5% of the loop's instructions).
+        stream: Vec::with_capacity(64),
     };
+    run.stream
+        .extend(first.events.into_iter().map(|e| (now, e)));
     let step = |run: &mut CoreRun, now: DateTime<Utc>, actor: &Actor, cmd: &Command| {
         let ctx = Context {
             procedure,

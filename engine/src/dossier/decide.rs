@@ -171,7 +171,9 @@ pub fn decide(
     let mut em = Emitter {
         ctx,
         state: state.clone(),
-        events: Vec::new(),
+        // A decision emits up to about eight events: one allocation, no regrowth (each
+        // regrowth copied the events emitted so far).
+        events: Vec::with_capacity(8),
     };
     let system_only = matches!(
         command,
