@@ -34,6 +34,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The store cannot take work (its SQLite writer thread could not start or has stopped).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub fn micros(t: DateTime<Utc>) -> i64 {
@@ -274,7 +277,7 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// SQLite: the task that checkpoints the WAL; stops when the last clone of the store goes.
     _checkpointer: Option<std::sync::Arc<Checkpointer>>,
-    /// SQLite: appends waiting for the writer's turn. Whichever writer gets the turn commits
+    /// SQLite file: appends waiting for the writer's turn. Whichever writer gets the turn commits
     /// all of them in one transaction (group commit), each still checked against its own
     /// expected sequence.
     pending: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<GroupWrite>>>>,
@@ -316,48 +319,10 @@ impl GroupWrite {
     }
 }
 
-/// Commits appends to SQLite in one transaction. A conflict leaves its own append out (nothing
-/// of it was written); any other failure rolls the group back, and each append is then tried
-/// alone, so that only the failing one reports the error.
-async fn commit_group(pool: &AnyPool, writes: &[std::sync::Arc<GroupWrite>]) {
-    let b = Backend::Sqlite;
-    let together = async {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for w in writes {
-            match apply(b, &mut tx, w.expected_seq, &w.prepared).await {
-                Ok(()) => outcomes.push(Ok(())),
-                Err(e @ StoreError::Conflict { .. }) => outcomes.push(Err(e)),
-                Err(e) => return Err(e),
-            }
-        }
-        tx.commit().await?;
-        Ok::<_, StoreError>(outcomes)
-    };
-    match together.await {
-        Ok(outcomes) => {
-            for (w, outcome) in writes.iter().zip(outcomes) {
-                w.set_outcome(outcome);
-            }
-        }
-        Err(_) => {
-            for w in writes {
-                let alone = async {
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    apply(b, &mut tx, w.expected_seq, &w.prepared).await?;
-                    tx.commit().await?;
-                    Ok::<_, StoreError>(())
-                };
-                w.set_outcome(alone.await);
-            }
-        }
-    }
-}
-
-/// [`commit_group`] on the writer thread's connection, with the same outcomes: a conflict
-/// leaves its own append out, any other failure rolls the group back and each append is then
-/// tried alone.
-fn commit_group_on(conn: &mut rusqlite::Connection, writes: &[std::sync::Arc<GroupWrite>]) {
+/// Commits appends to SQLite in one transaction, on the writer thread's connection. A conflict
+/// leaves its own append out (nothing of it was written); any other failure rolls the group
+/// back, and each append is then tried alone, so that only the failing one reports the error.
+fn commit_group(conn: &mut rusqlite::Connection, writes: &[std::sync::Arc<GroupWrite>]) {
     let together = |conn: &mut rusqlite::Connection| {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(writes.len());
@@ -420,7 +385,7 @@ fn apply_on(
     if changed != 1 {
         use rusqlite::OptionalExtension;
         let current: Option<i64> = tx
-            .prepare_cached("SELECT seq FROM dossiers WHERE code = ?")?
+            .prepare_cached(DOSSIER_SEQ)?
             .query_row([&d.code], |r| r.get(0))
             .optional()?;
         let Some(current) = current else {
@@ -549,10 +514,11 @@ impl Checkpointer {
                 // RESTART waits for readers still on the WAL. Writers of this process wait for
                 // the turn meanwhile, so it waits briefly: a long reader (an audit, a search)
                 // only defers the restart to a later pass.
+                let usual: i64 = conn.pragma_query_value(None, "busy_timeout", |r| r.get(0))?;
                 conn.busy_timeout(Checkpointer::WAIT_FOR_READERS)?;
                 let restart =
                     conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(1));
-                conn.busy_timeout(sqlite::BUSY_TIMEOUT)?;
+                conn.pragma_update(None, "busy_timeout", usual)?;
                 match restart {
                     Ok(frames) => Ok(frames),
                     Err(rusqlite::Error::SqliteFailure(e, _))
@@ -658,17 +624,7 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the one writer; NORMAL syncs at
-                        // checkpoints, which WAL keeps crash-safe; a writer waits its turn.
-                        // Checkpoints run in the store's own task, not inside whichever commit
-                        // crosses the WAL's size limit (that commit would wait for the copy and
-                        // the sync: the latency tail).
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                             PRAGMA wal_autocheckpoint = 0;",
-                        )
-                        .await?;
+                        conn.execute(sqlite::SETTINGS).await?;
                     }
                     Ok(())
                 })
@@ -858,26 +814,27 @@ impl Store {
 
     /// The event rows of a dossier from event `from` on (not the sealed ones), as stored.
     async fn event_rows(&self, code: &str, from: u64) -> Result<Vec<StoredEvent>, StoreError> {
-        const EVENT_ROWS: &str = "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
-             WHERE dossier_code = ? AND seq >= ? ORDER BY seq";
-        let from = i64::try_from(from).unwrap_or(i64::MAX);
-        sqlx::query(sql(self.backend, EVENT_ROWS))
-            .bind(code)
-            .bind(from)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
-                    at: r.try_get("at")?,
-                    actor_id: r.try_get("actor_id")?,
-                    actor_name: r.try_get("actor_name")?,
-                    payload: r.try_get("payload")?,
-                    hash: r.try_get("hash")?,
-                })
+        sqlx::query(sql(
+            self.backend,
+            "SELECT seq, at, actor_id, actor_name, payload, hash FROM events
+             WHERE dossier_code = ? AND seq >= ? ORDER BY seq",
+        ))
+        .bind(code)
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredEvent {
+                seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+                at: r.try_get("at")?,
+                actor_id: r.try_get("actor_id")?,
+                actor_name: r.try_get("actor_name")?,
+                payload: r.try_get("payload")?,
+                hash: r.try_get("hash")?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     /// [`Self::event_rows`] as one aggregated row, as `verify` reads streams: each row crossing
@@ -1414,8 +1371,8 @@ impl Store {
     /// Appends events to an existing dossier whose state was `append.before`.
     /// Returns the hash of the last event appended: the new head of the dossier's chain.
     pub async fn append(&self, append: &Append<'_>) -> Result<String, StoreError> {
-        if let (Backend::Sqlite, Some((before, head))) = (self.backend, append.before) {
-            return self.append_grouped(append, before.seq, head).await;
+        if let (Some(writer), Some((before, head))) = (&self.sqlite_writer, append.before) {
+            return self.append_grouped(writer, append, before.seq, head).await;
         }
         let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
@@ -1430,6 +1387,7 @@ impl Store {
     /// as before. The caller returns only once its append is committed (or refused).
     async fn append_grouped(
         &self,
+        writer: &sqlite::Writer,
         append: &Append<'_>,
         expected_seq: u64,
         head: &str,
@@ -1453,24 +1411,19 @@ impl Store {
         let writes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         // The commit holds the turn and finishes even if this caller goes away: the writers
         // whose appends it carries wait for it.
-        if let Some(w) = &self.sqlite_writer {
-            let _ = w
-                .run(move |conn| {
-                    let _turn = turn;
-                    commit_group_on(conn, &writes);
-                })
-                .await;
-        } else {
-            let pool = self.pool.clone();
-            let _ = tokio::spawn(async move {
+        writer
+            .run(move |conn| {
                 let _turn = turn;
-                commit_group(&pool, &writes).await;
+                commit_group(conn, &writes);
             })
-            .await;
-        }
+            .await?;
         write
             .take_outcome()
-            .unwrap_or_else(|| Err(StoreError::Corrupt("the append was not committed".into())))
+            .unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "the append was not committed".into(),
+                ))
+            })
             .map(|()| head)
     }
 
@@ -2026,11 +1979,10 @@ async fn apply(
 ) -> Result<(), StoreError> {
     let code = &prepared.dossier.code;
     if !update_dossier(b, tx, &prepared.dossier, expected_seq, &prepared.head).await? {
-        let current: Option<i64> =
-            sqlx::query_scalar(sql(b, "SELECT seq FROM dossiers WHERE code = ?"))
-                .bind(code)
-                .fetch_optional(&mut **tx)
-                .await?;
+        let current: Option<i64> = sqlx::query_scalar(sql(b, DOSSIER_SEQ))
+            .bind(code)
+            .fetch_optional(&mut **tx)
+            .await?;
         let Some(current) = current else {
             return Err(StoreError::Corrupt(format!("dossier {code} has no row")));
         };
@@ -2135,6 +2087,9 @@ fn insert_dossier(batch: &mut Batch, d: &DossierRow, last_hash: &str) {
         ],
     );
 }
+
+/// Where a dossier's row is, when an append found it moved on.
+const DOSSIER_SEQ: &str = "SELECT seq FROM dossiers WHERE code = ?";
 
 /// Moves a dossier row to its new state if it is still at the sequence it was decided on.
 const UPDATE_DOSSIER: &str =

@@ -880,6 +880,18 @@ async fn tthc_audit_verify_names_the_first_altered_event_and_replay_prints_the_t
     );
 }
 
+/// A procedure row of `source_bytes` whose only use is to make the store write.
+fn filler_procedure(version: u32, source_bytes: usize) -> engine::store::StoredProcedure {
+    engine::store::StoredProcedure {
+        code: "9.999999".into(),
+        version,
+        name: "Thủ tục thử".into(),
+        source: "x".repeat(source_bytes),
+        forms: json!({}),
+        deployed_at: chrono::Utc::now(),
+    }
+}
+
 /// SQLite's WAL is copied back into the database file by the store's own task, not by the
 /// commit that happens to cross a size limit (that commit would stall): the file must still
 /// receive what was written, without anyone closing the store. SQLite-specific, so it opens
@@ -896,14 +908,7 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
     let before = std::fs::metadata(&path).unwrap().len();
     for version in 1..=8 {
         let saved = store
-            .save_procedure(&engine::store::StoredProcedure {
-                code: "9.999999".into(),
-                version,
-                name: "Thủ tục thử".into(),
-                source: "x".repeat(64 * 1024),
-                forms: json!({}),
-                deployed_at: chrono::Utc::now(),
-            })
+            .save_procedure(&filler_procedure(version, 64 * 1024))
             .await
             .unwrap();
         assert!(saved);
@@ -949,14 +954,7 @@ async fn sqlite_wal_starts_again_while_writes_never_stop() {
         tokio::spawn(async move {
             for version in 1.. {
                 store
-                    .save_procedure(&engine::store::StoredProcedure {
-                        code: "9.999999".into(),
-                        version,
-                        name: "Thủ tục thử".into(),
-                        source: "x".repeat(4 * 1024),
-                        forms: json!({}),
-                        deployed_at: chrono::Utc::now(),
-                    })
+                    .save_procedure(&filler_procedure(version, 4 * 1024))
                     .await
                     .unwrap();
             }

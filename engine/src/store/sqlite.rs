@@ -48,7 +48,7 @@ impl Writer {
                     w(&mut conn);
                 }
             })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
         Ok(Writer { work })
     }
 
@@ -68,26 +68,26 @@ impl Writer {
     }
 }
 
-/// How long a connection waits for a lock another process holds (the pool's setting).
-pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Every SQLite connection of the store, the pool's and the writer's: WAL lets readers run
+/// beside the one writer; NORMAL syncs at checkpoints, which WAL keeps crash-safe; a writer of
+/// another process is waited for. Checkpoints run in the store's own task, not inside
+/// whichever commit crosses the WAL's size limit (that commit would wait for the copy and the
+/// sync: the latency tail).
+pub(super) const SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;";
 
-/// A connection with the same settings as the pool's (Store::open).
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-         PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(SETTINGS)?;
     conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
     Ok(conn)
 }
 
 fn stopped() -> StoreError {
-    StoreError::Corrupt("the SQLite writer thread has stopped".into())
+    StoreError::Unavailable("the SQLite writer thread has stopped".into())
 }
 
 impl ToSql for Arg {
