@@ -381,21 +381,35 @@ impl Calendar {
         else {
             return cap;
         };
+        // Counted in time of day: only the first day starts at `from`, every later working
+        // day at its opening, and a later day whose office hours are all needed is skipped
+        // whole. (Run for every task opened: no date arithmetic per interval.)
+        let whole_day = TimeDelta::minutes(self.working_day_minutes());
+        let mut earliest = from.time() - NaiveTime::MIN;
         for day in from.date().iter_days().take(SEARCH_CAP_DAYS as usize) {
-            for (open, close) in self.office_hours(day) {
-                let begin = open.max(from);
-                if begin >= close {
-                    continue;
+            if self.is_working_day(day) {
+                if earliest.is_zero() && left > whole_day {
+                    left -= whole_day;
+                } else {
+                    for &(open, close) in &self.hours {
+                        let close = TimeDelta::minutes(close.into());
+                        let begin = TimeDelta::minutes(open.into()).max(earliest);
+                        if begin >= close {
+                            continue;
+                        }
+                        let available = close - begin;
+                        if left <= available {
+                            return day
+                                .and_time(NaiveTime::MIN)
+                                .checked_add_signed(begin + left)
+                                .and_then(|t| self.to_utc(t))
+                                .unwrap_or(cap);
+                        }
+                        left -= available;
+                    }
                 }
-                let available = close - begin;
-                if left <= available {
-                    return begin
-                        .checked_add_signed(left)
-                        .and_then(|t| self.to_utc(t))
-                        .unwrap_or(cap);
-                }
-                left -= available;
             }
+            earliest = TimeDelta::zero();
         }
         cap
     }
