@@ -10,6 +10,7 @@ pub mod dossier;
 pub mod engine;
 pub mod khodl;
 pub mod notify;
+mod plan;
 pub mod portal;
 pub mod reuse;
 pub mod runtime;

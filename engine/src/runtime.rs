@@ -9,6 +9,7 @@ use crate::definition::{
     DOSSIER_FIELDS, Definition, Duration, Procedure, Step, compile_expression, free_names,
 };
 use crate::dossier::Dossier;
+use crate::plan::Plan;
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
 };
@@ -44,6 +45,8 @@ struct Expression {
     /// The fields of `dossier` it reads: `None` when it does not read `dossier`, all of
     /// [`DOSSIER_FIELDS`] when it uses `dossier` as a whole.
     dossier: Option<Vec<&'static str>>,
+    /// The same condition for the fast path, when it is simple enough.
+    plan: Option<Plan>,
 }
 
 /// One form an expression reads.
@@ -113,6 +116,7 @@ impl Expression {
             }
         }
         Expression {
+            plan: Plan::compile(program.expression()),
             program,
             forms,
             dossier,
@@ -196,7 +200,7 @@ fn json_val(v: &Value) -> Box<dyn Val> {
 }
 
 /// One of [`DOSSIER_FIELDS`], the fields of the `dossier` variable.
-fn dossier_field(state: &Dossier, name: &str) -> Option<String> {
+pub(crate) fn dossier_field(state: &Dossier, name: &str) -> Option<String> {
     Some(match name {
         "channel" => state.channel.as_str().to_owned(),
         "owner_type" => crate::wire_name(&state.owner.id.owner_type()),
@@ -288,6 +292,13 @@ impl CompiledProcedure {
     /// Evaluates a condition. An expression that cannot be evaluated (a field not filled in,
     /// a type mismatch) does not hold; the reason comes back for the record.
     pub fn condition(&self, source: &str, state: &Dossier) -> (bool, Option<String>) {
+        if let Some(holds) = self
+            .programs
+            .get(source)
+            .and_then(|p| p.plan.as_ref()?.holds(state))
+        {
+            return (holds, None);
+        }
         match self.evaluate(source, state) {
             Ok(cel::Value::Bool(b)) => (b, None),
             Ok(other) => (
@@ -339,6 +350,7 @@ fn expressions(p: &Procedure) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn eval(source: &str, data: Value) -> cel::Value {
         let program = compile_expression(source).unwrap();
@@ -427,12 +439,135 @@ mod tests {
                 program: compile_expression(source).unwrap(),
                 forms: None,
                 dossier: Some(DOSSIER_FIELDS.to_vec()),
+                plan: None,
             };
             assert_eq!(
                 format!("{:?}", narrowed.evaluate(source, &state)),
                 format!("{:?}", whole.evaluate(source, &state)),
                 "{source}"
             );
+        }
+    }
+
+    fn state_with(f: Option<Value>) -> Dossier {
+        use crate::dossier::{Channel, Event, Owner, OwnerId};
+        let filed = Event::Filed {
+            code: "000.00.01.H59-260302-0001".into(),
+            procedure_code: "2.000488".into(),
+            procedure_version: 1,
+            procedure_name: "p".into(),
+            agency_code: "000.00.01.H59".into(),
+            owner: Owner {
+                id: OwnerId::parse("001099012345").unwrap(),
+                name: "A".into(),
+                email: None,
+                phone: None,
+            },
+            channel: Channel::InPerson,
+            data: f.into_iter().map(|v| ("f".to_owned(), v)).collect(),
+            documents: Vec::new(),
+        };
+        Dossier::from_filed(chrono::Utc::now(), &filed).unwrap()
+    }
+
+    /// The fast path (crate::plan) answers a condition only where CEL gives the same boolean
+    /// without an error, over every pairing of plain and awkward values, missing fields and
+    /// forms included; and it does answer the shipped conditions' usual cases.
+    #[test]
+    fn the_fast_path_agrees_with_cel() {
+        let values = [
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(1),
+            json!(2),
+            json!(-1),
+            json!(u64::MAX),
+            json!(1.0),
+            json!(2.5),
+            json!("khac"),
+            json!(""),
+            json!(null),
+            json!([1]),
+            json!({"k": 1}),
+        ];
+        let sources = [
+            "data.f.a || data.f.b",
+            "data.f.a && data.f.b",
+            "!data.f.a",
+            "data.f.a == 1 && data.f.b",
+            "data.f.a == 2",
+            "data.f.a != 2",
+            "data.f.a == 1u",
+            "data.f.a == -1",
+            "data.f.a == 18446744073709551615u",
+            "data.f.a == 'khac'",
+            "data.f.a == data.f.b",
+            "data.f.a != data.f.b",
+            "data.f.a == null",
+            "data.f.a == true || data.f.b == false",
+            "!(data.f.a == 1) && data.f.b != 'x'",
+            "data.f.a || true",
+            "false && data.f.a",
+            "true && data.f.a",
+            "data.f.a == 1.0",
+            "data.g.a == 1",
+            "dossier.channel != 'online'",
+            "dossier.channel == 'in_person' && data.f.a",
+            "dossier.owner_type == 'person' || data.f.b",
+        ];
+        let (mut answered, mut total) = (0, 0);
+        for a in values.iter().map(Some).chain([None]) {
+            for b in values.iter().map(Some).chain([None]) {
+                let mut form = serde_json::Map::new();
+                form.extend(a.map(|v| ("a".to_owned(), v.clone())));
+                form.extend(b.map(|v| ("b".to_owned(), v.clone())));
+                let state = state_with(Some(Value::Object(form)));
+                for source in sources {
+                    let e = Expression::new(compile_expression(source).unwrap());
+                    total += 1;
+                    if let Some(fast) = e.plan.as_ref().and_then(|p| p.holds(&state)) {
+                        answered += 1;
+                        assert_eq!(
+                            e.evaluate(source, &state).map_err(|_| ()),
+                            Ok(cel::Value::Bool(fast)),
+                            "{source} with a = {a:?}, b = {b:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // Not a fast path in name only: it answers wherever the values are plain and of the
+        // kinds compared (1,419 of the 5,175 pairings here; the rest are CEL's to decide).
+        assert!(answered * 4 > total, "{answered} of {total}");
+        // A form that is not an object, and no form at all, go to CEL.
+        for state in [state_with(Some(json!([1]))), state_with(None)] {
+            let e = Expression::new(compile_expression("data.f.a == 1").unwrap());
+            assert_eq!(e.plan.as_ref().and_then(|p| p.holds(&state)), None);
+        }
+    }
+
+    /// Every condition of the shipped procedures compiles to a plan.
+    #[test]
+    fn shipped_conditions_take_the_fast_path() {
+        for source in [
+            "data.to_khai.la_sinh_vien || data.to_khai.la_nguoi_co_cong",
+            "dossier.channel != 'online'",
+            "data.to_khai.loai_phieu == 1 && data.to_khai.uy_quyen && data.to_khai.quan_he_uy_quyen == 'khac'",
+            "data.tham_dinh.can_xac_minh || data.tham_dinh.co_an_tich",
+            "data.to_khai.loai_phieu == 2",
+        ] {
+            let program = compile_expression(source).unwrap();
+            assert!(Plan::compile(program.expression()).is_some(), "{source}");
+        }
+        for source in [
+            "has(data.f.a)",
+            "size(data.f.l) > 0",
+            "data.f.x > 1",
+            "data.f['a'] == 1",
+        ] {
+            let program = compile_expression(source).unwrap();
+            assert_eq!(Plan::compile(program.expression()), None, "{source}");
         }
     }
 }
