@@ -982,8 +982,31 @@ fn notify(em: &mut Emitter<'_>, template: &str) {
 }
 
 /// A hook job outside the graph: no token waits for it.
+/// `prefix`, `separator` and `n` in decimal (`j3`, `tham_dinh.2`): the ids of the jobs and
+/// tasks a dossier opens, made without the formatting machinery (which cost as much as the
+/// rest of opening a task).
+fn numbered(prefix: &str, separator: &str, n: usize) -> String {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = std::str::from_utf8(&digits[start..]).unwrap_or_default();
+    let mut id = String::with_capacity(prefix.len() + separator.len() + digits.len());
+    id.push_str(prefix);
+    id.push_str(separator);
+    id.push_str(digits);
+    id
+}
+
 fn system_job(em: &mut Emitter<'_>, call: &str, args: BTreeMap<String, Value>) {
-    let job = format!("j{}", em.state.jobs.len() + 1);
+    let job = numbered("j", "", em.state.jobs.len() + 1);
     em.emit(Event::HookScheduled {
         job,
         token: None,
@@ -1031,7 +1054,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
             let n = em.state.tasks_opened + 1;
             let due_at = t.sla.map(|sla| ctx.calendar.add(ctx.now, sla));
             em.emit(Event::TaskOpened {
-                task: format!("{}.{n}", t.id),
+                task: numbered(&t.id, ".", n as usize),
                 step: t.id.clone(),
                 name: t.name.clone().unwrap_or_else(|| t.id.clone()),
                 role: t.role.clone(),
@@ -1055,7 +1078,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
                         token,
                         Some(&d.id),
                         &b.then,
-                        &format!("if {}", b.condition),
+                        &["if ", b.condition.as_str()].concat(),
                     );
                 }
             }
@@ -1117,7 +1140,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
                 (None, Some(expr)) => until(ctx, &em.state, expr)?,
                 (None, None) => ctx.now,
             };
-            let job = format!("j{}", em.state.jobs.len() + 1);
+            let job = numbered("j", "", em.state.jobs.len() + 1);
             em.emit(Event::TimerScheduled {
                 job,
                 token,
@@ -1127,7 +1150,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
             Ok(())
         }
         Step::Hook(h) => {
-            let job = format!("j{}", em.state.jobs.len() + 1);
+            let job = numbered("j", "", em.state.jobs.len() + 1);
             em.emit(Event::HookScheduled {
                 job,
                 token: Some(token),
@@ -1295,4 +1318,22 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, dossier: &str, job: &str) -> 
     // Up to 25% less than the full delay.
     let millis = capped * 1000 - capped * jitter_per_mille;
     chrono::Duration::milliseconds(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn ids_are_numbered_in_decimal() {
+        assert_eq!(numbered("j", "", 0), "j0");
+        assert_eq!(numbered("j", "", 7), "j7");
+        assert_eq!(numbered("j", "", 10), "j10");
+        assert_eq!(numbered("tham_dinh", ".", 2), "tham_dinh.2");
+        assert_eq!(
+            numbered("j", "", usize::MAX),
+            format!("j{}", usize::MAX),
+            "the widest number"
+        );
+    }
 }
