@@ -1030,7 +1030,7 @@ fn advance(
     em.emit(Event::Advanced {
         token,
         from: from.map(str::to_owned),
-        to: to.to_owned(),
+        to: to.into(),
         via: via.to_owned(),
     });
     enter(em, token, to)
@@ -1054,14 +1054,14 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
             let n = em.state.tasks_opened + 1;
             let due_at = t.sla.map(|sla| ctx.calendar.add(ctx.now, sla));
             em.emit(Event::TaskOpened {
-                task: numbered(&t.id, ".", n as usize),
-                step: t.id.clone(),
-                name: t.name.clone().unwrap_or_else(|| t.id.clone()),
-                role: t.role.clone(),
-                agency: t
-                    .agency
-                    .clone()
-                    .unwrap_or_else(|| em.state.agency_code.to_string()),
+                task: numbered(&t.id, ".", n as usize).into(),
+                step: t.id.as_str().into(),
+                name: t.name.as_deref().unwrap_or(&t.id).into(),
+                role: t.role.as_str().into(),
+                agency: match &t.agency {
+                    Some(a) => a.as_str().into(),
+                    None => std::sync::Arc::clone(&em.state.agency_code),
+                },
                 token,
                 due_at,
             });

@@ -1,6 +1,7 @@
 //! Events: the facts recorded in a dossier's stream. State is a fold over them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -68,7 +69,8 @@ pub enum Event {
         token: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<String>,
-        to: String,
+        /// Shared with the state's token position.
+        to: Arc<str>,
         /// Why: the outcome, the decision branch taken, `start`…
         via: String,
     },
@@ -88,12 +90,13 @@ pub enum Event {
         join: String,
         token: u32,
     },
+    /// The names come from the definition and stay in the state's task: shared, not copied.
     TaskOpened {
-        task: String,
-        step: String,
-        name: String,
-        role: String,
-        agency: String,
+        task: Arc<str>,
+        step: Arc<str>,
+        name: Arc<str>,
+        role: Arc<str>,
+        agency: Arc<str>,
         token: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due_at: Option<DateTime<Utc>>,

@@ -247,7 +247,7 @@ impl Dossier {
         match event {
             Event::Filed { .. } => {}
             Event::Advanced { token, to, .. } => {
-                self.tokens.insert(*token, to.as_str().into());
+                self.tokens.insert(*token, Arc::clone(to));
                 self.next_token = self.next_token.max(token + 1);
             }
             Event::Forked {
@@ -279,13 +279,13 @@ impl Dossier {
             } => {
                 self.tasks_opened += 1;
                 Arc::make_mut(&mut self.tasks).insert(
-                    task.clone(),
+                    task.to_string(),
                     Arc::new(Task {
-                        id: task.as_str().into(),
-                        step: step.as_str().into(),
-                        name: name.as_str().into(),
-                        role: role.as_str().into(),
-                        agency: agency.as_str().into(),
+                        id: Arc::clone(task),
+                        step: Arc::clone(step),
+                        name: Arc::clone(name),
+                        role: Arc::clone(role),
+                        agency: Arc::clone(agency),
                         token: *token,
                         opened_at: at,
                         due_at: *due_at,
