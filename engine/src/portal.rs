@@ -1440,12 +1440,12 @@ mod tests {
             procedure_version: 1,
             procedure_name: "Cấp Phiếu lý lịch tư pháp".into(),
             agency_code: "000.00.01.H59".into(),
-            owner: Owner {
+            owner: Box::new(Owner {
                 id: OwnerId::parse("001099012345").unwrap(),
                 name: "Nguyễn Văn An".into(),
                 email: None,
                 phone: None,
-            },
+            }),
             channel: Channel::Online,
             data: BTreeMap::new(),
             documents: vec![doc(None)],

@@ -398,12 +398,12 @@ mod tests {
             procedure_version: 1,
             procedure_name: "p".into(),
             agency_code: "000.00.01.H59".into(),
-            owner: Owner {
+            owner: Box::new(Owner {
                 id: OwnerId::parse("001099012345").unwrap(),
                 name: "A".into(),
                 email: None,
                 phone: None,
-            },
+            }),
             channel: Channel::Online,
             data: std::collections::BTreeMap::from([
                 (
@@ -457,12 +457,12 @@ mod tests {
             procedure_version: 1,
             procedure_name: "p".into(),
             agency_code: "000.00.01.H59".into(),
-            owner: Owner {
+            owner: Box::new(Owner {
                 id: OwnerId::parse("001099012345").unwrap(),
                 name: "A".into(),
                 email: None,
                 phone: None,
-            },
+            }),
             channel: Channel::InPerson,
             data: f.into_iter().map(|v| ("f".to_owned(), v)).collect(),
             documents: Vec::new(),

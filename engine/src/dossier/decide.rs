@@ -124,7 +124,7 @@ pub fn decide_filing(
         procedure_version: p.version,
         procedure_name: p.name.clone(),
         agency_code: filing.agency_code.clone(),
-        owner: filing.owner.clone(),
+        owner: Box::new(filing.owner.clone()),
         channel: filing.channel,
         data: filing.data.clone(),
         documents: filing.documents.clone(),
@@ -394,7 +394,7 @@ pub fn decide(
                 )));
             }
             em.emit(Event::DocumentAttached {
-                document: document.clone(),
+                document: Box::new(document.clone()),
             });
         }
         Command::ReplaceDocument { replaced, document } => {
@@ -405,7 +405,7 @@ pub fn decide(
             }
             em.emit(Event::DocumentReplaced {
                 replaced: replaced.clone(),
-                document: document.clone(),
+                document: Box::new(document.clone()),
             });
         }
         Command::SignResult {
@@ -439,7 +439,7 @@ pub fn decide(
             em.emit(Event::ResultSigned {
                 result_code: result_code.clone(),
                 number: number.clone(),
-                document: document.clone(),
+                document: document.clone().map(Box::new),
                 signer: ctx.actor.name().to_owned(),
             });
         }
@@ -962,7 +962,7 @@ fn reuse_paper(
         result_code: paper.result_code.clone(),
         source: source.to_owned(),
         consent_by_owner,
-        document,
+        document: Box::new(document),
     });
     Ok(())
 }

@@ -59,7 +59,9 @@ pub enum Event {
         procedure_version: u32,
         procedure_name: String,
         agency_code: String,
-        owner: Owner,
+        /// Boxed, like the documents below: every event is as big as the biggest variant,
+        /// and each one is moved a few times as it is decided and stored.
+        owner: Box<Owner>,
         channel: Channel,
         data: BTreeMap<String, Value>,
         documents: Vec<DocumentRef>,
@@ -134,7 +136,7 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         number: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        document: Option<DocumentRef>,
+        document: Option<Box<DocumentRef>>,
         signer: String,
     },
     HookScheduled {
@@ -201,7 +203,7 @@ pub enum Event {
         due_at: Option<DateTime<Utc>>,
     },
     DocumentAttached {
-        document: DocumentRef,
+        document: Box<DocumentRef>,
     },
     /// An earlier result taken from Kho DL for a component, with the owner's consent. The
     /// document's provenance names the paper and where it came from.
@@ -214,11 +216,11 @@ pub enum Event {
         /// True when the owner chose it online; false when an officer recorded the owner's
         /// confirmation at the desk.
         consent_by_owner: bool,
-        document: DocumentRef,
+        document: Box<DocumentRef>,
     },
     DocumentReplaced {
         replaced: String,
-        document: DocumentRef,
+        document: Box<DocumentRef>,
     },
     PaymentRecorded {
         fee_code: String,

@@ -201,7 +201,7 @@ impl Dossier {
             procedure_version: *procedure_version,
             procedure_name: procedure_name.as_str().into(),
             agency_code: agency_code.as_str().into(),
-            owner: Arc::new(owner.clone()),
+            owner: Arc::new(Owner::clone(owner)),
             channel: *channel,
             status: Status::Filed,
             seq: 1,
@@ -347,7 +347,7 @@ impl Dossier {
             } => Arc::make_mut(&mut self.signatures).push(Signature {
                 result_code: result_code.clone(),
                 number: number.clone(),
-                document: document.clone(),
+                document: document.as_deref().cloned(),
                 signer: signer.clone(),
                 at,
             }),
@@ -507,12 +507,12 @@ impl Dossier {
                 }
             }
             Event::DocumentAttached { document } | Event::PaperReused { document, .. } => {
-                Arc::make_mut(&mut self.documents).push(document.clone());
+                Arc::make_mut(&mut self.documents).push(DocumentRef::clone(document));
             }
             Event::DocumentReplaced { replaced, document } => {
                 let documents = Arc::make_mut(&mut self.documents);
                 documents.retain(|d| &d.id != replaced);
-                documents.push(document.clone());
+                documents.push(DocumentRef::clone(document));
             }
             Event::PaymentRecorded {
                 fee_code,
