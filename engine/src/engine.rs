@@ -538,6 +538,13 @@ impl Engine {
         Ok(current)
     }
 
+    /// The dossier as this node last saw it, without reading the database: possibly behind
+    /// its stored events. Only for what never changes after filing (its code, owner,
+    /// agency and procedure).
+    pub fn last_seen(&self, code: &str) -> Option<Arc<Dossier>> {
+        self.cached(code).map(|c| c.state)
+    }
+
     fn cached(&self, code: &str) -> Option<Cached> {
         let mut states = self.inner.states.lock().unwrap_or_else(|e| e.into_inner());
         states.get(code).cloned()

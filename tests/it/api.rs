@@ -1071,3 +1071,70 @@ async fn documents_are_uploaded_attached_digitized_and_downloaded() {
         .await;
     assert_eq!(r.status.as_u16(), 403, "{}", r.text);
 }
+
+/// Commands are refused with 403 to whoever may not see the dossier, and the check that
+/// answers owners and the holding agency from the node's last seen state still lets an
+/// officer of another agency act where a task of theirs is open, and only then.
+#[tokio::test]
+async fn an_officer_of_another_agency_acts_only_through_an_open_task_of_theirs() {
+    let api = start_api().await;
+    let forbidden = |r: &Reply| {
+        assert_eq!(r.status.as_u16(), 403, "{}", r.text);
+        assert_eq!(r.body["code"], "forbidden", "{}", r.text);
+    };
+    let desk = officer_token("desk", &["mot_cua"]);
+    let specialist = officer_token("specialist", &["chuyen_vien"]);
+    let police = token_for(
+        UserKind::Officer,
+        "police",
+        &["xac_minh"],
+        Some("000.00.17.H59"),
+        None,
+    );
+    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
+    let url = |path: &str| format!("/api/v1/dossiers/{code}/{path}");
+
+    // Before any task of theirs: not theirs to see, nor to act on.
+    forbidden(&api.post(&url("receive"), &police, json!(null)).await);
+    let r = api.post(&url("receive"), &desk, json!(null)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = api
+        .wait_for(&code, "the verification task", |d| {
+            d["tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["step"] == "tham_dinh"))
+        })
+        .await;
+    let task = task_of(&d, "tham_dinh");
+    let r = api
+        .post(
+            &url(&format!("tasks/{task}/complete")),
+            &specialist,
+            json!({"data": {"co_an_tich": false, "can_xac_minh": true,
+                            "ly_do_xac_minh": ["cu_tru_nhieu_noi"]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // The police's verification task is open: they claim and complete it.
+    let task = task_of(&r.body, "xac_minh_cong_an");
+    let r = api
+        .post(&url(&format!("tasks/{task}/claim")), &police, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .post(
+            &url(&format!("tasks/{task}/complete")),
+            &police,
+            json!({"data": {"co_thong_tin_an_tich": false, "so_van_ban_tra_loi": "12/CV-PC",
+                            "ngay_tra_loi": "2026-03-05"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // Their task done, the dossier is no longer theirs to act on.
+    forbidden(
+        &api.post(&url(&format!("tasks/{task}/claim")), &police, json!(null))
+            .await,
+    );
+}

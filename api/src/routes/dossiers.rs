@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Paging, dossier_response, readable_dossier};
+use super::{Paging, dossier_response, may_command, readable_dossier};
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::server::{AppState, Body, expected_seq};
@@ -282,8 +282,8 @@ async fn run(
     command: Command,
 ) -> ApiResult<Response> {
     caller.require(kinds)?;
-    // Reading first keeps the answer for another owner's or agency's dossier a plain 403.
-    readable_dossier(state, caller, code).await?;
+    // Checking first keeps the answer for another owner's or agency's dossier a plain 403.
+    may_command(state, caller, code).await?;
     let d = state
         .engine
         .execute(code, expected_seq(headers)?, &caller.actor, &command)
