@@ -292,14 +292,13 @@ impl CompiledProcedure {
     /// Evaluates a condition. An expression that cannot be evaluated (a field not filled in,
     /// a type mismatch) does not hold; the reason comes back for the record.
     pub fn condition(&self, source: &str, state: &Dossier) -> (bool, Option<String>) {
-        if let Some(holds) = self
-            .programs
-            .get(source)
-            .and_then(|p| p.plan.as_ref()?.holds(state))
-        {
+        let Some(p) = self.programs.get(source) else {
+            return (false, Some(not_compiled(source)));
+        };
+        if let Some(holds) = p.plan.as_ref().and_then(|plan| plan.holds(state)) {
             return (holds, None);
         }
-        match self.evaluate(source, state) {
+        match p.evaluate(source, state) {
             Ok(cel::Value::Bool(b)) => (b, None),
             Ok(other) => (
                 false,
@@ -314,7 +313,7 @@ impl CompiledProcedure {
     pub fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
         match self.programs.get(source) {
             Some(p) => p.evaluate(source, state),
-            None => Err(format!("expression `{source}` was not compiled")),
+            None => Err(not_compiled(source)),
         }
     }
 
@@ -325,6 +324,10 @@ impl CompiledProcedure {
             Duration::WorkingDays(_) | Duration::WorkingHours(_)
         )
     }
+}
+
+fn not_compiled(source: &str) -> String {
+    format!("expression `{source}` was not compiled")
 }
 
 fn expressions(p: &Procedure) -> Vec<&str> {
@@ -350,6 +353,7 @@ fn expressions(p: &Procedure) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dossier::Channel;
     use serde_json::json;
 
     fn eval(source: &str, data: Value) -> cel::Value {
@@ -391,21 +395,9 @@ mod tests {
     /// errors, which end up in events) as converting all of `data` and `dossier`.
     #[test]
     fn narrowed_conversion_evaluates_like_the_whole() {
-        use crate::dossier::{Channel, Event, Owner, OwnerId};
-        let filed = Event::Filed {
-            code: "000.00.01.H59-260302-0001".into(),
-            procedure_code: "2.000488".into(),
-            procedure_version: 1,
-            procedure_name: "p".into(),
-            agency_code: "000.00.01.H59".into(),
-            owner: Box::new(Owner {
-                id: OwnerId::parse("001099012345").unwrap(),
-                name: "A".into(),
-                email: None,
-                phone: None,
-            }),
-            channel: Channel::Online,
-            data: std::collections::BTreeMap::from([
+        let state = filed_state(
+            Channel::Online,
+            std::collections::BTreeMap::from([
                 (
                     "f".to_owned(),
                     serde_json::json!({"n": 1, "s": "x", "t": true, "m": {"k": "v"}, "l": [1, 2]}),
@@ -413,9 +405,7 @@ mod tests {
                 ("g".to_owned(), serde_json::json!([1, 2])),
                 ("h".to_owned(), serde_json::json!("text")),
             ]),
-            documents: Vec::new(),
-        };
-        let state = Dossier::from_filed(chrono::Utc::now(), &filed).unwrap();
+        );
         for source in [
             "data.f.n == 1",
             "data.f.missing == 1",
@@ -449,8 +439,9 @@ mod tests {
         }
     }
 
-    fn state_with(f: Option<Value>) -> Dossier {
-        use crate::dossier::{Channel, Event, Owner, OwnerId};
+    /// A dossier just filed with these forms (citizen 001099012345 at agency 000.00.01.H59).
+    fn filed_state(channel: Channel, data: std::collections::BTreeMap<String, Value>) -> Dossier {
+        use crate::dossier::{Event, Owner, OwnerId};
         let filed = Event::Filed {
             code: "000.00.01.H59-260302-0001".into(),
             procedure_code: "2.000488".into(),
@@ -463,11 +454,19 @@ mod tests {
                 email: None,
                 phone: None,
             }),
-            channel: Channel::InPerson,
-            data: f.into_iter().map(|v| ("f".to_owned(), v)).collect(),
+            channel,
+            data,
             documents: Vec::new(),
         };
         Dossier::from_filed(chrono::Utc::now(), &filed).unwrap()
+    }
+
+    /// A dossier filed in person whose form `f` is `f` (no form when `None`).
+    fn state_with(f: Option<Value>) -> Dossier {
+        filed_state(
+            Channel::InPerson,
+            f.into_iter().map(|v| ("f".to_owned(), v)).collect(),
+        )
     }
 
     /// The fast path (crate::plan) answers a condition only where CEL gives the same boolean

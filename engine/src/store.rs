@@ -461,8 +461,8 @@ fn claim_on(
 ///
 /// Every commit waits while the restart runs, and what it copies it must also sync to disk
 /// first: 6–13 ms under the HTTP benchmark when it followed one passive pass (the pass takes
-/// long, and all that was committed during it was left to the restart), twice a second, which
-/// was the whole p99 of a task completion. So passive passes repeat, beside the writers, until
+/// long, and all that was committed during it was left to the restart), twice a second, a
+/// part of a task completion's p99. So passive passes repeat, beside the writers, until
 /// one finds that almost nothing was committed during the pass before; the restart then has
 /// only that little to copy.
 #[derive(Debug)]

@@ -33,12 +33,8 @@ async fn a_scheduled_hook_runs_without_waiting_for_the_next_poll() {
         "verification opens only after the receipt hook: {}",
         r.body["tasks"]
     );
-    api.wait_for(&code, "the verification task", |d| {
-        d["tasks"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["step"] == "tham_dinh"))
-    })
-    .await;
+    api.wait_for(&code, "the verification task", |d| has_task(d, "tham_dinh"))
+        .await;
 }
 
 #[tokio::test]
@@ -79,11 +75,7 @@ async fn the_judicial_record_procedure_end_to_end_over_http() {
 
     // The receipt goes out; then the specialist claims and completes verification.
     let d = api
-        .wait_for(&code, "the verification task", |d| {
-            d["tasks"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["step"] == "tham_dinh"))
-        })
+        .wait_for(&code, "the verification task", |d| has_task(d, "tham_dinh"))
         .await;
     let task = task_of(&d, "tham_dinh");
     let r = api
@@ -154,12 +146,8 @@ async fn the_judicial_record_procedure_end_to_end_over_http() {
     .await;
 
     // Hooks run in the background; then the desk returns the result.
-    api.wait_for(&code, "the return task", |d| {
-        d["tasks"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["step"] == "tra_ket_qua"))
-    })
-    .await;
+    api.wait_for(&code, "the return task", |d| has_task(d, "tra_ket_qua"))
+        .await;
     let r = api
         .post(
             &format!("/api/v1/dossiers/{code}/return"),
@@ -1099,11 +1087,7 @@ async fn an_officer_of_another_agency_acts_only_through_an_open_task_of_theirs()
     let r = api.post(&url("receive"), &desk, json!(null)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let d = api
-        .wait_for(&code, "the verification task", |d| {
-            d["tasks"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["step"] == "tham_dinh"))
-        })
+        .wait_for(&code, "the verification task", |d| has_task(d, "tham_dinh"))
         .await;
     let task = task_of(&d, "tham_dinh");
     let r = api

@@ -202,6 +202,13 @@ async fn reply(rb: reqwest::RequestBuilder) -> Reply {
     }
 }
 
+/// Whether the dossier (its JSON view) has an open task at `step`.
+pub fn has_task(dossier: &Value, step: &str) -> bool {
+    dossier["tasks"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["step"] == step))
+}
+
 pub fn task_of(dossier: &Value, step: &str) -> String {
     dossier["tasks"]
         .as_array()

@@ -981,30 +981,15 @@ fn notify(em: &mut Emitter<'_>, template: &str) {
     system_job(em, "notify", args);
 }
 
-/// A hook job outside the graph: no token waits for it.
 /// `prefix`, `separator` and `n` in decimal (`j3`, `tham_dinh.2`): the ids of the jobs and
 /// tasks a dossier opens, made without the formatting machinery (which cost as much as the
 /// rest of opening a task).
 fn numbered(prefix: &str, separator: &str, n: usize) -> String {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let digits = std::str::from_utf8(&digits[start..]).unwrap_or_default();
-    let mut id = String::with_capacity(prefix.len() + separator.len() + digits.len());
-    id.push_str(prefix);
-    id.push_str(separator);
-    id.push_str(digits);
-    id
+    let mut digits = itoa::Buffer::new();
+    [prefix, separator, digits.format(n)].concat()
 }
 
+/// A hook job outside the graph: no token waits for it.
 fn system_job(em: &mut Emitter<'_>, call: &str, args: BTreeMap<String, Value>) {
     let job = numbered("j", "", em.state.jobs.len() + 1);
     em.emit(Event::HookScheduled {

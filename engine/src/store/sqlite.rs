@@ -7,8 +7,9 @@
 //! threads rather than in SQLite (docs/performance.md). Here a whole group commit is one
 //! hand-off: the work goes to the writer's thread, runs there start to end on a plain
 //! connection (rusqlite, sharing sqlx's SQLite library) with its statements kept prepared,
-//! and its answer comes back. The writer takes part in the store's write turn like every
-//! other writer of the process.
+//! and its answer comes back. Group commits and job claims hold the store's write turn like
+//! every other writer of the process; the checkpointer's restart runs between them without
+//! it (see `Checkpointer` in store.rs).
 //!
 //! Reads stay on sqlx's pool. Reading a dossier's newest events on the caller's thread, from
 //! connections of this module, was measured (+15% on the durable row) and taken back: under
