@@ -8,6 +8,7 @@
 #   N        instances for the peers and dossiers for tthc's durable run (default 2000)
 #   --all    every row of `tthc bench` (HTTP, audit verify, 1,000,000-dossier lookups,
 #            storage: a few minutes more); by default only the core and durable rows
+#            (one at a time and 32 in flight)
 #   --quick  small sizes (seconds), to check the harness
 # Environment: TTHC_SHARED (default ../shared beside the repository) holds peers/;
 #   TTHC_BENCH_OUT (default target/bench) receives peers.txt and bench.json.
@@ -18,7 +19,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=${TTHC_SHARED:-$repo/../shared}
 out=${TTHC_BENCH_OUT:-$repo/target/bench}
 n=2000
-only=(--only core,durable)
+only=(--only core,durable,concurrent)
 quick=()
 for a in "$@"; do
   case $a in

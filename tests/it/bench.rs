@@ -5,9 +5,10 @@ use serde_json::Value;
 
 use crate::support::{stderr, stdout, tthc};
 
-const ROWS: [&str; 8] = [
+const ROWS: [&str; 9] = [
     "core",
     "durable",
+    "durable_concurrent",
     "postgres",
     "http",
     "audit_verify",
@@ -65,12 +66,12 @@ fn tthc_bench_quick_writes_every_row_as_json() {
             "the table prints {id}:\n{table}"
         );
     }
-    assert!(rows[3]["data"]["server_peak_rss_kb"].as_u64().is_some());
-    assert_eq!(rows[3]["data"]["clients"], 32);
+    assert!(rows[4]["data"]["server_peak_rss_kb"].as_u64().is_some());
+    assert_eq!(rows[4]["data"]["clients"], 32);
     let peers = report["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 2);
     for p in peers {
-        for k in ["core", "durable"] {
+        for k in ["core", "durable", "durable_concurrent"] {
             assert!(p["ratios"][k].as_f64().is_some(), "ratio {k} against {p}");
         }
     }
