@@ -1122,3 +1122,95 @@ async fn an_officer_of_another_agency_acts_only_through_an_open_task_of_theirs()
             .await,
     );
 }
+
+/// A client polling a dossier sends the last `ETag` it saw: `304 Not Modified` without a body
+/// while the dossier has not moved, the whole dossier once it has, and never an answer of
+/// either kind to a caller who may not read it.
+#[tokio::test]
+async fn a_polling_client_is_told_not_modified_until_the_dossier_moves() {
+    let api = start_api().await;
+    let citizen = citizen_token();
+    let desk = officer_token("desk", &["mot_cua"]);
+    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/dossiers/{code}");
+    let poll = |token: &str, tag: &str| {
+        api.send(
+            api.request(Method::GET, &path)
+                .bearer_auth(token)
+                .header("if-none-match", tag),
+        )
+    };
+    let r = api
+        .post(&format!("{path}/receive"), &desk, json!(null))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    api.wait_for(&code, "the verification task", |d| has_task(d, "tham_dinh"))
+        .await;
+
+    // The worker's hooks may still move it for a moment: poll until it rests.
+    let mut tag = api.get(&path, &citizen).await.headers["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut rested = None;
+    for _ in 0..250 {
+        let r = poll(&citizen, &tag).await;
+        if r.status == StatusCode::NOT_MODIFIED {
+            rested = Some(r);
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let seq = r.body["seq"].as_u64().unwrap();
+        assert!(
+            seq > tag.trim_matches('"').parse::<u64>().unwrap(),
+            "a full answer only when the dossier moved past {tag}: {}",
+            r.text
+        );
+        tag = r.headers["etag"].to_str().unwrap().to_owned();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let r = rested.expect("the dossier rests once its hooks ran");
+    assert_eq!(r.headers["etag"], tag.as_str(), "304 carries the same ETag");
+    assert!(r.text.is_empty(), "no body with 304: {}", r.text);
+    let seq: u64 = tag.trim_matches('"').parse().unwrap();
+
+    // Weak tags, lists and `*` name it too; an older version gets the whole dossier.
+    for same in [format!("W/{tag}"), format!("\"1\", {tag}"), "*".to_owned()] {
+        let r = poll(&citizen, &same).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{same}: {}", r.text);
+    }
+    let r = poll(&citizen, &format!("\"{}\"", seq - 1)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["seq"], seq);
+    assert_eq!(r.body["code"], code.as_str());
+
+    // Not a way to learn a stranger's dossier exists or how far it went.
+    for tag in [tag.as_str(), "*"] {
+        let r = poll(&other_citizen_token(), tag).await;
+        assert_eq!(r.status.as_u16(), 403, "{tag}: {}", r.text);
+    }
+    let r = api
+        .send(
+            api.request(Method::GET, "/api/v1/dossiers/000.00.01.H59-260101-9999")
+                .bearer_auth(&citizen)
+                .header("if-none-match", "*"),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 404, "{}", r.text);
+
+    // Once it moves (the specialist claims), the old tag gets the new version in full.
+    let task = task_of(&api.get(&path, &citizen).await.body, "tham_dinh");
+    let specialist = officer_token("specialist", &["chuyen_vien"]);
+    let r = api
+        .post(
+            &format!("{path}/tasks/{task}/claim"),
+            &specialist,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = poll(&citizen, &tag).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.body["seq"].as_u64().unwrap() > seq, "{}", r.text);
+    assert_ne!(r.headers["etag"], tag.as_str());
+}

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Paging, dossier_response, may_command, readable_dossier};
+use super::{Paging, dossier_response, may_command, not_modified, readable_dossier};
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::server::{AppState, Body, expected_seq};
@@ -184,16 +184,24 @@ async fn my_dossiers(
     Ok(Json(rows.into_iter().map(DossierSummary::from).collect()))
 }
 
-/// One dossier: status, due date, data, documents, open tasks. `ETag` is its version.
+/// One dossier: status, due date, data, documents, open tasks. `ETag` is its version; with
+/// `If-None-Match` naming it, `304 Not Modified` and no body (for clients that poll).
 #[utoipa::path(get, path = "/api/v1/dossiers/{code}", tag = "citizens", security(("bearer" = [])),
-    params(("code" = String, Path, description = "Dossier code")),
-    responses((status = 200, body = DossierView), (status = "default", body = Problem)))]
+    params(("code" = String, Path, description = "Dossier code"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag last seen, e.g. \"12\"")),
+    responses((status = 200, body = DossierView),
+        (status = 304, description = "Unchanged since the version named in If-None-Match"),
+        (status = "default", body = Problem)))]
 async fn get_dossier(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(code): Path<String>,
 ) -> ApiResult<Response> {
     let d = readable_dossier(&state, &caller, &code).await?;
+    if let Some(unchanged) = not_modified(&headers, &d) {
+        return Ok(unchanged);
+    }
     Ok(dossier_response(StatusCode::OK, &d))
 }
 

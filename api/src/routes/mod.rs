@@ -154,9 +154,32 @@ where
 
 /// A dossier answer with its version in `ETag`, for `If-Match` on the next command.
 pub fn dossier_response(status: StatusCode, d: &Dossier) -> Response {
-    let mut r = (status, Json(crate::views::DossierView::of(d))).into_response();
+    with_etag(
+        (status, Json(crate::views::DossierView::of(d))).into_response(),
+        d,
+    )
+}
+
+fn with_etag(mut r: Response, d: &Dossier) -> Response {
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{}\"", d.seq)) {
         r.headers_mut().insert(axum::http::header::ETAG, v);
     }
     r
+}
+
+/// `304 Not Modified` (no body, the same `ETag`) when the request's `If-None-Match` names the
+/// dossier's version or is `*`: a client polling a dossier is not sent what it already has.
+/// The view is a function of the dossier's state alone, and the state of its version, so the
+/// version is a strong validator. Answer only after the caller was allowed to read it.
+pub fn not_modified(headers: &axum::http::HeaderMap, d: &Dossier) -> Option<Response> {
+    let current = d.seq.to_string();
+    let matches = headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        // If-None-Match compares weakly: W/"12" names version 12 too.
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == current);
+    matches.then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), d))
 }
