@@ -272,6 +272,29 @@ const MAX_RETRIES_ON_CONFLICT: usize = 8;
 /// Whether `after` holds a pending job that `before` did not: a new hook call or timer, or a
 /// retry rescheduled. Jobs are shared copy-on-write, so a decision that left them alone is
 /// answered without looking at any.
+/// The decision that files `filing` under the code the store allocates, owning what it needs:
+/// on SQLite it runs on the store's writer thread, inside the filing's transaction.
+fn filing_decision(
+    procedure: Arc<CompiledProcedure>,
+    calendar: Arc<Calendar>,
+    ctx: &Context<'_>,
+    filing: &Filing,
+) -> impl FnOnce(&str) -> Result<(Vec<crate::dossier::Event>, Dossier), CommandError> + Send + 'static
+{
+    let (now, actor, sync_status) = (ctx.now, ctx.actor.clone(), ctx.sync_status);
+    let filing = filing.clone();
+    move |code| {
+        let ctx = Context {
+            procedure: &procedure,
+            calendar: &calendar,
+            now,
+            actor: &actor,
+            sync_status,
+        };
+        decide_filing(&ctx, code, &filing).map(|d| (d.events, d.state))
+    }
+}
+
 fn schedules_jobs(before: &Dossier, after: &Dossier) -> bool {
     !Arc::ptr_eq(&before.jobs, &after.jobs)
         && after.jobs.iter().any(|(id, job)| {
@@ -471,7 +494,12 @@ impl Engine {
             .create(
                 &filing.agency_code,
                 day,
-                |code| decide_filing(&ctx, code, filing).map(|d| (d.events, d.state)),
+                filing_decision(
+                    Arc::clone(&procedure),
+                    Arc::clone(&self.inner.calendar),
+                    &ctx,
+                    filing,
+                ),
                 now,
                 (actor.id(), actor.name()),
                 key,

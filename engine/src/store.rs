@@ -410,6 +410,147 @@ fn apply_on(
     Ok(())
 }
 
+/// Claims an idempotency key for a filing; no row changes when it was seen before (binds:
+/// actor, key, request hash, now).
+const IDEMPOTENCY_CLAIM: &str =
+    "INSERT INTO idempotency_keys (actor_id, key, scope, request_hash, status, body, created_at)
+     VALUES (?, ?, 'file_dossier', ?, 201, '', ?) ON CONFLICT (actor_id, key) DO NOTHING";
+/// What a key seen before filed (binds: actor, key).
+const IDEMPOTENCY_EARLIER: &str =
+    "SELECT body, request_hash FROM idempotency_keys WHERE actor_id = ? AND key = ?";
+/// Records the dossier a key filed (binds: code, actor, key).
+const IDEMPOTENCY_FILED: &str =
+    "UPDATE idempotency_keys SET body = ? WHERE actor_id = ? AND key = ?";
+/// The next number of an agency's day (binds: agency, day as YYMMDD).
+const NEXT_DOSSIER_NUMBER: &str =
+    "INSERT INTO dossier_sequences (agency_code, day, last) VALUES (?, ?, 1)
+     ON CONFLICT (agency_code, day) DO UPDATE SET last = dossier_sequences.last + 1
+     RETURNING last";
+
+/// A filing's facts for [`create_on`], owned: it runs on the writer thread.
+struct NewDossier {
+    agency_code: String,
+    day_key: String,
+    at: DateTime<Utc>,
+    /// Id and name.
+    actor: (String, String),
+    /// The idempotency key and the request's hash.
+    key: Option<(String, String)>,
+}
+
+/// [`Store::create`] on the writer thread's connection: the key, the number, the decision and
+/// the new dossier's rows in one transaction; nothing is kept when `decide` refuses.
+fn create_on<E>(
+    conn: &mut rusqlite::Connection,
+    f: &NewDossier,
+    decide: impl FnOnce(&str) -> Result<(Vec<Event>, Dossier), E>,
+) -> Result<Result<Created, E>, StoreError> {
+    let (actor_id, actor_name) = (f.actor.0.as_str(), f.actor.1.as_str());
+    // Dropping the transaction without committing rolls it back.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if let Some((key, hash)) = &f.key {
+        let claimed = tx
+            .prepare_cached(IDEMPOTENCY_CLAIM)?
+            .execute(rusqlite::params![actor_id, key, hash, micros(f.at)])?;
+        if claimed == 0 {
+            let (code, request_hash) = tx
+                .prepare_cached(IDEMPOTENCY_EARLIER)?
+                .query_row([actor_id, key.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            return Ok(Ok(Created::Earlier { code, request_hash }));
+        }
+    }
+    let n: i64 = tx
+        .prepare_cached(NEXT_DOSSIER_NUMBER)?
+        .query_row([&f.agency_code, &f.day_key], |r| r.get(0))?;
+    let code = format!("{}-{}-{n:04}", f.agency_code, f.day_key);
+    let (events, state) = match decide(&code) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let prepared = prepare(
+        Backend::Sqlite,
+        &Append {
+            at: f.at,
+            actor_id,
+            actor_name,
+            events: &events,
+            state: &state,
+            before: None,
+        },
+        0,
+        audit::GENESIS.to_owned(),
+    )?;
+    let mut row = Batch::default();
+    insert_dossier(&mut row, &prepared.dossier, &prepared.head);
+    for (statement, args) in row.statements.iter().chain(&prepared.batch.statements) {
+        tx.prepare_cached(statement)?
+            .execute(rusqlite::params_from_iter(args))?;
+    }
+    if let Some((key, _)) = &f.key {
+        tx.prepare_cached(IDEMPOTENCY_FILED)?
+            .execute([code.as_str(), actor_id, key.as_str()])?;
+    }
+    tx.commit()?;
+    Ok(Ok(Created::New(Box::new(state), prepared.head)))
+}
+
+/// The sealer's transaction on the writer thread's connection: for each dossier still where it
+/// was read, its archive stored and its event rows and letters deleted; one that moved on is
+/// counted as changed and left.
+fn seal_on(
+    conn: &mut rusqlite::Connection,
+    ready: &[(SealCandidate, crate::archive::Archive)],
+) -> Result<SealReport, StoreError> {
+    let mut report = SealReport::default();
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (c, archive) in ready {
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let moved = tx.prepare_cached(SEAL_MARK)?.execute(rusqlite::params![
+            int(archive.upto),
+            c.code,
+            int(c.seq),
+            int(c.sealed)
+        ])?;
+        if moved == 0 {
+            report.changed += 1;
+            continue;
+        }
+        tx.prepare_cached(SEAL_ARCHIVE)?.execute(rusqlite::params![
+            c.code,
+            int(archive.upto),
+            archive.head,
+            archive.checks,
+            archive.dictionary,
+            archive.body
+        ])?;
+        tx.prepare_cached(SEAL_DELETE_EVENTS)?
+            .execute(rusqlite::params![c.code, int(archive.upto)])?;
+        tx.prepare_cached(SEAL_DELETE_NOTIFICATIONS)?
+            .execute([&c.code])?;
+        report.sealed += 1;
+        report.events += c.seq - c.sealed;
+    }
+    tx.commit()?;
+    Ok(report)
+}
+
+/// Marks a dossier sealed up to an event, if it is still where the sealer read it (binds:
+/// upto, code, seq, sealed).
+const SEAL_MARK: &str =
+    "UPDATE dossiers SET sealed_seq = ? WHERE code = ? AND seq = ? AND sealed_seq = ?";
+/// Stores a dossier's archive, replacing an earlier one (binds: code, upto, head, checks,
+/// dictionary, body).
+const SEAL_ARCHIVE: &str =
+    "INSERT INTO event_archives (dossier_code, upto_seq, head, checks, dictionary, body)
+     VALUES (?, ?, ?, ?, ?, ?)
+     ON CONFLICT (dossier_code) DO UPDATE SET upto_seq = excluded.upto_seq,
+        head = excluded.head, checks = excluded.checks,
+        dictionary = excluded.dictionary, body = excluded.body";
+/// The event rows an archive now holds (binds: code, upto).
+const SEAL_DELETE_EVENTS: &str = "DELETE FROM events WHERE dossier_code = ? AND seq <= ?";
+/// A sealed dossier's letters: their text is in its events (binds: code).
+const SEAL_DELETE_NOTIFICATIONS: &str = "DELETE FROM notifications WHERE dossier_code = ?";
+
 /// Whether any job is due and not leased (binds: now, now).
 const ANY_JOB_DUE: &str = "SELECT 1 FROM jobs WHERE state = 'pending' AND run_at <= ?
      AND (lease_until IS NULL OR lease_until < ?) LIMIT 1";
@@ -1116,53 +1257,66 @@ impl Store {
         // A few dossiers a transaction: on SQLite the sealer holds the writer's turn meanwhile,
         // and commands wait behind it.
         const PER_TRANSACTION: usize = 8;
+        if let Some(w) = &self.sqlite_writer {
+            // On the writer thread, one hand-off a transaction: through sqlx each statement
+            // was a round trip to its connection's thread, all of them holding the turn.
+            let mut owned = Vec::with_capacity(ready.len());
+            for (c, archive) in ready {
+                owned.push((c.clone(), archive));
+            }
+            while !owned.is_empty() {
+                let rest = owned.split_off(owned.len().min(PER_TRANSACTION));
+                let chunk = std::mem::replace(&mut owned, rest);
+                let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
+                let part = w
+                    .run(move |conn| {
+                        let _turn = turn;
+                        seal_on(conn, &chunk)
+                    })
+                    .await??;
+                report.sealed += part.sealed;
+                report.events += part.events;
+                report.changed += part.changed;
+            }
+            return Ok(report);
+        }
         let mut ready = ready.into_iter().peekable();
         while ready.peek().is_some() {
             let _turn = self.write_turn().await;
             let mut tx = self.begin().await?;
             for (c, archive) in ready.by_ref().take(PER_TRANSACTION) {
-                let moved = sqlx::query(sql(
-                self.backend,
-                "UPDATE dossiers SET sealed_seq = ? WHERE code = ? AND seq = ? AND sealed_seq = ?",
-            ))
-            .bind(i64::try_from(archive.upto).unwrap_or(i64::MAX))
-            .bind(&c.code)
-            .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
-            .bind(i64::try_from(c.sealed).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+                let moved = sqlx::query(sql(self.backend, SEAL_MARK))
+                    .bind(i64::try_from(archive.upto).unwrap_or(i64::MAX))
+                    .bind(&c.code)
+                    .bind(i64::try_from(c.seq).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(c.sealed).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 if moved == 0 {
                     report.changed += 1;
                     continue;
                 }
                 let mut batch = Batch::default();
                 batch.push(
-                "INSERT INTO event_archives (dossier_code, upto_seq, head, checks, dictionary, body)
-                 VALUES (?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (dossier_code) DO UPDATE SET upto_seq = excluded.upto_seq,
-                    head = excluded.head, checks = excluded.checks,
-                    dictionary = excluded.dictionary, body = excluded.body",
-                vec![
-                    Arg::Text(c.code.clone()),
-                    Arg::Int(i64::try_from(archive.upto).unwrap_or(i64::MAX)),
-                    Arg::Bytes(archive.head),
-                    Arg::Bytes(archive.checks),
-                    Arg::Int(archive.dictionary),
-                    Arg::Bytes(archive.body),
-                ],
-            );
+                    SEAL_ARCHIVE,
+                    vec![
+                        Arg::Text(c.code.clone()),
+                        Arg::Int(i64::try_from(archive.upto).unwrap_or(i64::MAX)),
+                        Arg::Bytes(archive.head),
+                        Arg::Bytes(archive.checks),
+                        Arg::Int(archive.dictionary),
+                        Arg::Bytes(archive.body),
+                    ],
+                );
                 batch.push(
-                    "DELETE FROM events WHERE dossier_code = ? AND seq <= ?",
+                    SEAL_DELETE_EVENTS,
                     vec![
                         Arg::Text(c.code.clone()),
                         Arg::Int(i64::try_from(archive.upto).unwrap_or(i64::MAX)),
                     ],
                 );
-                batch.push(
-                    "DELETE FROM notifications WHERE dossier_code = ?",
-                    vec![Arg::Text(c.code.clone())],
-                );
+                batch.push(SEAL_DELETE_NOTIFICATIONS, vec![Arg::Text(c.code.clone())]);
                 batch.run(self.backend, &mut tx).await?;
                 report.sealed += 1;
                 report.events += c.seq - c.sealed;
@@ -1295,40 +1449,54 @@ impl Store {
     /// into events, and stores them, all in one transaction. With an idempotency key (actor's
     /// key, request hash), the key is recorded in the same transaction: a key seen before
     /// returns the dossier it filed and files nothing.
-    pub async fn create<E>(
+    pub async fn create<E: Send + 'static>(
         &self,
         agency_code: &str,
         day: NaiveDate,
-        decide: impl FnOnce(&str) -> Result<(Vec<Event>, Dossier), E>,
+        decide: impl FnOnce(&str) -> Result<(Vec<Event>, Dossier), E> + Send + 'static,
         at: DateTime<Utc>,
         actor: (&str, &str),
         key: Option<(&str, &str)>,
     ) -> Result<Result<Created, E>, StoreError> {
+        let day_key = day.format("%y%m%d").to_string();
+        if let Some(w) = &self.sqlite_writer {
+            // The whole filing in one hand-off to the writer thread, as a group commit is:
+            // through sqlx it was five round trips to a connection's thread, all holding the
+            // turn every command waits for.
+            let filing = NewDossier {
+                agency_code: agency_code.to_owned(),
+                day_key,
+                at,
+                actor: (actor.0.to_owned(), actor.1.to_owned()),
+                key: key.map(|(k, h)| (k.to_owned(), h.to_owned())),
+            };
+            let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
+            return w
+                .run(move |conn| {
+                    let _turn = turn;
+                    create_on(conn, &filing, decide)
+                })
+                .await?;
+        }
         let _turn = self.write_turn().await;
         let mut tx = self.begin().await?;
         if let Some((key, hash)) = key {
             // On PostgreSQL a concurrent filing with the same key waits here for the first
             // to commit, then finds its row.
-            let claimed = sqlx::query(sql(
-                self.backend,
-                "INSERT INTO idempotency_keys (actor_id, key, scope, request_hash, status, body, created_at)
-                 VALUES (?, ?, 'file_dossier', ?, 201, '', ?) ON CONFLICT (actor_id, key) DO NOTHING",
-            ))
-            .bind(actor.0)
-            .bind(key)
-            .bind(hash)
-            .bind(micros(at))
-            .execute(&mut *tx)
-            .await?;
-            if claimed.rows_affected() == 0 {
-                let (body, request_hash): (String, String) = sqlx::query_as(sql(
-                    self.backend,
-                    "SELECT body, request_hash FROM idempotency_keys WHERE actor_id = ? AND key = ?",
-                ))
+            let claimed = sqlx::query(sql(self.backend, IDEMPOTENCY_CLAIM))
                 .bind(actor.0)
                 .bind(key)
-                .fetch_one(&mut *tx)
+                .bind(hash)
+                .bind(micros(at))
+                .execute(&mut *tx)
                 .await?;
+            if claimed.rows_affected() == 0 {
+                let (body, request_hash): (String, String) =
+                    sqlx::query_as(sql(self.backend, IDEMPOTENCY_EARLIER))
+                        .bind(actor.0)
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
                 tx.rollback().await?;
                 return Ok(Ok(Created::Earlier {
                     code: body,
@@ -1336,17 +1504,11 @@ impl Store {
                 }));
             }
         }
-        let day_key = day.format("%y%m%d").to_string();
-        let n: i64 = sqlx::query_scalar(sql(
-            self.backend,
-            "INSERT INTO dossier_sequences (agency_code, day, last) VALUES (?, ?, 1)
-             ON CONFLICT (agency_code, day) DO UPDATE SET last = dossier_sequences.last + 1
-             RETURNING last",
-        ))
-        .bind(agency_code)
-        .bind(&day_key)
-        .fetch_one(&mut *tx)
-        .await?;
+        let n: i64 = sqlx::query_scalar(sql(self.backend, NEXT_DOSSIER_NUMBER))
+            .bind(agency_code)
+            .bind(&day_key)
+            .fetch_one(&mut *tx)
+            .await?;
         let code = format!("{agency_code}-{day_key}-{n:04}");
         let (events, state) = match decide(&code) {
             Ok(v) => v,
@@ -1369,15 +1531,12 @@ impl Store {
         )
         .await?;
         if let Some((key, _)) = key {
-            sqlx::query(sql(
-                self.backend,
-                "UPDATE idempotency_keys SET body = ? WHERE actor_id = ? AND key = ?",
-            ))
-            .bind(&code)
-            .bind(actor.0)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sql(self.backend, IDEMPOTENCY_FILED))
+                .bind(&code)
+                .bind(actor.0)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(Ok(Created::New(Box::new(state), head)))

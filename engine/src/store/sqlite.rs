@@ -1,5 +1,6 @@
 //! SQLite's writer thread, beside sqlx's pool, for the hot path of a SQLite file: group
-//! commits of appends, job claims and the checkpoint that restarts the WAL.
+//! commits of appends, job claims, filings, the sealer's transactions and the checkpoint that
+//! restarts the WAL.
 //!
 //! Through sqlx every statement, `BEGIN` and `COMMIT` is a round trip to the connection's own
 //! thread, and a connection returned to the pool is pinged (one more): a command took about
@@ -7,9 +8,9 @@
 //! threads rather than in SQLite (docs/performance.md). Here a whole group commit is one
 //! hand-off: the work goes to the writer's thread, runs there start to end on a plain
 //! connection (rusqlite, sharing sqlx's SQLite library) with its statements kept prepared,
-//! and its answer comes back. Group commits and job claims hold the store's write turn like
-//! every other writer of the process; the checkpointer's restart runs between them without
-//! it (see `Checkpointer` in store.rs).
+//! and its answer comes back. Group commits, job claims, filings and seals hold the store's
+//! write turn like every other writer of the process; the checkpointer's restart runs between
+//! them without it (see `Checkpointer` in store.rs).
 //!
 //! Reads stay on sqlx's pool. Reading a dossier's newest events on the caller's thread, from
 //! connections of this module, was measured (+15% on the durable row) and taken back: under
