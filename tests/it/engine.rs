@@ -1177,3 +1177,67 @@ async fn different_dossiers_jobs_run_side_by_side() {
         );
     }
 }
+
+/// A filing is one transaction: its number, its idempotency key and its rows. Filings racing
+/// with one key file once and spend one number; a filing whose decision is refused inside the
+/// transaction stores nothing and spends no number; the next filing takes the next number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filing_spends_its_number_only_when_it_is_stored() {
+    let h = harness().await;
+    let filing = lltp_filing(1);
+    let mut racing = Vec::new();
+    for _ in 0..8 {
+        let (engine, filing) = (h.engine.clone(), filing.clone());
+        racing.push(tokio::spawn(async move {
+            engine
+                .file_once(&citizen(), &filing, Some(("key-1", "request-1")))
+                .await
+        }));
+    }
+    let mut codes = std::collections::BTreeSet::new();
+    let mut filed_now = 0;
+    for r in racing {
+        let (d, earlier) = r.await.unwrap().unwrap();
+        codes.insert(d.code.to_string());
+        filed_now += usize::from(!earlier);
+    }
+    assert_eq!(codes.len(), 1, "one dossier for one key: {codes:?}");
+    assert_eq!(filed_now, 1, "filed once, the others answered with it");
+    let first = codes.pop_first().unwrap();
+    let (prefix, number) = first.rsplit_once('-').unwrap();
+    let day =
+        chrono::NaiveDate::parse_from_str(prefix.rsplit_once('-').unwrap().1, "%y%m%d").unwrap();
+
+    let refused = h
+        .engine
+        .store()
+        .create(
+            &filing.agency_code,
+            day,
+            |_code| Err::<(Vec<engine::dossier::Event>, engine::dossier::Dossier), _>("refused"),
+            monday_morning(),
+            ("desk", "Desk"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(refused, Err("refused")));
+
+    let next = h.engine.file(&citizen(), &filing).await.unwrap();
+    let next_number: u32 = next.code.rsplit_once('-').unwrap().1.parse().unwrap();
+    assert_eq!(
+        next_number,
+        number.parse::<u32>().unwrap() + 1,
+        "{} after {first}: the refused filing spent no number",
+        next.code
+    );
+    assert_eq!(
+        h.engine
+            .store()
+            .dossiers_of_owner(filing.owner.id.as_str(), 10, 0)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
