@@ -805,6 +805,26 @@ async fn db_bytes(pool: &sqlx::SqlitePool) -> Result<i64> {
     Ok(pages * size)
 }
 
+/// The happy path's next act on a dossier, through the engine, as the officer whose act it is.
+async fn act_on(
+    engine: &Engine,
+    officers: &[(Who, Actor)],
+    who: Who,
+    act: Act,
+    d: &Dossier,
+) -> Result<Dossier> {
+    let officer = officers
+        .iter()
+        .find(|(w, _)| *w == who)
+        .map(|(_, a)| a)
+        .ok_or_else(|| anyhow!("no officer"))?;
+    let cmd = command(act, d)?;
+    engine
+        .execute(&d.code, None, officer, &cmd)
+        .await
+        .with_context(|| format!("{}: {}", d.code, cmd.name()))
+}
+
 /// One dossier down the happy path, every command through the engine and every hook through
 /// the job worker: its code, the commands it took, and the worker's claim passes (each a write
 /// transaction of its own).
@@ -819,16 +839,7 @@ async fn durable_dossier(
     let code = d.code.clone();
     let mut commands = 1u64;
     for (who, act) in HAPPY_PATH {
-        let officer = officers
-            .iter()
-            .find(|(w, _)| *w == who)
-            .map(|(_, a)| a)
-            .ok_or_else(|| anyhow!("no officer"))?;
-        let cmd = command(act, &d)?;
-        d = engine
-            .execute(&code, None, officer, &cmd)
-            .await
-            .with_context(|| format!("{code}: {}", cmd.name()))?;
+        d = act_on(engine, officers, who, act, &d).await?;
         commands += 1;
         if pending_hook(&d).is_some() {
             let r = engine.drain_jobs().await?;
@@ -1146,16 +1157,7 @@ async fn concurrent_dossier(engine: &Engine, officers: &[(Who, Actor)], n: u64) 
     let mut d = engine.file(&actor, &filing(owner)).await?;
     let code = d.code.clone();
     for (who, act) in HAPPY_PATH {
-        let officer = officers
-            .iter()
-            .find(|(w, _)| *w == who)
-            .map(|(_, a)| a)
-            .ok_or_else(|| anyhow!("no officer"))?;
-        let cmd = command(act, &d)?;
-        d = engine
-            .execute(&code, None, officer, &cmd)
-            .await
-            .with_context(|| format!("{code}: {}", cmd.name()))?;
+        d = act_on(engine, officers, who, act, &d).await?;
         if pending_hook(&d).is_some() {
             d = Dossier::clone(&*hooks_done(engine, &code).await?);
         }
