@@ -516,7 +516,7 @@ fn task_id(d: &Dossier, step: &str) -> Result<String> {
     d.tasks
         .values()
         .find(|t| *t.step == *step)
-        .map(|t| t.id.to_string())
+        .map(|t| (*t.id).to_owned())
         .ok_or_else(|| {
             anyhow!(
                 "dossier {}: no open task at {step} (open: {:?})",
@@ -552,7 +552,7 @@ fn pending_hook(d: &Dossier) -> Option<(String, u32)> {
     d.jobs
         .values()
         .find(|j| j.kind == JobKind::Hook && j.state == JobState::Pending)
-        .map(|j| (j.id.to_string(), j.attempts + 1))
+        .map(|j| ((*j.id).to_owned(), j.attempts + 1))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -636,7 +636,7 @@ fn core_dossier(
                 job: job.clone(),
                 attempt,
                 outcome: HookOutcome::Succeeded {
-                    detail: json!({ "key": format!("{}/{job}", run.state.code) }),
+                    detail: json!({ "key": ([&*run.state.code, "/", job.as_str()].concat()) }),
                     notification: None,
                 },
             };

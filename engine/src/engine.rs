@@ -830,7 +830,7 @@ impl Engine {
         };
         if job.state != JobState::Pending {
             return Err(EngineError::Command(CommandError::StaleJob {
-                job: job.id.to_string(),
+                job: (*job.id).to_owned(),
                 attempt: job.attempts + 1,
             }));
         }
@@ -841,7 +841,7 @@ impl Engine {
                 None,
                 &Actor::System,
                 &Command::FireTimer {
-                    job: job.id.to_string(),
+                    job: (*job.id).to_owned(),
                 },
             )
             .await?;
@@ -883,7 +883,7 @@ impl Engine {
             None,
             &Actor::System,
             &Command::RecordHookOutcome {
-                job: job.id.to_string(),
+                job: (*job.id).to_owned(),
                 attempt,
                 outcome,
             },

@@ -699,7 +699,7 @@ fn milestone_task(
         .tasks
         .values()
         .find(|t| matches!(p.step(&t.step), Some(Step::UserTask(u)) if u.marks == Some(milestone)))
-        .map(|t| t.id.to_string())
+        .map(|t| (*t.id).to_owned())
         .ok_or_else(|| {
             CommandError::state(match milestone {
                 Milestone::Received => "the dossier is not waiting at reception",

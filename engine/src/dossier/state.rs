@@ -278,8 +278,9 @@ impl Dossier {
                 due_at,
             } => {
                 self.tasks_opened += 1;
+                // `str::to_owned`: `to_string` on an `Arc<str>` goes through `Display`.
                 Arc::make_mut(&mut self.tasks).insert(
-                    task.to_string(),
+                    (**task).to_owned(),
                     Arc::new(Task {
                         id: Arc::clone(task),
                         step: Arc::clone(step),
@@ -315,7 +316,7 @@ impl Dossier {
             } => {
                 if let Some(t) = remove_shared(&mut self.tasks, task) {
                     if let Some(d) = data {
-                        Arc::make_mut(&mut self.data).insert(t.step.to_string(), d.clone());
+                        Arc::make_mut(&mut self.data).insert((*t.step).to_owned(), d.clone());
                     }
                     self.tokens.remove(&t.token);
                 }
