@@ -1241,3 +1241,55 @@ async fn a_filing_spends_its_number_only_when_it_is_stored() {
         2
     );
 }
+
+/// A decision that panics while a dossier is being filed (on SQLite it runs on the store's
+/// writer thread, inside the filing's transaction) fails that filing alone: nothing of it is
+/// stored, no number is spent, and every later write goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filing_whose_decision_panics_leaves_the_store_writable() {
+    let h = harness().await;
+    let filing = lltp_filing(1);
+    let first = h.engine.file(&citizen(), &filing).await.unwrap();
+    let (prefix, number) = first.code.rsplit_once('-').unwrap();
+    let day =
+        chrono::NaiveDate::parse_from_str(prefix.rsplit_once('-').unwrap().1, "%y%m%d").unwrap();
+    let engine = h.engine.clone();
+    let agency = filing.agency_code.clone();
+    let panicked = tokio::spawn(async move {
+        engine
+            .store()
+            .create(
+                &agency,
+                day,
+                |_code| -> Result<(Vec<engine::dossier::Event>, engine::dossier::Dossier), ()> {
+                    panic!("a decision that panics")
+                },
+                monday_morning(),
+                ("desk", "Desk"),
+                None,
+            )
+            .await
+    })
+    .await;
+    // On SQLite the store answers with an error; elsewhere the panic is the caller's own.
+    match panicked {
+        Ok(answer) => assert!(answer.is_err(), "a panicked filing is not stored"),
+        Err(join) => assert!(join.is_panic()),
+    }
+
+    let next = h.engine.file(&citizen(), &filing).await.unwrap();
+    assert_eq!(
+        next.code
+            .rsplit_once('-')
+            .unwrap()
+            .1
+            .parse::<u32>()
+            .unwrap(),
+        number.parse::<u32>().unwrap() + 1,
+        "{} after {}: the panicked filing spent no number",
+        next.code,
+        first.code
+    );
+    let d = h.receive(&next.code).await;
+    assert_eq!(d.status, Status::Received, "commands still commit");
+}

@@ -47,7 +47,16 @@ impl Writer {
             .spawn(move || {
                 let mut conn = conn;
                 for w in queue {
-                    w(&mut conn);
+                    // A filing's decision runs here: a panic in it must not stop every later
+                    // write. Its transaction rolls back as it unwinds, and its caller is told.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        w(&mut conn);
+                    }));
+                    if ran.is_err() {
+                        tracing::error!(
+                            "a write panicked on the SQLite writer thread; rolled back"
+                        );
+                    }
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
@@ -66,7 +75,9 @@ impl Writer {
                 let _ = answer.send(f(conn));
             }))
             .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())
+        answered.await.map_err(|_| {
+            StoreError::Unavailable("the write failed on the SQLite writer thread".into())
+        })
     }
 }
 
