@@ -1127,7 +1127,7 @@ async fn bench_durable(
 fn concurrent_row() -> Row {
     Row::new(
         "durable_concurrent",
-        "durable: SQLite, 32 dossiers in flight",
+        &format!("durable: SQLite, {IN_FLIGHT} dossiers in flight"),
         "dossiers/s",
         "(none: beside target 2, which is one at a time)",
     )
@@ -2146,12 +2146,20 @@ pub fn parse_peers(text: &str) -> Vec<Peer> {
         .collect()
 }
 
+/// The rows measured against the peers, each with its target as a multiple of
+/// SpiffWorkflow's rate (`None`: its ratio is printed, not judged).
+fn against_peers(id: &str) -> Option<Option<f64>> {
+    match id {
+        "core" => Some(Some(50.0)),
+        "durable" => Some(Some(2.0)),
+        "durable_concurrent" => Some(None),
+        _ => None,
+    }
+}
+
 fn judge_against_peers(rows: &mut [Row], mut peers: Vec<Peer>) -> Vec<Peer> {
     for p in &mut peers {
-        for r in rows
-            .iter()
-            .filter(|r| matches!(r.id, "core" | "durable" | "durable_concurrent"))
-        {
+        for r in rows.iter().filter(|r| against_peers(r.id).is_some()) {
             if let Some(v) = r.value
                 && p.per_sec > 0.0
             {
@@ -2164,12 +2172,8 @@ fn judge_against_peers(rows: &mut [Row], mut peers: Vec<Peer>) -> Vec<Peer> {
         .find(|p| p.peer.to_ascii_lowercase().contains("spiff"))
         .map(|p| p.per_sec);
     for r in rows.iter_mut() {
-        // The concurrent row has no target of its own: its ratio is printed, not judged.
-        let need = match r.id {
-            "core" => Some(50.0),
-            "durable" => Some(2.0),
-            "durable_concurrent" => None,
-            _ => continue,
+        let Some(need) = against_peers(r.id) else {
+            continue;
         };
         match (r.value, spiff) {
             (Some(v), Some(s)) if s > 0.0 => {

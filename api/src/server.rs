@@ -68,23 +68,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
+/// An entity tag's value: `"12"` and the weak `W/"12"` both name version 12.
+pub fn entity_tag(tag: &str) -> &str {
+    tag.trim().trim_start_matches("W/").trim_matches('"')
+}
+
 /// The version the caller acted on, from `If-Match: "SEQ"`.
 pub fn expected_seq(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .unwrap_or_default()
-        .trim()
-        .trim_start_matches("W/")
-        .trim_matches('"');
-    s.parse().map(Some).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_if_match",
-            "If-Match must be the dossier's seq, e.g. \"12\"",
-        )
-    })
+    entity_tag(v.to_str().unwrap_or_default())
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_if_match",
+                "If-Match must be the dossier's seq, e.g. \"12\"",
+            )
+        })
 }
 
 #[derive(OpenApi)]

@@ -272,6 +272,17 @@ const MAX_RETRIES_ON_CONFLICT: usize = 8;
 /// Whether `after` holds a pending job that `before` did not: a new hook call or timer, or a
 /// retry rescheduled. Jobs are shared copy-on-write, so a decision that left them alone is
 /// answered without looking at any.
+fn schedules_jobs(before: &Dossier, after: &Dossier) -> bool {
+    !Arc::ptr_eq(&before.jobs, &after.jobs)
+        && after.jobs.iter().any(|(id, job)| {
+            job.state == JobState::Pending
+                && before
+                    .jobs
+                    .get(id)
+                    .is_none_or(|old| old.state != JobState::Pending || old.run_at != job.run_at)
+        })
+}
+
 /// The decision that files `filing` under the code the store allocates, owning what it needs:
 /// on SQLite it runs on the store's writer thread, inside the filing's transaction.
 fn filing_decision(
@@ -293,17 +304,6 @@ fn filing_decision(
         };
         decide_filing(&ctx, code, &filing).map(|d| (d.events, d.state))
     }
-}
-
-fn schedules_jobs(before: &Dossier, after: &Dossier) -> bool {
-    !Arc::ptr_eq(&before.jobs, &after.jobs)
-        && after.jobs.iter().any(|(id, job)| {
-            job.state == JobState::Pending
-                && before
-                    .jobs
-                    .get(id)
-                    .is_none_or(|old| old.state != JobState::Pending || old.run_at != job.run_at)
-        })
 }
 
 impl Engine {

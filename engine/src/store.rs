@@ -403,7 +403,15 @@ fn apply_on(
             current: u64::try_from(current).unwrap_or(0),
         });
     }
-    for (statement, args) in &prepared.batch.statements {
+    run_on(tx, &prepared.batch.statements)
+}
+
+/// Runs statements on the writer thread's transaction, each kept prepared.
+fn run_on<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    statements: impl IntoIterator<Item = &'a (String, Vec<Arg>)>,
+) -> Result<(), StoreError> {
+    for (statement, args) in statements {
         tx.prepare_cached(statement)?
             .execute(rusqlite::params_from_iter(args))?;
     }
@@ -482,10 +490,7 @@ fn create_on<E>(
     )?;
     let mut row = Batch::default();
     insert_dossier(&mut row, &prepared.dossier, &prepared.head);
-    for (statement, args) in row.statements.iter().chain(&prepared.batch.statements) {
-        tx.prepare_cached(statement)?
-            .execute(rusqlite::params_from_iter(args))?;
-    }
+    run_on(&tx, row.statements.iter().chain(&prepared.batch.statements))?;
     if let Some((key, _)) = &f.key {
         tx.prepare_cached(IDEMPOTENCY_FILED)?
             .execute([code.as_str(), actor_id, key.as_str()])?;
@@ -676,9 +681,9 @@ impl Checkpointer {
             .run(move |conn| {
                 // On the writer thread between two group commits, which wait meanwhile. Not
                 // in the write turn: waiting for it behind every queued command let more
-                // frames in for the restart to copy. A writer through the pool (a filing, the
-                // sealer) that holds the write lock makes the restart wait for it like a
-                // reader, and it waits for the restart through its busy timeout.
+                // frames in for the restart to copy. A writer through the pool (an upload, a
+                // lease renewed) that holds the write lock makes the restart wait for it like
+                // a reader, and it waits for the restart through its busy timeout.
                 //
                 // RESTART waits for readers still on the WAL, and commits wait meanwhile, so
                 // it waits briefly: a long reader (an audit, a search) only defers the restart
@@ -855,6 +860,22 @@ impl Store {
             Backend::Sqlite => Some(self.writer.lock().await),
             Backend::Postgres => None,
         }
+    }
+
+    /// Runs `f` on the SQLite writer thread in the write turn, taken here and held until `f`
+    /// has run (even if this caller stops waiting: once sent, the work runs to its end).
+    async fn in_write_turn<T: Send + 'static>(
+        &self,
+        writer: &sqlite::Writer,
+        f: impl FnOnce(&mut rusqlite::Connection) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
+        writer
+            .run(move |conn| {
+                let _turn = turn;
+                f(conn)
+            })
+            .await
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
@@ -1267,12 +1288,8 @@ impl Store {
             while !owned.is_empty() {
                 let rest = owned.split_off(owned.len().min(PER_TRANSACTION));
                 let chunk = std::mem::replace(&mut owned, rest);
-                let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
-                let part = w
-                    .run(move |conn| {
-                        let _turn = turn;
-                        seal_on(conn, &chunk)
-                    })
+                let part = self
+                    .in_write_turn(w, move |conn| seal_on(conn, &chunk))
                     .await??;
                 report.sealed += part.sealed;
                 report.events += part.events;
@@ -1470,12 +1487,8 @@ impl Store {
                 actor: (actor.0.to_owned(), actor.1.to_owned()),
                 key: key.map(|(k, h)| (k.to_owned(), h.to_owned())),
             };
-            let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
-            return w
-                .run(move |conn| {
-                    let _turn = turn;
-                    create_on(conn, &filing, decide)
-                })
+            return self
+                .in_write_turn(w, move |conn| create_on(conn, &filing, decide))
                 .await?;
         }
         let _turn = self.write_turn().await;
@@ -1635,14 +1648,9 @@ impl Store {
         let lease_until = micros(now + lease);
         if let Some(w) = &self.sqlite_writer {
             // The look and the claim in one hand-off to the writer thread.
-            let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
-            let now = micros(now);
-            let limit = i64::from(limit);
-            return w
-                .run(move |conn| {
-                    let _turn = turn;
-                    claim_on(conn, now, lease_until, limit)
-                })
+            let (now, limit) = (micros(now), i64::from(limit));
+            return self
+                .in_write_turn(w, move |conn| claim_on(conn, now, lease_until, limit))
                 .await?;
         }
         // Look before taking the write lock: an idle worker polling must not commit an empty

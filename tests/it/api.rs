@@ -1133,13 +1133,14 @@ async fn a_polling_client_is_told_not_modified_until_the_dossier_moves() {
     let desk = officer_token("desk", &["mot_cua"]);
     let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/dossiers/{code}");
-    let poll = |token: &str, tag: &str| {
+    let poll_at = |path: &str, token: &str, tag: &str| {
         api.send(
-            api.request(Method::GET, &path)
+            api.request(Method::GET, path)
                 .bearer_auth(token)
                 .header("if-none-match", tag),
         )
     };
+    let poll = |token: &str, tag: &str| poll_at(&path, token, tag);
     let r = api
         .post(&format!("{path}/receive"), &desk, json!(null))
         .await;
@@ -1189,13 +1190,7 @@ async fn a_polling_client_is_told_not_modified_until_the_dossier_moves() {
         let r = poll(&other_citizen_token(), tag).await;
         assert_eq!(r.status.as_u16(), 403, "{tag}: {}", r.text);
     }
-    let r = api
-        .send(
-            api.request(Method::GET, "/api/v1/dossiers/000.00.01.H59-260101-9999")
-                .bearer_auth(&citizen)
-                .header("if-none-match", "*"),
-        )
-        .await;
+    let r = poll_at("/api/v1/dossiers/000.00.01.H59-260101-9999", &citizen, "*").await;
     assert_eq!(r.status.as_u16(), 404, "{}", r.text);
 
     // Once it moves (the specialist claims), the old tag gets the new version in full.

@@ -1204,9 +1204,7 @@ async fn a_filing_spends_its_number_only_when_it_is_stored() {
     assert_eq!(codes.len(), 1, "one dossier for one key: {codes:?}");
     assert_eq!(filed_now, 1, "filed once, the others answered with it");
     let first = codes.pop_first().unwrap();
-    let (prefix, number) = first.rsplit_once('-').unwrap();
-    let day =
-        chrono::NaiveDate::parse_from_str(prefix.rsplit_once('-').unwrap().1, "%y%m%d").unwrap();
+    let (day, number) = day_and_number(&first);
 
     let refused = h
         .engine
@@ -1224,10 +1222,9 @@ async fn a_filing_spends_its_number_only_when_it_is_stored() {
     assert!(matches!(refused, Err("refused")));
 
     let next = h.engine.file(&citizen(), &filing).await.unwrap();
-    let next_number: u32 = next.code.rsplit_once('-').unwrap().1.parse().unwrap();
     assert_eq!(
-        next_number,
-        number.parse::<u32>().unwrap() + 1,
+        day_and_number(&next.code),
+        (day, number + 1),
         "{} after {first}: the refused filing spent no number",
         next.code
     );
@@ -1250,9 +1247,7 @@ async fn a_filing_whose_decision_panics_leaves_the_store_writable() {
     let h = harness().await;
     let filing = lltp_filing(1);
     let first = h.engine.file(&citizen(), &filing).await.unwrap();
-    let (prefix, number) = first.code.rsplit_once('-').unwrap();
-    let day =
-        chrono::NaiveDate::parse_from_str(prefix.rsplit_once('-').unwrap().1, "%y%m%d").unwrap();
+    let (day, number) = day_and_number(&first.code);
     let engine = h.engine.clone();
     let agency = filing.agency_code.clone();
     let panicked = tokio::spawn(async move {
@@ -1279,17 +1274,22 @@ async fn a_filing_whose_decision_panics_leaves_the_store_writable() {
 
     let next = h.engine.file(&citizen(), &filing).await.unwrap();
     assert_eq!(
-        next.code
-            .rsplit_once('-')
-            .unwrap()
-            .1
-            .parse::<u32>()
-            .unwrap(),
-        number.parse::<u32>().unwrap() + 1,
+        day_and_number(&next.code),
+        (day, number + 1),
         "{} after {}: the panicked filing spent no number",
         next.code,
         first.code
     );
     let d = h.receive(&next.code).await;
     assert_eq!(d.status, Status::Received, "commands still commit");
+}
+
+/// The day and the number of a dossier code (`AGENCY-YYMMDD-NNNN`).
+fn day_and_number(code: &str) -> (chrono::NaiveDate, u32) {
+    let (prefix, number) = code.rsplit_once('-').unwrap();
+    let day = prefix.rsplit_once('-').unwrap().1;
+    (
+        chrono::NaiveDate::parse_from_str(day, "%y%m%d").unwrap(),
+        number.parse().unwrap(),
+    )
 }

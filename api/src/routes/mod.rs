@@ -172,14 +172,12 @@ fn with_etag(mut r: Response, d: &Dossier) -> Response {
 /// The view is a function of the dossier's state alone, and the state of its version, so the
 /// version is a strong validator. Answer only after the caller was allowed to read it.
 pub fn not_modified(headers: &axum::http::HeaderMap, d: &Dossier) -> Option<Response> {
-    let current = d.seq.to_string();
     let matches = headers
         .get_all(axum::http::header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(str::trim)
         // If-None-Match compares weakly: W/"12" names version 12 too.
-        .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == current);
+        .any(|tag| tag.trim() == "*" || crate::server::entity_tag(tag).parse() == Ok(d.seq));
     matches.then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), d))
 }
