@@ -1148,11 +1148,25 @@ async fn a_polling_client_is_told_not_modified_until_the_dossier_moves() {
     api.wait_for(&code, "the verification task", |d| has_task(d, "tham_dinh"))
         .await;
 
-    // The worker's hooks may still move it for a moment: poll until it rests.
+    // The worker's hooks may still move it for a moment (a failed call is retried later):
+    // take a tag now, wait until no job of it is pending, then poll until it rests.
     let mut tag = api.get(&path, &citizen).await.headers["etag"]
         .to_str()
         .unwrap()
         .to_owned();
+    let pending = || async {
+        let d = api.state.engine.dossier(&code).await.unwrap();
+        d.jobs
+            .values()
+            .any(|j| j.state == engine::dossier::JobState::Pending)
+    };
+    for _ in 0..500 {
+        if !pending().await {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!pending().await, "the dossier's hooks ran within 10 s");
     let mut rested = None;
     for _ in 0..250 {
         let r = poll(&citizen, &tag).await;
