@@ -14,9 +14,11 @@
 //! `remaining = working_minutes_between(now, due)` when it stops and
 //! `due = add_working_minutes(resume, remaining)` when it starts again.
 //!
-//! Every search walks day by day and gives up after [`SEARCH_CAP_DAYS`]: a due time further
-//! away than that is reported as the cap, so a calendar with no working time cannot hang
-//! the engine.
+//! Every search gives up after [`SEARCH_CAP_DAYS`]: a due time further away than that is
+//! reported as the cap, so a calendar with no working time cannot hang the engine. Inside the
+//! years the catalog covers, whole working days are counted from a table of working days
+//! built with the calendar (a due time is found with one binary search, not a walk); outside
+//! them every week has five working days.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -97,6 +99,88 @@ pub struct Calendar {
     holidays: BTreeMap<NaiveDate, String>,
     /// Saturdays and Sundays worked to make up a swapped day (làm bù).
     working_weekends: BTreeSet<NaiveDate>,
+    /// Working days counted over the span of the two lists above; rebuilt when they change.
+    days: DayTable,
+}
+
+/// The days from the first holiday or working weekend to the last, each with the number of
+/// working days before it: a working day is a step of the count, and the `n`-th working day
+/// after one is a binary search. Outside the span only Monday to Friday work.
+#[derive(Debug, Clone, Default)]
+struct DayTable {
+    first: Option<NaiveDate>,
+    /// `before[i]`: working days in `[first, first + i)`; one entry more than the days covered.
+    before: Vec<u32>,
+}
+
+/// The most days a [`DayTable`] covers (about 200 years); a calendar whose exceptions are
+/// spread wider is walked day by day.
+const MAX_TABLE_DAYS: i64 = 200 * 366;
+
+impl DayTable {
+    fn build(
+        holidays: &BTreeMap<NaiveDate, String>,
+        working_weekends: &BTreeSet<NaiveDate>,
+    ) -> Self {
+        let first = holidays
+            .keys()
+            .next()
+            .into_iter()
+            .chain(working_weekends.first())
+            .min();
+        let last = holidays
+            .keys()
+            .next_back()
+            .into_iter()
+            .chain(working_weekends.last())
+            .max();
+        let (Some(&first), Some(&last)) = (first, last) else {
+            return DayTable::default();
+        };
+        if (last - first).num_days() >= MAX_TABLE_DAYS {
+            return DayTable::default();
+        }
+        let mut before = Vec::with_capacity((last - first).num_days() as usize + 2);
+        let mut count = 0u32;
+        before.push(count);
+        for day in first.iter_days().take_while(|d| *d <= last) {
+            count += u32::from(working_by_lists(holidays, working_weekends, day));
+            before.push(count);
+        }
+        DayTable {
+            first: Some(first),
+            before,
+        }
+    }
+
+    /// The index of `day` in the table, if the table covers it.
+    fn index(&self, day: NaiveDate) -> Option<usize> {
+        let offset = (day - self.first?).num_days();
+        usize::try_from(offset)
+            .ok()
+            .filter(|&i| i + 1 < self.before.len())
+    }
+
+    /// The day after the last one covered.
+    fn end(&self) -> Option<NaiveDate> {
+        let first = self.first?;
+        first.checked_add_days(Days::new(self.before.len() as u64 - 1))
+    }
+}
+
+/// Whether `day` works by the lists alone (the table's source of truth).
+fn working_by_lists(
+    holidays: &BTreeMap<NaiveDate, String>,
+    working_weekends: &BTreeSet<NaiveDate>,
+    day: NaiveDate,
+) -> bool {
+    if holidays.contains_key(&day) {
+        return false;
+    }
+    match day.weekday() {
+        Weekday::Sat | Weekday::Sun => working_weekends.contains(&day),
+        _ => true,
+    }
 }
 
 // The file as written. Dates and times stay strings so that a bad one is reported with its
@@ -280,11 +364,13 @@ impl Calendar {
             working_weekends.insert(day);
         }
 
+        let days = DayTable::build(&holidays, &working_weekends);
         Ok(Calendar {
             tz,
             hours,
             holidays,
             working_weekends,
+            days,
         })
     }
 
@@ -293,6 +379,7 @@ impl Calendar {
     pub fn merge(&mut self, other: Calendar) {
         self.holidays.extend(other.holidays);
         self.working_weekends.extend(other.working_weekends);
+        self.days = DayTable::build(&self.holidays, &self.working_weekends);
     }
 
     pub fn timezone(&self) -> Tz {
@@ -307,13 +394,48 @@ impl Calendar {
     /// Monday to Friday unless a holiday, or a listed working weekend. A holiday wins over a
     /// working weekend on the same day.
     pub fn is_working_day(&self, day: NaiveDate) -> bool {
-        if self.holidays.contains_key(&day) {
-            return false;
+        match self.days.index(day) {
+            Some(i) => self.days.before[i + 1] > self.days.before[i],
+            None => working_by_lists(&self.holidays, &self.working_weekends, day),
         }
-        match day.weekday() {
-            Weekday::Sat | Weekday::Sun => self.working_weekends.contains(&day),
-            _ => true,
+    }
+
+    /// The `n`-th working day counted from `from` (`from` itself counts if it works), `n ≥ 1`;
+    /// `None` unless it falls before `limit`.
+    fn nth_working_day(&self, from: NaiveDate, n: u64, limit: NaiveDate) -> Option<NaiveDate> {
+        let mut day = from;
+        let mut left = n;
+        while day < limit && left > 0 {
+            if let Some(i) = self.days.index(day) {
+                let before = &self.days.before;
+                let in_table = u64::from(before[before.len() - 1] - before[i]);
+                if left <= in_table {
+                    // The first index whose count reaches the target is the day after it.
+                    let target = u64::from(before[i]) + left;
+                    let after = before.partition_point(|&c| u64::from(c) < target);
+                    let found = day.checked_add_days(Days::new((after - 1 - i) as u64))?;
+                    return (found < limit).then_some(found);
+                }
+                left -= in_table;
+                day = self.days.end()?;
+                continue;
+            }
+            let past_table = self.days.end().is_none_or(|end| day >= end);
+            if past_table && left > 5 {
+                // Seven days with no exception hold five working days, whatever the first.
+                day = day.checked_add_days(Days::new(7))?;
+                left -= 5;
+                continue;
+            }
+            if self.is_working_day(day) {
+                left -= 1;
+                if left == 0 {
+                    return Some(day);
+                }
+            }
+            day = day.succ_opt()?;
         }
+        None
     }
 
     /// Whether the catalog lists any holiday in `year`; a year without one was most likely
@@ -381,37 +503,65 @@ impl Calendar {
         else {
             return cap;
         };
-        // Counted in time of day: only the first day starts at `from`, every later working
-        // day at its opening, and a later day whose office hours are all needed is skipped
-        // whole. (Run for every task opened: no date arithmetic per interval.)
-        let whole_day = TimeDelta::minutes(self.working_day_minutes());
-        let mut earliest = from.time() - NaiveTime::MIN;
-        for day in from.date().iter_days().take(SEARCH_CAP_DAYS as usize) {
-            if self.is_working_day(day) {
-                if earliest.is_zero() && left > whole_day {
-                    left -= whole_day;
-                } else {
-                    for &(open, close) in &self.hours {
-                        let close = TimeDelta::minutes(close.into());
-                        let begin = TimeDelta::minutes(open.into()).max(earliest);
-                        if begin >= close {
-                            continue;
-                        }
-                        let available = close - begin;
-                        if left <= available {
-                            return day
-                                .and_time(NaiveTime::MIN)
-                                .checked_add_signed(begin + left)
-                                .and_then(|t| self.to_utc(t))
-                                .unwrap_or(cap);
-                        }
-                        left -= available;
-                    }
-                }
+        let at = |day: NaiveDate, offset: TimeDelta| {
+            day.and_time(NaiveTime::MIN)
+                .checked_add_signed(offset)
+                .and_then(|t| self.to_utc(t))
+                .unwrap_or(cap)
+        };
+        // The first day counts from `from`; if it does not finish there, whole working days
+        // are skipped through the table and the last one is walked from its opening.
+        let first = from.date();
+        if self.is_working_day(first) {
+            match self.spend(from.time() - NaiveTime::MIN, left) {
+                Ok(offset) => return at(first, offset),
+                Err(rest) => left = rest,
             }
-            earliest = TimeDelta::zero();
         }
-        cap
+        let whole_day = self.working_day_minutes();
+        let (Some(next), Some(limit)) = (
+            first.succ_opt(),
+            Some(
+                first
+                    .checked_add_days(Days::new(SEARCH_CAP_DAYS))
+                    .unwrap_or(NaiveDate::MAX),
+            ),
+        ) else {
+            return cap;
+        };
+        // The days wholly spent, then the one the rest ends on (1 to `whole_day` minutes).
+        let left = left.num_minutes();
+        let whole_days = (left - 1) / whole_day;
+        let rest = TimeDelta::minutes(left - whole_days * whole_day);
+        let Some(last) = u64::try_from(whole_days)
+            .ok()
+            .and_then(|n| self.nth_working_day(next, n + 1, limit))
+        else {
+            return cap;
+        };
+        match self.spend(TimeDelta::zero(), rest) {
+            Ok(offset) => at(last, offset),
+            Err(_) => cap,
+        }
+    }
+
+    /// Spends `left` in one working day's office hours from `earliest` (time after midnight):
+    /// the time of day it runs out (a closing time if it runs out exactly there), or what is
+    /// left at the day's end.
+    fn spend(&self, earliest: TimeDelta, mut left: TimeDelta) -> Result<TimeDelta, TimeDelta> {
+        for &(open, close) in &self.hours {
+            let close = TimeDelta::minutes(close.into());
+            let begin = TimeDelta::minutes(open.into()).max(earliest);
+            if begin >= close {
+                continue;
+            }
+            let available = close - begin;
+            if left <= available {
+                return Ok(begin + left);
+            }
+            left -= available;
+        }
+        Err(left)
     }
 
     /// Working minutes in `[a, b)`, 0 if `b <= a`. Spans longer than [`SEARCH_CAP_DAYS`] are
@@ -726,6 +876,93 @@ mod tests {
                 );
             }
             start += TimeDelta::minutes(97);
+        }
+    }
+
+    /// The due time walked day by day and interval by interval, the way the engine counted
+    /// before the table of working days: the reference the table must agree with.
+    fn walked(c: &Calendar, start: DateTime<Utc>, minutes: i64) -> DateTime<Utc> {
+        let from = c.to_local(start).unwrap();
+        let mut left = TimeDelta::minutes(minutes);
+        let mut earliest = from.time() - NaiveTime::MIN;
+        for day in from.date().iter_days().take(SEARCH_CAP_DAYS as usize) {
+            let working = !c.holidays.contains_key(&day)
+                && (!matches!(day.weekday(), Weekday::Sat | Weekday::Sun)
+                    || c.working_weekends.contains(&day));
+            if working {
+                for &(open, close) in &c.hours {
+                    let close = TimeDelta::minutes(close.into());
+                    let begin = TimeDelta::minutes(open.into()).max(earliest);
+                    if begin >= close {
+                        continue;
+                    }
+                    if left <= close - begin {
+                        let local = day.and_time(NaiveTime::MIN) + begin + left;
+                        return c.to_utc(local).unwrap();
+                    }
+                    left -= close - begin;
+                }
+            }
+            earliest = TimeDelta::zero();
+        }
+        cap(start)
+    }
+
+    #[test]
+    fn due_times_agree_with_a_day_by_day_walk() {
+        let shipped = cal();
+        let mut merged = cal();
+        merged.merge(
+            Calendar::from_yaml_str(
+                "holidays:\n  - { from: 2030-06-03, to: 2030-06-05, name: Nghỉ thử }\nworking_weekends: [2030-06-08]\n",
+                "extra.yaml",
+            )
+            .unwrap(),
+        );
+        let split_hours = Calendar::from_yaml_str(
+            "timezone: Asia/Bangkok\nworking_hours:\n  - { start: \"08:00\", end: \"11:30\" }\n  - { start: \"13:00\", end: \"16:15\" }\nholidays:\n  - { date: 2026-09-02, name: Quốc khánh }\n",
+            "split.yaml",
+        )
+        .unwrap();
+        let no_exceptions = Calendar::from_yaml_str("holidays: []\n", "plain.yaml").unwrap();
+        // Starts before the catalog, around Tết and the swapped days, across its last day,
+        // and years after it (only weekends then); amounts from a minute to a year.
+        let starts = [
+            vn(2023, 12, 29, 16, 45),
+            vn(2024, 1, 1, 0, 0),
+            vn(2026, 2, 12, 10, 17),
+            vn(2026, 2, 14, 7, 30),
+            vn(2026, 4, 24, 17, 0),
+            vn(2026, 4, 25, 9, 0),
+            vn(2026, 12, 31, 12, 0),
+            vn(2027, 12, 30, 15, 59),
+            vn(2030, 5, 31, 11, 45),
+            vn(2031, 7, 4, 6, 0),
+        ];
+        let amounts = [
+            1, 30, 210, 239, 240, 241, 479, 480, 481, 960, 4_800, 4_801, 14_400, 124_800,
+        ];
+        for c in [&shipped, &merged, &split_hours, &no_exceptions] {
+            for start in starts {
+                for step in 0..9 {
+                    let start = start + TimeDelta::minutes(step * 173);
+                    for minutes in amounts {
+                        assert_eq!(
+                            c.add_working_minutes(start, minutes),
+                            walked(c, start, minutes),
+                            "{start} + {minutes} min"
+                        );
+                    }
+                }
+            }
+        }
+        // Every day of the covered years classified as the lists say.
+        for day in day(2023, 12, 1)
+            .iter_days()
+            .take_while(|d| *d < day(2031, 1, 1))
+        {
+            let by_lists = working_by_lists(&merged.holidays, &merged.working_weekends, day);
+            assert_eq!(merged.is_working_day(day), by_lists, "{day}");
         }
     }
 
