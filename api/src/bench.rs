@@ -1168,7 +1168,7 @@ async fn concurrent_dossier(engine: &Engine, officers: &[(Who, Actor)], n: u64) 
             d.tokens
         );
     }
-    let hooks = d.jobs.values().filter(|j| j.kind == JobKind::Hook).count();
+    let hooks = d.all_jobs().filter(|j| j.kind == JobKind::Hook).count();
     Ok(HAPPY_PATH.len() as u64 + 1 + hooks as u64)
 }
 

@@ -60,7 +60,7 @@ pub async fn timeline(engine: &Engine, code: &str) -> Result<(String, bool)> {
         s.status.code(),
         s.status.label(),
         s.tasks.len(),
-        s.jobs.len(),
+        s.jobs_scheduled(),
         s.notifications.len()
     )?;
     if report.matches {

@@ -823,7 +823,7 @@ impl Engine {
     async fn run_job(&self, claimed: &ClaimedJob) -> Result<bool, EngineError> {
         let read = self.current(&claimed.dossier).await?;
         let state = Arc::clone(&read.state);
-        let Some(job) = state.jobs.get(claimed.job.as_str()).cloned() else {
+        let Some(job) = state.job(&claimed.job).cloned() else {
             return Err(EngineError::Command(CommandError::not_found_job(
                 &claimed.job,
             )));

@@ -2394,6 +2394,16 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
             ],
         );
     }
+    // Jobs finished by this append moved from the open map to the head of the finished list.
+    let finished_before = a.before_state().map_or(0, |b| b.finished_jobs.len());
+    let newly_finished = a.state.finished_jobs.len().saturating_sub(finished_before);
+    for j in a.state.finished_jobs.iter().take(newly_finished) {
+        jobs_changed = true;
+        batch.push(
+            "DELETE FROM jobs WHERE dossier_code = ? AND job_id = ?",
+            vec![Arg::Text(d.code.clone()), Arg::Text(j.id.to_string())],
+        );
+    }
     // Wake idle workers on other nodes; delivered when the transaction commits.
     if b == Backend::Postgres && jobs_changed {
         batch.push("SELECT pg_notify('tthc_jobs', '')", Vec::new());

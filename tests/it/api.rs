@@ -1156,8 +1156,7 @@ async fn a_polling_client_is_told_not_modified_until_the_dossier_moves() {
         .to_owned();
     let pending = || async {
         let d = api.state.engine.dossier(&code).await.unwrap();
-        d.jobs
-            .values()
+        d.all_jobs()
             .any(|j| j.state == engine::dossier::JobState::Pending)
     };
     for _ in 0..500 {

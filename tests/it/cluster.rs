@@ -1898,7 +1898,7 @@ async fn tally_jobs(store: &engine::store::Store, codes: &[String], v: &Violatio
             v.push(format!("{code}: its events fold to nothing"));
             continue;
         };
-        for j in state.jobs.values().filter(|j| j.state == JobState::Done) {
+        for j in state.all_jobs().filter(|j| j.state == JobState::Done) {
             *t.done_by_call.entry(j.call.clone()).or_default() += 1;
             if j.kind == JobKind::Hook {
                 t.done_hooks += 1;

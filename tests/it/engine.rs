@@ -68,8 +68,7 @@ async fn judicial_record_happy_path_from_filing_to_returned_result() {
     assert_eq!(d.status.code(), 10);
     assert!(d.is_closed(), "the dossier ended: {:?}", d.tokens);
     let push_job = d
-        .jobs
-        .values()
+        .all_jobs()
         .find(|j| j.call == "portal.push_result")
         .unwrap();
     assert_eq!(
@@ -78,8 +77,7 @@ async fn judicial_record_happy_path_from_filing_to_returned_result() {
         "the result is pushed once with its idempotency key"
     );
     assert!(
-        d.jobs
-            .values()
+        d.all_jobs()
             .any(|j| j.call == "khodl.unhide" && j.state == engine::dossier::JobState::Done),
         "the result is made visible to its owner"
     );
@@ -402,8 +400,7 @@ async fn a_hook_failing_twice_then_succeeding_is_retried_with_backoff() {
     // The first attempt failed; the retry waits for its backoff.
     let d = h.engine.dossier(&d.code).await.unwrap();
     let job = d
-        .jobs
-        .values()
+        .all_jobs()
         .find(|j| j.call == "portal.push_result")
         .unwrap()
         .clone();
@@ -415,7 +412,7 @@ async fn a_hook_failing_twice_then_succeeding_is_retried_with_backoff() {
     h.clock.advance(Duration::seconds(20));
     h.drain().await;
     let d = h.engine.dossier(&d.code).await.unwrap();
-    let job = &d.jobs[&*job.id];
+    let job = d.job(&job.id).unwrap();
     assert_eq!(job.attempts, 3);
     assert_eq!(job.state, engine::dossier::JobState::Done);
     let keys = h.push.keys();
@@ -1169,8 +1166,7 @@ async fn different_dossiers_jobs_run_side_by_side() {
     for code in [&a.code, &b.code] {
         let d = h.engine.dossier(code).await.unwrap();
         assert!(
-            d.jobs
-                .values()
+            d.all_jobs()
                 .all(|j| j.state == engine::dossier::JobState::Done),
             "{:?}",
             d.jobs
@@ -1292,4 +1288,75 @@ fn day_and_number(code: &str) -> (chrono::NaiveDate, u32) {
         chrono::NaiveDate::parse_from_str(day, "%y%m%d").unwrap(),
         number.parse().unwrap(),
     )
+}
+
+#[tokio::test]
+async fn a_finished_job_leaves_the_open_jobs_and_a_late_outcome_for_it_is_stale() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    let d = h.receive(&d.code).await;
+    // Filing and reception each scheduled jobs (status syncs, the receipt); all have run.
+    assert!(d.jobs.is_empty(), "no open job is left: {:?}", d.jobs);
+    let finished: Vec<_> = d.finished_jobs.iter().cloned().collect();
+    assert!(finished.len() >= 2, "{finished:?}");
+    assert_eq!(d.jobs_scheduled(), finished.len());
+    assert!(
+        finished
+            .iter()
+            .all(|j| j.state == engine::dossier::JobState::Done),
+        "{finished:?}"
+    );
+    let newest = &finished[0];
+    assert_eq!(
+        d.job(&newest.id).map(|j| &j.id),
+        Some(&newest.id),
+        "a finished job is still found by its id"
+    );
+
+    // The worker records an outcome twice (say, its lease ran out while it called out): the
+    // second is refused as stale, not as an unknown job, and nothing is appended.
+    let late = h
+        .engine
+        .execute(
+            &d.code,
+            None,
+            &engine::dossier::Actor::System,
+            &Command::RecordHookOutcome {
+                job: newest.id.to_string(),
+                attempt: newest.attempts,
+                outcome: engine::dossier::HookOutcome::Succeeded {
+                    detail: json!({}),
+                    notification: None,
+                },
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            late,
+            Err(EngineError::Command(CommandError::StaleJob { .. }))
+        ),
+        "{late:?}"
+    );
+    assert_eq!(h.engine.dossier(&d.code).await.unwrap().seq, d.seq);
+
+    // The next job is numbered after every job scheduled, finished ones included.
+    let d = h.process_to_signed(&d.code).await;
+    let numbers: Vec<usize> = d
+        .all_jobs()
+        .map(|j| j.id.trim_start_matches('j').parse().unwrap())
+        .collect();
+    let mut sorted = numbers.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        numbers.len(),
+        "no number given twice: {numbers:?}"
+    );
+    assert_eq!(sorted, (1..=numbers.len()).collect::<Vec<_>>());
+
+    // The read models agree with the events: finished jobs left the work queue.
+    h.drain().await;
+    h.assert_replays_and_verifies(&d.code).await;
 }

@@ -848,8 +848,7 @@ async fn run_khodl_job_again(h: &Harness, hook: &KhoDlSaveHook, code: &str) -> H
     use engine::HookHandler;
     let d = h.engine.dossier(code).await.unwrap();
     let job = d
-        .jobs
-        .values()
+        .all_jobs()
         .find(|j| j.call == "khodl.save")
         .expect("a khodl.save job")
         .clone();
@@ -876,7 +875,7 @@ async fn khodl_save_hook_stores_one_hidden_result_for_the_owner() {
     h.receive(&d.code).await;
     let d = h.process_to_signed(&d.code).await;
     assert_eq!(d.status, Status::Processed);
-    let job = d.jobs.values().find(|j| j.call == "khodl.save").unwrap();
+    let job = d.all_jobs().find(|j| j.call == "khodl.save").unwrap();
     assert_eq!(job.state, JobState::Done, "{:?}", job.last_error);
 
     let me = owner(CITIZEN_ID);

@@ -462,8 +462,7 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     );
     let d = h.engine.dossier(&code).await.unwrap();
     let syncs_so_far = d
-        .jobs
-        .values()
+        .all_jobs()
         .filter(|j| j.call == "portal.sync_dossier")
         .count() as u64;
     assert_eq!(
@@ -476,18 +475,16 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     // schedules (the push, and the sync of the new status), whichever runs first.
     s.set_faults(json!({ "fail_first": 2 })).await;
     h.run(&code, &desk(), Command::ReturnResult).await;
-    let before: Vec<std::sync::Arc<str>> = d.jobs.keys().cloned().collect();
+    let before: Vec<std::sync::Arc<str>> = d.all_jobs().map(|j| j.id.clone()).collect();
     h.drain().await;
     let d = h.engine.dossier(&code).await.unwrap();
     let push = d
-        .jobs
-        .values()
+        .all_jobs()
         .find(|j| j.call == "portal.push_result")
         .unwrap()
         .clone();
     let failed: Vec<_> = d
-        .jobs
-        .values()
+        .all_jobs()
         .filter(|j| {
             !before.contains(&j.id)
                 && j.call.starts_with("portal.")
@@ -519,11 +516,10 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     }
 
     let d = h.engine.dossier(&code).await.unwrap();
-    let done = &d.jobs[&*push.id];
+    let done = d.job(&push.id).unwrap();
     assert_eq!(done.state, JobState::Done);
     let new_portal_jobs: Vec<_> = d
-        .jobs
-        .values()
+        .all_jobs()
         .filter(|j| !before.contains(&j.id) && j.call.starts_with("portal."))
         .collect();
     let attempts: u32 = new_portal_jobs.iter().map(|j| j.attempts).sum();
@@ -541,8 +537,7 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     assert_eq!(stats.faults_injected, 2);
     assert_eq!((stats.pushes, stats.papers), (1, 1), "{stats:?}");
     let syncs = d
-        .jobs
-        .values()
+        .all_jobs()
         .filter(|j| j.call == "portal.sync_dossier")
         .count() as u64;
     assert_eq!(
@@ -615,8 +610,7 @@ async fn a_signed_result_without_a_document_is_pushed_as_metadata() {
     h.drain().await;
     let d = h.engine.dossier(&d.code).await.unwrap();
     let job = d
-        .jobs
-        .values()
+        .all_jobs()
         .find(|j| j.call == "portal.push_result")
         .unwrap();
     assert_eq!(job.state, JobState::Done, "{:?}", job.last_error);

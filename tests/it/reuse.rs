@@ -601,8 +601,7 @@ async fn a_portal_that_fails_then_recovers_gets_every_sync_and_push_once_in_orde
     let d = a.engine.dossier(&code).await.unwrap();
     assert!(d.is_closed(), "the dossier finished: {:?}", d.tasks);
     let failed_attempts: u32 = d
-        .jobs
-        .values()
+        .all_jobs()
         .filter(|j| j.call.starts_with("portal."))
         .map(|j| j.attempts - 1)
         .sum();
@@ -616,8 +615,7 @@ async fn a_portal_that_fails_then_recovers_gets_every_sync_and_push_once_in_orde
         .await
         .unwrap();
     let syncs = d
-        .jobs
-        .values()
+        .all_jobs()
         .filter(|j| j.call == "portal.sync_dossier")
         .count() as u64;
     assert_eq!(

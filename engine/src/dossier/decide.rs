@@ -450,8 +450,7 @@ pub fn decide(
         } => record_hook_outcome(&mut em, job, *attempt, outcome)?,
         Command::FireTimer { job } => {
             let j = state
-                .jobs
-                .get(job.as_str())
+                .job(job)
                 .filter(|j| j.kind == JobKind::Timer)
                 .ok_or_else(|| CommandError::not_found(format!("timer {job}")))?;
             if j.state != JobState::Pending {
@@ -494,8 +493,7 @@ pub fn decide(
                 )));
             }
             let job = state
-                .jobs
-                .get(i.job.as_str())
+                .job(&i.job)
                 .cloned()
                 .ok_or_else(|| CommandError::not_found(format!("job {}", i.job)))?;
             let resolution = match action {
@@ -991,7 +989,7 @@ fn numbered(prefix: &str, separator: &str, n: usize) -> String {
 
 /// A hook job outside the graph: no token waits for it.
 fn system_job(em: &mut Emitter<'_>, call: &str, args: BTreeMap<String, Value>) {
-    let job = numbered("j", "", em.state.jobs.len() + 1);
+    let job = numbered("j", "", em.state.jobs_scheduled() + 1);
     em.emit(Event::HookScheduled {
         job,
         token: None,
@@ -1125,7 +1123,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
                 (None, Some(expr)) => until(ctx, &em.state, expr)?,
                 (None, None) => ctx.now,
             };
-            let job = numbered("j", "", em.state.jobs.len() + 1);
+            let job = numbered("j", "", em.state.jobs_scheduled() + 1);
             em.emit(Event::TimerScheduled {
                 job,
                 token,
@@ -1135,7 +1133,7 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
             Ok(())
         }
         Step::Hook(h) => {
-            let job = numbered("j", "", em.state.jobs.len() + 1);
+            let job = numbered("j", "", em.state.jobs_scheduled() + 1);
             em.emit(Event::HookScheduled {
                 job,
                 token: Some(token),
@@ -1199,8 +1197,7 @@ fn record_hook_outcome(
     let ctx = em.ctx;
     let job = em
         .state
-        .jobs
-        .get(job_id)
+        .job(job_id)
         .cloned()
         .ok_or_else(|| CommandError::not_found(format!("job {job_id}")))?;
     if job.state != JobState::Pending || attempt != job.attempts + 1 {

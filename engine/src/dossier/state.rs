@@ -154,8 +154,12 @@ pub struct Dossier {
     /// Open tasks by id, shared copy-on-write like `jobs`: the map, and each task in it.
     pub tasks: Arc<BTreeMap<String, Arc<Task>>>,
     pub tasks_opened: u32,
-    /// Jobs by id, shared copy-on-write like `data`: the map, and each job in it.
+    /// Open jobs by id (pending, or failed with an incident open), shared copy-on-write like
+    /// `data`: the map, and each job in it. A job that finishes moves to `finished_jobs`, so
+    /// the map a decision copies stays as small as the work still to do.
     pub jobs: Arc<BTreeMap<Arc<str>, Arc<Job>>>,
+    /// Jobs done or cancelled, newest first: a list a new state extends without copying.
+    pub finished_jobs: FinishedJobs,
     pub incidents: BTreeMap<String, Incident>,
     /// Shared copy-on-write like `jobs`: the list, and each letter in it (the letters are the
     /// biggest part of a state).
@@ -228,6 +232,7 @@ impl Dossier {
             tasks: Arc::default(),
             tasks_opened: 0,
             jobs: Arc::default(),
+            finished_jobs: FinishedJobs::default(),
             incidents: BTreeMap::new(),
             notifications: Arc::default(),
             signatures: Arc::default(),
@@ -407,19 +412,15 @@ impl Dossier {
                     }),
                 );
             }
-            Event::HookSucceeded { job, attempt, .. } => {
-                if let Some(j) = shared_entry_mut(&mut self.jobs, job) {
-                    j.state = JobState::Done;
-                    j.attempts = *attempt;
-                    j.last_error = None;
-                }
-            }
-            Event::TimerFired { job } => {
-                if let Some(j) = shared_entry_mut(&mut self.jobs, job) {
-                    j.state = JobState::Done;
-                    j.attempts += 1;
-                }
-            }
+            Event::HookSucceeded { job, attempt, .. } => self.finish_job(job, |j| {
+                j.state = JobState::Done;
+                j.attempts = *attempt;
+                j.last_error = None;
+            }),
+            Event::TimerFired { job } => self.finish_job(job, |j| {
+                j.state = JobState::Done;
+                j.attempts += 1;
+            }),
             Event::HookFailed {
                 job,
                 attempt,
@@ -461,14 +462,17 @@ impl Dossier {
                 if let Some(i) = self.incidents.get_mut(incident) {
                     i.resolution = Some(resolution.clone());
                     i.resolved_at = Some(at);
-                    if let Some(j) = shared_entry_mut(&mut self.jobs, &i.job) {
-                        match resolution {
-                            IncidentResolution::Retried => {
+                    match resolution {
+                        IncidentResolution::Retried => {
+                            if let Some(j) = shared_entry_mut(&mut self.jobs, &i.job) {
                                 j.state = JobState::Pending;
                                 j.attempts = 0;
                                 j.run_at = at;
                             }
-                            IncidentResolution::Skipped => j.state = JobState::Done,
+                        }
+                        IncidentResolution::Skipped => {
+                            let job = i.job.clone();
+                            self.finish_job(&job, |j| j.state = JobState::Done);
                         }
                     }
                 }
@@ -567,10 +571,110 @@ impl Dossier {
             .map(|j| j.id.clone())
             .collect();
         for id in cancelled {
-            if let Some(j) = shared_entry_mut(&mut self.jobs, &id) {
-                j.state = JobState::Cancelled;
-            }
+            self.finish_job(&id, |j| j.state = JobState::Cancelled);
         }
+    }
+
+    /// Moves an open job to the finished ones, changed by `finish`.
+    fn finish_job(&mut self, id: &str, finish: impl FnOnce(&mut Job)) {
+        if let Some(job) = remove_shared(&mut self.jobs, id) {
+            let mut job = Arc::unwrap_or_clone(job);
+            finish(&mut job);
+            self.finished_jobs.push(Arc::new(job));
+        }
+    }
+
+    /// A job by id, open or finished.
+    pub fn job(&self, id: &str) -> Option<&Arc<Job>> {
+        self.jobs
+            .get(id)
+            .or_else(|| self.finished_jobs.iter().find(|j| &*j.id == id))
+    }
+
+    /// Every job the dossier scheduled: the open ones by id, then the finished ones, newest
+    /// first.
+    pub fn all_jobs(&self) -> impl Iterator<Item = &Arc<Job>> {
+        self.jobs.values().chain(self.finished_jobs.iter())
+    }
+
+    /// How many jobs the dossier has scheduled; the next is numbered after them.
+    pub fn jobs_scheduled(&self) -> usize {
+        self.jobs.len() + self.finished_jobs.len()
+    }
+}
+
+/// Finished jobs, newest first: each state shares the list of the state it came from and
+/// adds to its head, so finishing a job copies nothing (a map of every job would be copied
+/// whole each time one changed). Compared, serialized and deserialized as a sequence.
+#[derive(Clone, Default)]
+pub struct FinishedJobs(Option<Arc<FinishedNode>>);
+
+struct FinishedNode {
+    job: Arc<Job>,
+    len: usize,
+    next: Option<Arc<FinishedNode>>,
+}
+
+impl FinishedJobs {
+    pub fn push(&mut self, job: Arc<Job>) {
+        let next = self.0.take();
+        let len = next.as_ref().map_or(0, |n| n.len) + 1;
+        self.0 = Some(Arc::new(FinishedNode { job, len, next }));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |n| n.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Newest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Job>> {
+        std::iter::successors(self.0.as_deref(), |n| n.next.as_deref()).map(|n| &n.job)
+    }
+}
+
+impl Drop for FinishedJobs {
+    // Unlinked one node at a time: dropping a long list recursively could exhaust the stack.
+    fn drop(&mut self) {
+        let mut next = self.0.take();
+        while let Some(node) = next {
+            next = match Arc::try_unwrap(node) {
+                Ok(mut node) => node.next.take(),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
+impl PartialEq for FinishedJobs {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for FinishedJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for FinishedJobs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for FinishedJobs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let newest_first = Vec::<Arc<Job>>::deserialize(deserializer)?;
+        let mut list = FinishedJobs::default();
+        for job in newest_first.into_iter().rev() {
+            list.push(job);
+        }
+        Ok(list)
     }
 }
 
@@ -597,4 +701,60 @@ where
         return None;
     }
     Arc::make_mut(map).remove(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: usize) -> Arc<Job> {
+        Arc::new(Job {
+            id: format!("j{n}").into(),
+            kind: JobKind::Hook,
+            call: "notify".into(),
+            args: Arc::default(),
+            step: None,
+            token: None,
+            state: JobState::Done,
+            attempts: 1,
+            retry: RetryPolicy::default(),
+            run_at: DateTime::<Utc>::UNIX_EPOCH,
+            last_error: None,
+        })
+    }
+
+    #[test]
+    fn finished_jobs_extend_a_shared_list_without_changing_it() {
+        let mut older = FinishedJobs::default();
+        older.push(job(1));
+        older.push(job(2));
+        let mut newer = older.clone();
+        newer.push(job(3));
+        let ids = |l: &FinishedJobs| l.iter().map(|j| j.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(&older), ["j2", "j1"], "the state decided on keeps its list");
+        assert_eq!(ids(&newer), ["j3", "j2", "j1"], "newest first");
+        assert_eq!((older.len(), newer.len()), (2, 3));
+        assert_ne!(older, newer);
+
+        // Serialized oldest last, and read back the same.
+        let json = serde_json::to_value(&newer).unwrap();
+        assert_eq!(json[0]["id"], "j3");
+        let back: FinishedJobs = serde_json::from_value(json).unwrap();
+        assert_eq!(back, newer);
+        assert_eq!(ids(&back), ids(&newer));
+    }
+
+    #[test]
+    fn a_long_list_of_finished_jobs_drops_without_exhausting_the_stack() {
+        let one = job(1);
+        let mut list = FinishedJobs::default();
+        for _ in 0..1_000_000 {
+            list.push(Arc::clone(&one));
+        }
+        let shared = list.clone();
+        drop(list);
+        assert_eq!(shared.len(), 1_000_000, "a list still shared survives the drop");
+        drop(shared);
+        assert_eq!(Arc::strong_count(&one), 1);
+    }
 }
