@@ -116,7 +116,7 @@ async fn nodes_taking_turns_each_see_what_the_other_appended() {
         .await
         .unwrap();
     assert_eq!(b.dossier(&d.code).await.unwrap(), claimed);
-    assert!(claimed.tasks[&task].claimed_by.is_some());
+    assert!(claimed.tasks[task.as_str()].claimed_by.is_some());
     h.assert_replays_and_verifies(&d.code).await;
 }
 
@@ -143,7 +143,7 @@ async fn a_command_refused_on_a_stale_copy_is_decided_again_on_the_stored_state(
         )
         .await
         .unwrap();
-    assert!(claimed.tasks[&task].claimed_by.is_some());
+    assert!(claimed.tasks[task.as_str()].claimed_by.is_some());
     assert!(claimed.seq > received.seq);
     h.assert_replays_and_verifies(&d.code).await;
 }

@@ -966,7 +966,7 @@ fn reuse_paper(
 }
 
 fn cancel_tasks(em: &mut Emitter<'_>) {
-    let open: Vec<String> = em.state.tasks.keys().cloned().collect();
+    let open: Vec<String> = em.state.tasks.keys().map(|k| (**k).to_owned()).collect();
     for task in open {
         em.emit(Event::TaskCancelled { task });
     }

@@ -152,7 +152,7 @@ pub struct Dossier {
     /// Tokens waiting at each join.
     pub joins: BTreeMap<String, BTreeSet<u32>>,
     /// Open tasks by id, shared copy-on-write like `jobs`: the map, and each task in it.
-    pub tasks: Arc<BTreeMap<String, Arc<Task>>>,
+    pub tasks: Arc<BTreeMap<Arc<str>, Arc<Task>>>,
     pub tasks_opened: u32,
     /// Open jobs by id (pending, or failed with an incident open), shared copy-on-write like
     /// `data`: the map, and each job in it. A job that finishes moves to `finished_jobs`, so
@@ -283,9 +283,9 @@ impl Dossier {
                 due_at,
             } => {
                 self.tasks_opened += 1;
-                // `str::to_owned`: `to_string` on an `Arc<str>` goes through `Display`.
+                // The key is the task's own id: shared, not copied, as a copied map's key.
                 Arc::make_mut(&mut self.tasks).insert(
-                    (**task).to_owned(),
+                    Arc::clone(task),
                     Arc::new(Task {
                         id: Arc::clone(task),
                         step: Arc::clone(step),
@@ -731,7 +731,11 @@ mod tests {
         let mut newer = older.clone();
         newer.push(job(3));
         let ids = |l: &FinishedJobs| l.iter().map(|j| j.id.to_string()).collect::<Vec<_>>();
-        assert_eq!(ids(&older), ["j2", "j1"], "the state decided on keeps its list");
+        assert_eq!(
+            ids(&older),
+            ["j2", "j1"],
+            "the state decided on keeps its list"
+        );
         assert_eq!(ids(&newer), ["j3", "j2", "j1"], "newest first");
         assert_eq!((older.len(), newer.len()), (2, 3));
         assert_ne!(older, newer);
@@ -753,7 +757,11 @@ mod tests {
         }
         let shared = list.clone();
         drop(list);
-        assert_eq!(shared.len(), 1_000_000, "a list still shared survives the drop");
+        assert_eq!(
+            shared.len(),
+            1_000_000,
+            "a list still shared survives the drop"
+        );
         drop(shared);
         assert_eq!(Arc::strong_count(&one), 1);
     }
