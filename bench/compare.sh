@@ -4,8 +4,11 @@
 # `tthc bench` on the judicial record procedure, and prints the table with tthc's rates as
 # ratios of each peer's. See docs/performance.md.
 #
-# Usage: bench/compare.sh [N] [--all] [--quick]
+# Usage: bench/compare.sh [N] [--all] [--quick] [--pairs R]
 #   N        instances for the peers and dossiers for tthc's durable run (default 2000)
+#   --pairs R  then R more runs of SpiffWorkflow and of the core row, alternating, and the
+#            median of their ratios (default 5; 0 skips them): on a machine whose speed
+#            drifts, one peer run beside one core run can land anywhere in the drift
 #   --all    every row of `tthc bench` (HTTP, audit verify, 1,000,000-dossier lookups,
 #            storage: a few minutes more); by default only the core and durable rows
 #            (one at a time and 32 in flight)
@@ -21,10 +24,19 @@ out=${TTHC_BENCH_OUT:-$repo/target/bench}
 n=2000
 only=(--only core,durable,concurrent)
 quick=()
+pairs=5
+want_pairs=
 for a in "$@"; do
+  if [[ -n $want_pairs ]]; then
+    [[ $a =~ ^[0-9]+$ ]] || { echo "--pairs takes a number" >&2; exit 2; }
+    pairs=$a
+    want_pairs=
+    continue
+  fi
   case $a in
     --all) only=() ;;
     --quick) quick=(--quick) ;;
+    --pairs) want_pairs=1 ;;
     ''|*[!0-9]*) echo "usage: $0 [N] [--all] [--quick]" >&2; exit 2 ;;
     *) n=$a ;;
   esac
@@ -43,3 +55,29 @@ dossiers=$n
 [[ ${#quick[@]} -gt 0 ]] && dossiers=$(( n < 50 ? n : 50 ))
 "${CARGO_TARGET_DIR:-$repo/target}/release/tthc" --root "$repo" bench "${quick[@]}" "${only[@]}" \
   --dossiers "$dossiers" --peers "$out/peers.txt" --json "$out/bench.json"
+
+# The core's ratio again, from runs alternating with the peer's: the median of R ratios.
+[[ ${#quick[@]} -gt 0 ]] && pairs=0
+if (( pairs > 0 )); then
+  echo "== the core beside SpiffWorkflow, $pairs alternating pairs" >&2
+  : > "$out/core-pairs.txt"
+  for i in $(seq "$pairs"); do
+    "$shared/peers/run.sh" "$n" spiff > "$out/pair-peer.txt"
+    "${CARGO_TARGET_DIR:-$repo/target}/release/tthc" --root "$repo" bench --only core \
+      --json "$out/pair-core.json" > /dev/null
+    python3 - "$out/pair-peer.txt" "$out/pair-core.json" >> "$out/core-pairs.txt" <<'PY'
+import json, re, sys
+peer = float(re.search(r"per_sec=([0-9.]+)", open(sys.argv[1]).read()).group(1))
+core = next(r for r in json.load(open(sys.argv[2]))["rows"] if r["id"] == "core")["value"]
+print(f"{peer:.1f} {core:.0f} {core / peer:.1f}")
+PY
+    read -r peer core ratio < <(tail -n1 "$out/core-pairs.txt")
+    printf 'pair %d: SpiffWorkflow %s instances/s, core %s dossiers/s: %s x\n' "$i" "$peer" "$core" "$ratio"
+  done
+  python3 - "$out/core-pairs.txt" <<'PY'
+import statistics, sys
+ratios = sorted(float(line.split()[2]) for line in open(sys.argv[1]) if line.strip())
+print(f"core / SpiffWorkflow over {len(ratios)} alternating pairs: median {statistics.median(ratios):.1f} x "
+      f"(lowest {ratios[0]:.1f}, highest {ratios[-1]:.1f}); target 1 asks for 50 x")
+PY
+fi
