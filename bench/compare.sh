@@ -64,7 +64,7 @@ if (( pairs > 0 )); then
   for i in $(seq "$pairs"); do
     "$shared/peers/run.sh" "$n" spiff > "$out/pair-peer.txt"
     "${CARGO_TARGET_DIR:-$repo/target}/release/tthc" --root "$repo" bench --only core \
-      --json "$out/pair-core.json" > /dev/null
+      --json "$out/pair-core.json" > "$out/pair-core.log" 2>&1 || { cat "$out/pair-core.log" >&2; exit 1; }
     python3 - "$out/pair-peer.txt" "$out/pair-core.json" >> "$out/core-pairs.txt" <<'PY'
 import json, re, sys
 peer = float(re.search(r"per_sec=([0-9.]+)", open(sys.argv[1]).read()).group(1))
