@@ -106,8 +106,11 @@ pub struct Calendar {
 /// The days from the first holiday or working weekend to the last, each with the number of
 /// working days before it: a working day is a step of the count, and the `n`-th working day
 /// after one is a binary search. Outside the span only Monday to Friday work.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct DayTable {
+    /// Whether every exception is in the table (false when they are spread too wide for one):
+    /// only then does a week outside it hold five working days.
+    complete: bool,
     first: Option<NaiveDate>,
     /// `before[i]`: working days in `[first, first + i)`; one entry more than the days covered.
     before: Vec<u32>,
@@ -118,6 +121,29 @@ struct DayTable {
 const MAX_TABLE_DAYS: i64 = 200 * 366;
 
 impl DayTable {
+    /// No table: `complete` when there is no exception at all.
+    fn empty(complete: bool) -> Self {
+        DayTable {
+            complete,
+            first: None,
+            before: Vec::new(),
+        }
+    }
+
+    /// Whether the seven days from `day` hold no exception, so five working days.
+    fn plain_week(&self, day: NaiveDate) -> bool {
+        if !self.complete {
+            return false;
+        }
+        let (Some(first), Some(end)) = (self.first, self.end()) else {
+            return true;
+        };
+        day >= end
+            || day
+                .checked_add_days(Days::new(7))
+                .is_some_and(|d| d <= first)
+    }
+
     fn build(
         holidays: &BTreeMap<NaiveDate, String>,
         working_weekends: &BTreeSet<NaiveDate>,
@@ -135,10 +161,10 @@ impl DayTable {
             .chain(working_weekends.last())
             .max();
         let (Some(&first), Some(&last)) = (first, last) else {
-            return DayTable::default();
+            return DayTable::empty(true);
         };
         if (last - first).num_days() >= MAX_TABLE_DAYS {
-            return DayTable::default();
+            return DayTable::empty(false);
         }
         let mut before = Vec::with_capacity((last - first).num_days() as usize + 2);
         let mut count = 0u32;
@@ -148,6 +174,7 @@ impl DayTable {
             before.push(count);
         }
         DayTable {
+            complete: true,
             first: Some(first),
             before,
         }
@@ -420,8 +447,7 @@ impl Calendar {
                 day = self.days.end()?;
                 continue;
             }
-            let past_table = self.days.end().is_none_or(|end| day >= end);
-            if past_table && left > 5 {
+            if left > 5 && self.days.plain_week(day) {
                 // Seven days with no exception hold five working days, whatever the first.
                 day = day.checked_add_days(Days::new(7))?;
                 left -= 5;
@@ -925,6 +951,13 @@ mod tests {
         )
         .unwrap();
         let no_exceptions = Calendar::from_yaml_str("holidays: []\n", "plain.yaml").unwrap();
+        // Exceptions more than MAX_TABLE_DAYS apart: no table, every day looked up.
+        let too_wide = Calendar::from_yaml_str(
+            "holidays:\n  - { date: 2026-05-01, name: Quốc tế Lao động }\n  - { date: 2300-01-01, name: Tết Dương lịch }\nworking_weekends: [2026-05-09]\n",
+            "wide.yaml",
+        )
+        .unwrap();
+        assert!(!too_wide.days.complete && too_wide.days.first.is_none());
         // Starts before the catalog, around Tết and the swapped days, across its last day,
         // and years after it (only weekends then); amounts from a minute to a year.
         let starts = [
@@ -942,7 +975,7 @@ mod tests {
         let amounts = [
             1, 30, 210, 239, 240, 241, 479, 480, 481, 960, 4_800, 4_801, 14_400, 124_800,
         ];
-        for c in [&shipped, &merged, &split_hours, &no_exceptions] {
+        for c in [&shipped, &merged, &split_hours, &no_exceptions, &too_wide] {
             for start in starts {
                 for step in 0..9 {
                     let start = start + TimeDelta::minutes(step * 173);
