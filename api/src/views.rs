@@ -149,7 +149,12 @@ impl DossierView {
             }),
             supplement_rounds: d.supplement_rounds,
             reason: d.reason.clone(),
-            data: Value::Object(d.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            data: Value::Object(
+                d.data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::clone(v)))
+                    .collect(),
+            ),
             documents: d
                 .documents
                 .iter()

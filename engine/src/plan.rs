@@ -100,7 +100,7 @@ impl Plan {
                 Atom::Str(s) => Atom::Str(Cow::Borrowed(s.as_ref())),
                 other => other.clone(),
             },
-            Plan::FormField { form, field } => match state.data.get(form)? {
+            Plan::FormField { form, field } => match &**state.data.get(form)? {
                 Value::Object(fields) => atom(fields.get(field)?)?,
                 _ => return None,
             },

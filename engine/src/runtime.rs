@@ -135,7 +135,7 @@ impl Expression {
                 .iter()
                 .filter_map(|r| {
                     let v = state.data.get(&r.form)?;
-                    let val = match (&r.fields, v) {
+                    let val = match (&r.fields, &**v) {
                         (Some(fields), Value::Object(o)) => Box::new(CelMap::from(
                             fields
                                 .iter()

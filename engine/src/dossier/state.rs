@@ -142,8 +142,9 @@ pub struct Dossier {
     /// The latest reason given (refusal, supplement request, apology, withdrawal, stop).
     pub reason: Option<String>,
     /// Form data by component or task id. Shared between copies of a state (a decision copies
-    /// the state it decides on, and most leave the data alone): changed copy-on-write.
-    pub data: Arc<BTreeMap<String, Value>>,
+    /// the state it decides on, and most leave the data alone): changed copy-on-write, each
+    /// form shared too, so adding one copies none of the others.
+    pub data: Arc<BTreeMap<String, Arc<Value>>>,
     /// Shared copy-on-write like `data`.
     pub documents: Arc<Vec<DocumentRef>>,
     /// Where the dossier is: token → step.
@@ -224,7 +225,11 @@ impl Dossier {
             supplement_rounds: 0,
             last_officer: None,
             reason: None,
-            data: Arc::new(data.clone()),
+            data: Arc::new(
+                data.iter()
+                    .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                    .collect(),
+            ),
             documents: Arc::new(documents.clone()),
             tokens: BTreeMap::new(),
             next_token: 1,
@@ -321,7 +326,8 @@ impl Dossier {
             } => {
                 if let Some(t) = remove_shared(&mut self.tasks, task) {
                     if let Some(d) = data {
-                        Arc::make_mut(&mut self.data).insert((*t.step).to_owned(), d.clone());
+                        Arc::make_mut(&mut self.data)
+                            .insert((*t.step).to_owned(), Arc::new(d.clone()));
                     }
                     self.tokens.remove(&t.token);
                 }
@@ -504,7 +510,7 @@ impl Dossier {
                     self.status = p.previous_status;
                 }
                 for (k, v) in data {
-                    Arc::make_mut(&mut self.data).insert(k.clone(), v.clone());
+                    Arc::make_mut(&mut self.data).insert(k.clone(), Arc::new(v.clone()));
                 }
                 Arc::make_mut(&mut self.documents).extend(documents.iter().cloned());
                 if due_at.is_some() {
