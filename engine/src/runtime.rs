@@ -455,7 +455,10 @@ mod tests {
                 phone: None,
             }),
             channel,
-            data,
+            data: data
+                .into_iter()
+                .map(|(k, v)| (k, std::sync::Arc::new(v)))
+                .collect(),
             documents: Vec::new(),
         };
         Dossier::from_filed(chrono::Utc::now(), &filed).unwrap()

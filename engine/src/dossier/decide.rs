@@ -5,6 +5,7 @@
 //! ends) always sees the state the events so far produce.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -126,7 +127,7 @@ pub fn decide_filing(
         agency_code: filing.agency_code.clone(),
         owner: Box::new(filing.owner.clone()),
         channel: filing.channel,
-        data: filing.data.clone(),
+        data: shared_forms(&filing.data),
         documents: filing.documents.clone(),
     };
     let state = Dossier::from_filed(ctx.now, &filed)
@@ -327,7 +328,7 @@ pub fn decide(
                 }
             });
             em.emit(Event::Supplemented {
-                data: data.clone(),
+                data: shared_forms(data),
                 documents: documents.clone(),
                 due_at,
             });
@@ -804,7 +805,7 @@ fn complete_task(
     em.emit(Event::TaskCompleted {
         task: task.to_owned(),
         outcome: outcome.clone(),
-        data,
+        data: data.map(Arc::new),
         reason,
     });
     if receives {
@@ -977,6 +978,15 @@ fn notify(em: &mut Emitter<'_>, template: &str) {
     let mut args = BTreeMap::new();
     args.insert("template".to_owned(), Value::String(template.to_owned()));
     system_job(em, "notify", args);
+}
+
+/// Forms as an event carries them: each behind its own `Arc`, which the dossier's state then
+/// shares instead of copying.
+fn shared_forms(forms: &BTreeMap<String, Value>) -> BTreeMap<String, Arc<Value>> {
+    forms
+        .iter()
+        .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+        .collect()
 }
 
 /// `prefix`, `separator` and `n` in decimal (`j3`, `tham_dinh.2`): the ids of the jobs and

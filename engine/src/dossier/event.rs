@@ -63,7 +63,8 @@ pub enum Event {
         /// and each one is moved a few times as it is decided and stored.
         owner: Box<Owner>,
         channel: Channel,
-        data: BTreeMap<String, Value>,
+        /// Each form shared with the dossier's state (serialized as the form itself).
+        data: BTreeMap<String, Arc<Value>>,
         documents: Vec<DocumentRef>,
     },
     /// The token `token` entered step `to`.
@@ -115,8 +116,9 @@ pub enum Event {
         task: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         outcome: Option<String>,
+        /// Shared with the dossier's state, like the filing's forms.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        data: Option<Value>,
+        data: Option<Arc<Value>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
@@ -197,7 +199,7 @@ pub enum Event {
         remaining_minutes: Option<i64>,
     },
     Supplemented {
-        data: BTreeMap<String, Value>,
+        data: BTreeMap<String, Arc<Value>>,
         documents: Vec<DocumentRef>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due_at: Option<DateTime<Utc>>,
@@ -423,6 +425,46 @@ impl Event {
             Event::TimerScheduled { step, .. } => Some(step),
             Event::Ended { step, .. } => Some(step),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Events are stored as their JSON text and chained by its hash: sharing a form with the
+    /// state (`Arc<Value>`) must store the form itself, exactly as a plain value would be.
+    #[test]
+    fn forms_in_events_are_stored_as_the_forms_themselves() {
+        let form = Arc::new(json!({ "ho_ten": "Nguyễn Văn A", "so_ban": 2 }));
+        let completed = Event::TaskCompleted {
+            task: "tham_dinh.1".into(),
+            outcome: Some("dat".into()),
+            data: Some(Arc::clone(&form)),
+            reason: None,
+        };
+        let (text, kind) = crate::audit::event_text(&completed);
+        assert_eq!(kind, "task_completed");
+        assert_eq!(
+            text,
+            r#"{"type":"task_completed","task":"tham_dinh.1","outcome":"dat","data":{"ho_ten":"Nguyễn Văn A","so_ban":2}}"#
+        );
+        let supplemented = Event::Supplemented {
+            data: BTreeMap::from([("to_khai".to_owned(), Arc::clone(&form))]),
+            documents: Vec::new(),
+            due_at: None,
+        };
+        let (text, _) = crate::audit::event_text(&supplemented);
+        assert_eq!(
+            text,
+            r#"{"type":"supplemented","data":{"to_khai":{"ho_ten":"Nguyễn Văn A","so_ban":2}},"documents":[]}"#
+        );
+        // And read back as they were.
+        for e in [completed, supplemented] {
+            let text = crate::audit::event_text(&e).0;
+            assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), e);
         }
     }
 }

@@ -225,11 +225,7 @@ impl Dossier {
             supplement_rounds: 0,
             last_officer: None,
             reason: None,
-            data: Arc::new(
-                data.iter()
-                    .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
-                    .collect(),
-            ),
+            data: Arc::new(data.clone()),
             documents: Arc::new(documents.clone()),
             tokens: BTreeMap::new(),
             next_token: 1,
@@ -326,8 +322,7 @@ impl Dossier {
             } => {
                 if let Some(t) = remove_shared(&mut self.tasks, task) {
                     if let Some(d) = data {
-                        Arc::make_mut(&mut self.data)
-                            .insert((*t.step).to_owned(), Arc::new(d.clone()));
+                        Arc::make_mut(&mut self.data).insert((*t.step).to_owned(), Arc::clone(d));
                     }
                     self.tokens.remove(&t.token);
                 }
@@ -510,7 +505,7 @@ impl Dossier {
                     self.status = p.previous_status;
                 }
                 for (k, v) in data {
-                    Arc::make_mut(&mut self.data).insert(k.clone(), Arc::new(v.clone()));
+                    Arc::make_mut(&mut self.data).insert(k.clone(), Arc::clone(v));
                 }
                 Arc::make_mut(&mut self.documents).extend(documents.iter().cloned());
                 if due_at.is_some() {
