@@ -279,6 +279,11 @@ impl CompiledProcedure {
                 message: format!("form schema {path} is not loaded"),
             }];
         };
+        // Most forms are valid: `is_valid` stops early and builds no error, which costs
+        // less than walking `iter_errors` to its end.
+        if validator.is_valid(data) {
+            return Vec::new();
+        }
         validator
             .iter_errors(data)
             .map(|e| FormViolation {
