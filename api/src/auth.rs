@@ -213,6 +213,17 @@ impl FromRequestParts<AppState> for Caller {
         })?;
         let claims = state.verifier.verify(token.trim())?;
         let actor = actor_of(&claims)?;
+        // An officer acts for an agency of this deployment; a token for another province's
+        // (or a made-up) agency is refused before it reaches any route.
+        if let Actor::Officer { agency, .. } = &actor
+            && !state.engine.has_agency(agency)
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "unknown_agency",
+                format!("agency {agency} of this token is not one of this deployment's agencies"),
+            ));
+        }
         Ok(Caller { claims, actor })
     }
 }

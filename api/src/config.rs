@@ -46,7 +46,10 @@ pub struct ServeConfig {
     pub blobs_dir: PathBuf,
     /// `text` or `json`.
     pub log_format: String,
-    /// Agency names by code, for notifications.
+    /// This deployment's agencies, names by code: a map `{code: name}` or the catalog's list
+    /// form `[{code, name}]`. When set, it replaces `procedures/catalog/agencies.yaml`, so a
+    /// province's deployment files dossiers and admits officers of its own agencies only.
+    #[serde(deserialize_with = "agency_list_or_map")]
     pub agencies: BTreeMap<String, String>,
     /// Extra holiday files merged into the shipped calendar.
     pub holiday_files: Vec<PathBuf>,
@@ -170,6 +173,28 @@ impl ServeConfig {
     }
 }
 
+/// Agencies as a map of names by code, or as the catalog's list of `{code, name}`.
+fn agency_list_or_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        code: String,
+        name: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Map(BTreeMap<String, String>),
+        List(Vec<Entry>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::Map(m) => m,
+        Form::List(l) => l.into_iter().map(|e| (e.code, e.name)).collect(),
+    })
+}
+
 /// The development secret in `.tthc/jwt-secret`, shared by `tthc serve` and `tthc token`.
 pub fn dev_secret() -> Result<Vec<u8>> {
     let path = Path::new(".tthc").join("jwt-secret");
@@ -189,6 +214,18 @@ pub fn dev_secret() -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agencies_take_the_map_and_the_catalog_list_form() {
+        let map: ServeConfig =
+            serde_saphyr::from_str("agencies: { \"000.00.01.H33\": Sở Tư pháp }\n").unwrap();
+        let list: ServeConfig = serde_saphyr::from_str(
+            "agencies:\n  - { code: \"000.00.01.H33\", name: Sở Tư pháp }\n",
+        )
+        .unwrap();
+        assert_eq!(map.agencies, list.agencies);
+        assert_eq!(list.agencies["000.00.01.H33"], "Sở Tư pháp");
+    }
 
     #[test]
     fn environment_overrides_the_file() {

@@ -7,8 +7,8 @@
 //!   which exercises the client's refresh on 401);
 //! - `POST /dossiers/sync` keeping the latest state per dossier by `sequence`;
 //! - the owner's Kho DL: `POST /khodl/papers`, `GET /khodl/papers[/{id}[/content]]`;
-//! - `Idempotency-Key` on every write: a repeated key gets the stored first answer and
-//!   changes nothing;
+//! - `Idempotency-Key` on every write: a repeated key with the same body gets the stored first
+//!   answer and changes nothing; with another body it is refused (409);
 //! - fault injection (`--error-rate`, `--latency-ms`, `--timeout-rate`, `--fail-first`), also
 //!   switchable at run time through `PUT /_sim/faults`, and counters at `GET /_sim/stats`.
 //!
@@ -306,9 +306,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS sim_idempotency (
+    "CREATE TABLE IF NOT EXISTS sim_idempotent_writes (
         key TEXT PRIMARY KEY,
         route TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
         status INTEGER NOT NULL,
         body TEXT NOT NULL,
         created_at TEXT NOT NULL)",
@@ -557,22 +558,38 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
-/// The stored answer to `key`, if it was seen before. A key first used on another endpoint
-/// is refused: it would otherwise answer a push with a sync's result.
-async fn replay(sim: &Sim, key: &str, route: &str) -> Result<Option<Response>, ApiError> {
-    let Some(row) = sqlx::query("SELECT route, status, body FROM sim_idempotency WHERE key = ?")
-        .bind(key)
-        .fetch_optional(&sim.db)
-        .await?
+/// The stored answer to `key`, if it was seen before with the same request. A key first used
+/// on another endpoint, or with another body, is refused (409): answering it with the first
+/// request's result would tell the caller its second request was applied when it was not.
+async fn replay(
+    sim: &Sim,
+    key: &str,
+    route: &str,
+    body: &[u8],
+) -> Result<Option<Response>, ApiError> {
+    let Some(row) = sqlx::query(
+        "SELECT route, request_hash, status, body FROM sim_idempotent_writes WHERE key = ?",
+    )
+    .bind(key)
+    .fetch_optional(&sim.db)
+    .await?
     else {
         return Ok(None);
     };
     let first_route: String = row.try_get("route")?;
+    let first_hash: String = row.try_get("request_hash")?;
     if first_route != route {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::CONFLICT,
             "idempotency_key_reused",
             format!("idempotency key `{key}` was first used for {first_route}"),
+        ));
+    }
+    if first_hash != sha256_hex(body) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            format!("idempotency key `{key}` was first used with another body"),
         ));
     }
     let status: i64 = row.try_get("status")?;
@@ -599,13 +616,16 @@ async fn remember(
     tx: &mut sqlx::SqliteConnection,
     key: &str,
     route: &str,
+    request: &[u8],
     body: &Value,
 ) -> Result<(), ApiError> {
     sqlx::query(
-        "INSERT INTO sim_idempotency (key, route, status, body, created_at) VALUES (?, ?, 200, ?, ?)",
+        "INSERT INTO sim_idempotent_writes (key, route, request_hash, status, body, created_at)
+         VALUES (?, ?, ?, 200, ?, ?)",
     )
     .bind(key)
     .bind(route)
+    .bind(sha256_hex(request))
     .bind(body.to_string())
     .bind(Utc::now().to_rfc3339())
     .execute(&mut *tx)
@@ -698,7 +718,7 @@ async fn sync_dossier(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
     const ROUTE: &str = "POST /dossiers/sync";
     let key = idempotency_key(&headers)?;
     let _writing = sim.writes.lock().await;
-    if let Some(stored) = replay(&sim, &key, ROUTE).await? {
+    if let Some(stored) = replay(&sim, &key, ROUTE, &body).await? {
         return Ok(stored);
     }
     let dossier: wire::SyncDossier = parse_body(&body)?;
@@ -759,7 +779,7 @@ async fn sync_dossier(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Byt
         status: held_status,
     })
     .unwrap_or_default();
-    remember(&mut tx, &key, ROUTE, &answer).await?;
+    remember(&mut tx, &key, ROUTE, &body, &answer).await?;
     tx.commit().await?;
     Ok(Json(answer).into_response())
 }
@@ -847,7 +867,7 @@ async fn push_paper(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes
     const ROUTE: &str = "POST /khodl/papers";
     let key = idempotency_key(&headers)?;
     let _writing = sim.writes.lock().await;
-    if let Some(stored) = replay(&sim, &key, ROUTE).await? {
+    if let Some(stored) = replay(&sim, &key, ROUTE, &body).await? {
         return Ok(stored);
     }
     let push: wire::PushPaper = parse_body(&body)?;
@@ -926,7 +946,7 @@ async fn push_paper(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes
         created,
     })
     .unwrap_or_default();
-    remember(&mut tx, &key, ROUTE, &answer).await?;
+    remember(&mut tx, &key, ROUTE, &body, &answer).await?;
     tx.commit().await?;
     Ok(Json(answer).into_response())
 }

@@ -124,6 +124,11 @@ impl From<EngineError> for ApiError {
             EngineError::IdempotencyKeyReused => {
                 ApiError::unprocessable("idempotency_key_reused", detail)
             }
+            EngineError::UnknownAgency(_) => ApiError::unprocessable("unknown_agency", detail)
+                .with_errors(vec![FieldError {
+                    pointer: "/agency_code".into(),
+                    message: "not one of this deployment's agencies".into(),
+                }]),
             EngineError::Store(s) => ApiError::internal(s),
         }
     }

@@ -327,8 +327,12 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         &config.database_url,
         config.root.join("procedures").join("templates"),
     );
-    let mut agencies = agency_names(&config.root.join("procedures/catalog/agencies.yaml"))?;
-    agencies.extend(config.agencies.clone());
+    // The configured agencies are this deployment's; without any, the catalog's (development).
+    let agencies = if config.agencies.is_empty() {
+        agency_names(&config.root.join("procedures/catalog/agencies.yaml"))?
+    } else {
+        config.agencies.clone()
+    };
     engine_config.agencies = agencies.clone();
     // With a portal (or the built-in simulator), every status change is synced to it.
     engine_config.sync_status_to_portal = config.portal_url.is_some() || config.portal_simulator;

@@ -46,6 +46,8 @@ pub enum EngineError {
     Definition(String),
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
+    #[error("agency {0} is not one of this deployment's agencies")]
+    UnknownAgency(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -77,6 +79,7 @@ impl EngineError {
             EngineError::UnknownProcedure(_) => "unknown_procedure",
             EngineError::Definition(_) => "invalid_definition",
             EngineError::IdempotencyKeyReused => "idempotency_key_reused",
+            EngineError::UnknownAgency(_) => "unknown_agency",
             EngineError::Store(_) => "storage",
         }
     }
@@ -150,7 +153,8 @@ pub struct EngineConfig {
     pub database_url: String,
     /// Folder of the notification templates.
     pub templates_dir: std::path::PathBuf,
-    /// Agency names by code, for notifications.
+    /// This deployment's agencies: names by code (for notifications). A dossier is filed only
+    /// at one of them.
     pub agencies: BTreeMap<String, String>,
     /// How long a claimed job is reserved for its worker.
     pub job_lease: chrono::Duration,
@@ -246,6 +250,8 @@ struct Inner {
     /// Woken when this node stores a decision that scheduled a job: the worker claims it at
     /// once instead of at its next poll (`job_poll_ms`), and sees a timer due before then.
     jobs_scheduled: tokio::sync::Notify,
+    /// This deployment's identity, stored in its database ([`Store::deployment_id`]).
+    deployment_id: String,
 }
 
 /// A folded state and the hash of its last event (the head its next append chains to).
@@ -314,6 +320,7 @@ impl Engine {
         clock: Clock,
     ) -> Result<Engine, EngineError> {
         let store = Store::open(&config.database_url).await?;
+        let deployment_id = store.deployment_id().await?;
         let cache_size =
             std::num::NonZeroUsize::new(config.state_cache).unwrap_or(std::num::NonZeroUsize::MIN);
         let templates = Templates::load(&config.templates_dir)
@@ -331,6 +338,7 @@ impl Engine {
                 seal_refused: Mutex::new(std::collections::HashSet::new()),
                 sealed_since_training: Mutex::new(0),
                 jobs_scheduled: tokio::sync::Notify::new(),
+                deployment_id,
             }),
         };
         // Every deployed version: none is known yet.
@@ -445,6 +453,26 @@ impl Engine {
     }
 
     /// Files a new dossier on the newest version of its procedure.
+    /// This deployment's identity, made at the first start and stored in its database.
+    pub fn deployment_id(&self) -> &str {
+        &self.inner.deployment_id
+    }
+
+    /// Whether `code` is one of this deployment's agencies.
+    pub fn has_agency(&self, code: &str) -> bool {
+        self.inner.config.agencies.contains_key(code)
+    }
+
+    /// The key a hook's external system deduplicates by: the same on every attempt of the job,
+    /// and never the same in two deployments (the national portal is shared by all of them).
+    pub fn hook_key(&self, job: &Job, dossier: &str) -> String {
+        format!(
+            "{}/{}",
+            self.inner.deployment_id,
+            job.idempotency_key(dossier)
+        )
+    }
+
     pub async fn file(&self, actor: &Actor, filing: &Filing) -> Result<Dossier, EngineError> {
         Ok(self.file_once(actor, filing, None).await?.0)
     }
@@ -469,6 +497,11 @@ impl Engine {
             if !earlier.body.is_empty() {
                 return Ok((self.dossier(&earlier.body).await?, true));
             }
+        }
+        // The dossier code starts with the agency's code, which carries its province: filing
+        // only at this deployment's own agencies keeps codes unique across deployments.
+        if !self.inner.config.agencies.contains_key(&filing.agency_code) {
+            return Err(EngineError::UnknownAgency(filing.agency_code.clone()));
         }
         // The newest version may have been deployed through another node.
         self.refresh().await?;
@@ -863,7 +896,7 @@ impl Engine {
                     procedure: &procedure,
                     job: &job,
                     attempt,
-                    idempotency_key: job.idempotency_key(&state.code),
+                    idempotency_key: self.hook_key(&job, &state.code),
                     now: self.now(),
                 };
                 match tokio::time::timeout(self.inner.config.hook_timeout, h.call(request)).await {

@@ -1246,6 +1246,19 @@ impl HookHandler for PortalSyncHook {
                     }),
                     notification: None,
                 },
+                // The portal holds an answer for this key with another body: an earlier attempt
+                // of this job was applied (its answer was lost) and this retry read a newer
+                // state, which the later sync job scheduled by that change carries.
+                Err(PortalError::Rejected {
+                    status: 409, code, ..
+                }) if code == "idempotency_key_reused" => HookOutcome::Succeeded {
+                    detail: json!({
+                        "sequence": payload.sequence,
+                        "status": payload.status,
+                        "already_applied": true,
+                    }),
+                    notification: None,
+                },
                 Err(e) => failed(HOOK, &format!("sequence {}", payload.sequence), &e),
             }
         })

@@ -2666,6 +2666,31 @@ impl Store {
 }
 
 impl Store {
+    /// This deployment's identity (see `0008_deployment.sql`): made once, at the first open of
+    /// the database, by whichever node gets there first; every later open reads the same one.
+    pub async fn deployment_id(&self) -> Result<String, StoreError> {
+        let candidate = hex::encode(rand::random::<[u8; 16]>());
+        {
+            let _turn = self.write_turn().await;
+            sqlx::query(sql(
+                self.backend,
+                "INSERT INTO deployment (singleton, id) VALUES (1, ?) ON CONFLICT (singleton) DO NOTHING",
+            ))
+            .bind(&candidate)
+            .execute(&self.pool)
+            .await?;
+        }
+        let (id,): (String,) = sqlx::query_as(sql(
+            self.backend,
+            "SELECT id FROM deployment WHERE singleton = 1",
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+}
+
+impl Store {
     /// Claims one tick of a schedule for this node: true for exactly one caller per tick,
     /// however many nodes ask.
     pub async fn claim_tick(

@@ -30,8 +30,14 @@ pub async fn start_api() -> Api {
 
 /// [`start_api`] with the worker polling for due jobs every `job_poll_ms`.
 pub async fn start_api_polling(job_poll_ms: u64) -> Api {
+    start_api_with(job_poll_ms, |_| {}).await
+}
+
+/// [`start_api`] with its configuration changed by `configure` (e.g. another province's
+/// agencies).
+pub async fn start_api_with(job_poll_ms: u64, configure: impl FnOnce(&mut ServeConfig)) -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let config = ServeConfig {
+    let mut config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: crate::support::database_url(dir.path()).await,
         root: repo_root(),
@@ -45,6 +51,7 @@ pub async fn start_api_polling(job_poll_ms: u64) -> Api {
         ),
         ..ServeConfig::default()
     };
+    configure(&mut config);
     let (router, state, background) = server::build(&config, Clock::System).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -108,7 +115,7 @@ pub fn foreign_officer_token() -> String {
             "van_thu",
             "ke_toan",
         ],
-        Some("000.00.02.H59"),
+        Some("000.00.08.H59"),
         None,
     )
 }

@@ -73,7 +73,7 @@ async fn judicial_record_happy_path_from_filing_to_returned_result() {
         .unwrap();
     assert_eq!(
         h.push.keys(),
-        vec![push_job.idempotency_key(&d.code)],
+        vec![h.engine.hook_key(push_job, &d.code)],
         "the result is pushed once with its idempotency key"
     );
     assert!(

@@ -861,7 +861,7 @@ async fn run_khodl_job_again(h: &Harness, hook: &KhoDlSaveHook, code: &str) -> H
         procedure: &procedure,
         job: &job,
         attempt: job.attempts + 1,
-        idempotency_key: job.idempotency_key(&d.code),
+        idempotency_key: h.engine.hook_key(&job, &d.code),
         now: h.engine.now(),
     })
     .await

@@ -1,6 +1,7 @@
 //! Black-box tests of the `tthc` binary and the engine, driven by the files in
 //! `procedures/` and `tests/data/`.
 
+mod agencies;
 mod api;
 mod api_support;
 mod bench;

@@ -210,7 +210,7 @@ async fn the_client_syncs_pushes_lists_and_downloads() {
 }
 
 #[tokio::test]
-async fn a_repeated_idempotency_key_returns_the_first_answer_and_changes_nothing() {
+async fn a_repeated_key_replays_the_same_request_and_refuses_another_with_409() {
     let s = sim().await;
     let client = s.client();
     let code = "000.00.01.H59-260302-0002";
@@ -219,12 +219,22 @@ async fn a_repeated_idempotency_key_returns_the_first_answer_and_changes_nothing
         .sync_dossier("D2/j3", &sync_body(code, 7, 9))
         .await
         .unwrap();
-    // The same key with another body (a retry that read a newer state) gets the first answer.
+    // The same key with the same body replays the first answer.
     let again = client
-        .sync_dossier("D2/j3", &sync_body(code, 9, 10))
+        .sync_dossier("D2/j3", &sync_body(code, 7, 9))
         .await
         .unwrap();
     assert_eq!(again, first);
+    // The same key with another body is refused, never answered with the first body's result
+    // (the caller would believe its second request applied).
+    let reused = client
+        .sync_dossier("D2/j3", &sync_body(code, 9, 10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&reused, PortalError::Rejected { status: 409, code, .. } if code == "idempotency_key_reused"),
+        "{reused}"
+    );
     let held = client.synced_dossier(code).await.unwrap();
     assert_eq!((held.sequence, held.status), (7, 9));
 
@@ -260,7 +270,7 @@ async fn a_repeated_idempotency_key_returns_the_first_answer_and_changes_nothing
         .push_paper("D2/j3", &paper_body("P-3", &content))
         .await
         .unwrap_err();
-    assert_eq!(reused.status(), Some(422), "{reused}");
+    assert_eq!(reused.status(), Some(409), "{reused}");
 
     let stats = s.stats().await;
     assert_eq!(stats.duplicates, 2);
@@ -436,7 +446,7 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
                 client.clone(),
                 Arc::new(move |sha: &str| blobs.get(sha).cloned()),
             )
-            .with_catalog(catalog),
+            .with_catalog(catalog.clone()),
         ),
     );
 
@@ -578,10 +588,16 @@ async fn a_push_in_the_engine_fails_twice_then_succeeds_after_backoff() {
     assert!(held.dossier.returned_at.is_some());
 
     // A retry whose answer was lost carries the same key: the portal answers from its record.
-    let key = format!("{code}/{}/KQ.LLTP.01", push.id);
+    let key = format!("{}/KQ.LLTP.01", h.engine.hook_key(&push, &code));
     let bytes = content.clone();
+    let procedure = h
+        .engine
+        .procedure(&d.procedure_code, Some(d.procedure_version))
+        .unwrap();
+    // The same request as the engine's: the portal replays only an identical body.
     let paper = PortalPushHook::new(client.clone(), Arc::new(move |_: &str| Some(bytes.clone())))
-        .paper(&d, None, &d.signatures[0])
+        .with_catalog(catalog)
+        .paper(&d, Some(&procedure), &d.signatures[0])
         .await
         .unwrap();
     let replay = client.push_paper(&key, &paper).await.unwrap();
