@@ -46,7 +46,6 @@ use crate::server;
 const PROCEDURE_FILE: &str = "procedures/cap-phieu-lltp.yaml";
 const PROCEDURE_CODE: &str = "2.000488";
 const AGENCY: &str = "000.00.01.H59";
-const AGENCY_NAME: &str = "Sở Tư pháp tỉnh Hưng Yên";
 const HTTP_CLIENTS: usize = 32;
 /// Dossiers in flight at once in the `durable_concurrent` row (as many as the HTTP clients).
 const IN_FLIGHT: u64 = 32;
@@ -444,6 +443,7 @@ fn filing(owner: Owner) -> Filing {
     Filing {
         procedure_code: PROCEDURE_CODE.into(),
         agency_code: AGENCY.into(),
+        competent_agency: None,
         owner,
         channel: Channel::Online,
         data: BTreeMap::from([("to_khai".to_owned(), form)]),
@@ -770,7 +770,9 @@ fn register_stand_ins(engine: &Engine) {
 
 async fn open_engine(root: &Path, url: &str) -> Result<Engine> {
     let mut config = EngineConfig::new(url, root.join("procedures").join("templates"));
-    config.agencies.insert(AGENCY.into(), AGENCY_NAME.into());
+    config.agencies =
+        crate::config::agency_catalog(&root.join("procedures/catalog/agencies.yaml"))?;
+    debug_assert!(config.agencies.contains(AGENCY));
     // As `tthc serve` runs with a portal: every status change is synced (a hook job).
     config.sync_status_to_portal = true;
     Ok(Engine::open(config, Calendar::default_vietnam()?, Clock::System).await?)

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use engine::agency::{Agencies, Agency};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,11 +47,13 @@ pub struct ServeConfig {
     pub blobs_dir: PathBuf,
     /// `text` or `json`.
     pub log_format: String,
-    /// This deployment's agencies, names by code: a map `{code: name}` or the catalog's list
-    /// form `[{code, name}]`. When set, it replaces `procedures/catalog/agencies.yaml`, so a
-    /// province's deployment files dossiers and admits officers of its own agencies only.
+    /// This deployment's agencies: the catalog's list form `[{code, name, kind, valid_from,
+    /// valid_until}]` (kinds resolve what definitions name, e.g. `cong_an_tinh`), or a map
+    /// `{code: name}` of agencies without kinds. When set, it replaces
+    /// `procedures/catalog/agencies.yaml`, so a province's deployment files dossiers and
+    /// admits officers of its own agencies only.
     #[serde(deserialize_with = "agency_list_or_map")]
-    pub agencies: BTreeMap<String, String>,
+    pub agencies: Agencies,
     /// Extra holiday files merged into the shipped calendar.
     pub holiday_files: Vec<PathBuf>,
     /// The national portal's base URL (docs/portal-api.md). Without one, the built-in portal
@@ -84,7 +87,7 @@ impl Default for ServeConfig {
             upload_limit_bytes: 20 * 1024 * 1024,
             blobs_dir: PathBuf::from("data/blobs"),
             log_format: "text".into(),
-            agencies: BTreeMap::new(),
+            agencies: Agencies::default(),
             holiday_files: Vec::new(),
             portal_url: None,
             portal_client_id: "tthc".into(),
@@ -173,26 +176,33 @@ impl ServeConfig {
     }
 }
 
-/// Agencies as a map of names by code, or as the catalog's list of `{code, name}`.
-fn agency_list_or_map<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Entry {
-        code: String,
-        name: String,
-    }
+/// Agencies as the catalog's list of `{code, name, kind…}`, or as a map of names by code.
+fn agency_list_or_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Agencies, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form {
         Map(BTreeMap<String, String>),
-        List(Vec<Entry>),
+        List(Vec<Agency>),
     }
     Ok(match Form::deserialize(d)? {
-        Form::Map(m) => m,
-        Form::List(l) => l.into_iter().map(|e| (e.code, e.name)).collect(),
+        Form::Map(m) => Agencies::from_names(&m),
+        Form::List(l) => Agencies::new(l),
     })
+}
+
+/// The agency list of a catalog file (`procedures/catalog/agencies.yaml`): `{agencies: […]}`.
+pub fn agency_catalog(path: &Path) -> Result<Agencies> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Catalog {
+        #[serde(deserialize_with = "agency_list_or_map")]
+        agencies: Agencies,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let catalog: Catalog =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(catalog.agencies)
 }
 
 /// The development secret in `.tthc/jwt-secret`, shared by `tthc serve` and `tthc token`.
@@ -224,7 +234,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(map.agencies, list.agencies);
-        assert_eq!(list.agencies["000.00.01.H33"], "Sở Tư pháp");
+        assert_eq!(
+            list.agencies.get("000.00.01.H33").unwrap().name,
+            "Sở Tư pháp"
+        );
+        let kinds: ServeConfig = serde_saphyr::from_str(
+            "agencies:\n  - { code: \"000.00.01.H33\", name: Sở Tư pháp, kind: so_tu_phap, valid_from: 2025-07-01 }\n",
+        )
+        .unwrap();
+        let a = kinds.agencies.get("000.00.01.H33").unwrap();
+        assert_eq!(a.kind.as_deref(), Some("so_tu_phap"));
+        assert_eq!(a.valid_from, Some("2025-07-01".parse().unwrap()));
     }
 
     #[test]

@@ -77,6 +77,15 @@ fn citizen() -> Result<Actor> {
     })
 }
 
+/// The example deployment a demo province runs with.
+fn example_of(slug: &str) -> &'static str {
+    if slug == "province-b" {
+        "ha-noi"
+    } else {
+        "hung-yen"
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn province(
     root: &Path,
@@ -92,7 +101,18 @@ pub async fn province(
         format!("sqlite://{}", dir.join(format!("{slug}.db")).display()),
         root.join("procedures/templates"),
     );
-    config.agencies.insert(agency.into(), agency_name.into());
+    // Each province runs with its example deployment's agencies (deploy/examples/).
+    let example = root
+        .join("deploy/examples")
+        .join(format!("{}.yaml", example_of(slug)));
+    let text = std::fs::read_to_string(&example)
+        .with_context(|| format!("reading {}", example.display()))?;
+    let deployment: crate::config::ServeConfig =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", example.display()))?;
+    config.agencies = deployment.agencies;
+    if !config.agencies.contains(agency) {
+        bail!("{}: no agency {agency} ({agency_name})", example.display());
+    }
     config.sync_status_to_portal = true;
     let engine = Engine::open(config.clone(), Calendar::default_vietnam()?, clock.clone()).await?;
     let loader = Loader::new(LoaderConfig::at_root(root))
@@ -112,7 +132,7 @@ pub async fn province(
             blobs_dir: dir.join(format!("{slug}-blobs")),
             portal: Some(PortalConfig::new(portal_url, PORTAL_ID, PORTAL_SECRET)),
             keys,
-            agencies: config.agencies.clone(),
+            agencies: config.agencies.names(),
         },
     )?;
     Ok(Province {
@@ -304,6 +324,7 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let filing = Filing {
         procedure_code: "2.000488".into(),
         agency_code: a.agency.clone(),
+        competent_agency: None,
         owner: owner()?,
         channel: Channel::Online,
         data: BTreeMap::from([(
@@ -388,6 +409,7 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let filing = Filing {
         procedure_code: "1.012265".into(),
         agency_code: b.agency.clone(),
+        competent_agency: None,
         owner: owner()?,
         channel: Channel::Online,
         data: BTreeMap::from([(

@@ -105,6 +105,7 @@ impl IntoResponse for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         let detail = e.to_string();
+        let e_code = e.code();
         match e {
             EngineError::Command(c) => command_error(c),
             EngineError::Conflict { current, .. } => {
@@ -129,6 +130,14 @@ impl From<EngineError> for ApiError {
                     pointer: "/agency_code".into(),
                     message: "not one of this deployment's agencies".into(),
                 }]),
+            EngineError::Agency { pointer, .. } => ApiError::unprocessable(e_code, detail.clone())
+                .with_errors(vec![FieldError {
+                    pointer: pointer.into(),
+                    message: detail,
+                }]),
+            EngineError::AgencyKindUnmapped { .. } => {
+                ApiError::unprocessable("agency_kind_unmapped", detail)
+            }
             EngineError::Store(s) => ApiError::internal(s),
         }
     }

@@ -240,37 +240,10 @@ async fn shutdown_signal() {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgencyCatalog {
-    agencies: Vec<AgencyEntry>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgencyEntry {
-    code: String,
-    name: String,
-}
-
-/// Agency names from the catalog file, when there is one.
-fn agency_names(path: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Default::default());
-    };
-    let catalog: AgencyCatalog =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(catalog
-        .agencies
-        .into_iter()
-        .map(|a| (a.code, a.name))
-        .collect())
-}
-
 /// Kho DL blobs, the portal (or the built-in simulator) and the signing keys.
 async fn integration_settings(
     config: &ServeConfig,
-    agencies: &std::collections::BTreeMap<String, String>,
+    agencies: &engine::agency::Agencies,
 ) -> Result<crate::integrations::Settings> {
     let portal = match (&config.portal_url, config.portal_simulator) {
         (Some(url), _) => Some(engine::portal::PortalConfig::new(
@@ -313,7 +286,7 @@ async fn integration_settings(
         blobs_dir: config.blobs_dir.clone(),
         portal,
         keys,
-        agencies: agencies.clone(),
+        agencies: agencies.names(),
     })
 }
 
@@ -329,7 +302,7 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     );
     // The configured agencies are this deployment's; without any, the catalog's (development).
     let agencies = if config.agencies.is_empty() {
-        agency_names(&config.root.join("procedures/catalog/agencies.yaml"))?
+        crate::config::agency_catalog(&config.root.join("procedures/catalog/agencies.yaml"))?
     } else {
         config.agencies.clone()
     };
@@ -361,6 +334,14 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
         }
         for d in &report.definitions {
             match engine.deploy(d).await {
+                // A definition this deployment cannot route: starting would leave its
+                // dossiers with tasks nobody can see.
+                Err(e @ engine::EngineError::AgencyKindUnmapped { .. }) => {
+                    anyhow::bail!(
+                        "{}: {e}\nmap the kind to one of this deployment's agencies: `kind:` in `agencies` of the configuration (docs/operations.md, \"Agencies\")",
+                        d.source.display()
+                    );
+                }
                 Ok(engine::engine::Deployed::New { code, version }) => {
                     tracing::info!(%code, version, "procedure deployed")
                 }
@@ -372,6 +353,13 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
                 }
             }
         }
+    }
+    let problems = engine.agency_problems();
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "deployed procedures name agency kinds this configuration lacks:\n{}\nmap each kind to one of this deployment's agencies: `kind:` in `agencies` of the configuration (docs/operations.md, \"Agencies\")",
+            problems.join("\n")
+        );
     }
     let catalog = catalog_loader
         .map(|l| l.catalog().results.clone())

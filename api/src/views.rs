@@ -90,7 +90,10 @@ pub struct DossierView {
     pub procedure_code: String,
     pub procedure_version: u32,
     pub procedure_name: String,
+    /// The agency that received the dossier.
     pub agency_code: String,
+    /// The agency competent to decide it (the receiving one unless a service centre received).
+    pub competent_agency: String,
     pub owner: OwnerView,
     pub channel: String,
     pub status: StatusView,
@@ -124,6 +127,7 @@ impl DossierView {
             procedure_version: d.procedure_version,
             procedure_name: d.procedure_name.to_string(),
             agency_code: d.agency_code.to_string(),
+            competent_agency: d.competent_agency().to_string(),
             owner: OwnerView {
                 id: d.owner.id.to_string(),
                 name: d.owner.name.clone(),
@@ -369,7 +373,12 @@ pub struct OwnerInput {
 #[serde(deny_unknown_fields)]
 pub struct FileRequest {
     pub procedure_code: String,
+    /// The agency receiving the dossier (a service centre, a department, a commune).
     pub agency_code: String,
+    /// The agency competent to decide, when the receiving one is not and the procedure's
+    /// kind of competent agency has several in the province (communes): which commune.
+    #[serde(default)]
+    pub competent_agency: Option<String>,
     /// Citizens file for themselves: leave out, or give their own identifier. Officers at the
     /// desk name the owner.
     #[serde(default)]

@@ -5,7 +5,7 @@
 //! timers are jobs in the store's outbox; a worker claims them under a lease, performs them
 //! outside any transaction, and records the outcome as another command.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::agency::{Agencies, AgencyError, TaskAgency};
 use crate::archive;
 use crate::audit::VerifyReport;
 use crate::calendar::Calendar;
-use crate::definition::{Definition, Duration};
+use crate::definition::model::RECEIVING;
+use crate::definition::{Definition, Duration, Step};
 use crate::dossier::{
     Actor, Command, CommandError, Context, Dossier, EventRecord, Filing, HookOutcome, Job, JobKind,
     JobState, decide, decide_filing,
@@ -48,6 +50,20 @@ pub enum EngineError {
     IdempotencyKeyReused,
     #[error("agency {0} is not one of this deployment's agencies")]
     UnknownAgency(String),
+    /// The filing's agencies do not fit this deployment's list (`pointer` into the filing).
+    #[error("{error}")]
+    Agency {
+        error: Box<AgencyError>,
+        pointer: &'static str,
+    },
+    /// A definition names a kind of agency this deployment has no agency of.
+    #[error("{procedure}: {at} names agency kind `{kind}`: {error}")]
+    AgencyKindUnmapped {
+        procedure: String,
+        at: String,
+        kind: String,
+        error: Box<AgencyError>,
+    },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -80,6 +96,15 @@ impl EngineError {
             EngineError::Definition(_) => "invalid_definition",
             EngineError::IdempotencyKeyReused => "idempotency_key_reused",
             EngineError::UnknownAgency(_) => "unknown_agency",
+            EngineError::Agency { error, .. } => match **error {
+                AgencyError::Unknown(_) => "unknown_agency",
+                AgencyError::NotInEffect { .. } => "agency_not_in_effect",
+                AgencyError::NoAgencyOfKind(_) => "agency_kind_unmapped",
+                AgencyError::Ambiguous { .. } => "competent_agency_required",
+                AgencyError::WrongKind { .. } => "wrong_agency_kind",
+                AgencyError::NotReceiving { .. } => "wrong_receiving_agency",
+            },
+            EngineError::AgencyKindUnmapped { .. } => "agency_kind_unmapped",
             EngineError::Store(_) => "storage",
         }
     }
@@ -153,9 +178,9 @@ pub struct EngineConfig {
     pub database_url: String,
     /// Folder of the notification templates.
     pub templates_dir: std::path::PathBuf,
-    /// This deployment's agencies: names by code (for notifications). A dossier is filed only
-    /// at one of them.
-    pub agencies: BTreeMap<String, String>,
+    /// This deployment's agencies: a dossier is filed only at one of them, and the kinds of
+    /// agency definitions name resolve to them.
+    pub agencies: Agencies,
     /// How long a claimed job is reserved for its worker.
     pub job_lease: chrono::Duration,
     /// How long a hook may take before its attempt counts as failed.
@@ -179,7 +204,7 @@ impl EngineConfig {
         EngineConfig {
             database_url: database_url.into(),
             templates_dir: templates_dir.into(),
-            agencies: BTreeMap::new(),
+            agencies: Agencies::default(),
             job_lease: chrono::Duration::seconds(60),
             hook_timeout: std::time::Duration::from_secs(30),
             apology_extension: Duration::WorkingDays(5),
@@ -252,6 +277,8 @@ struct Inner {
     jobs_scheduled: tokio::sync::Notify,
     /// This deployment's identity, stored in its database ([`Store::deployment_id`]).
     deployment_id: String,
+    /// Deployed procedure versions whose agency kinds this deployment cannot resolve.
+    agency_problems: Mutex<Vec<EngineError>>,
 }
 
 /// A folded state and the hash of its last event (the head its next append chains to).
@@ -339,6 +366,7 @@ impl Engine {
                 sealed_since_training: Mutex::new(0),
                 jobs_scheduled: tokio::sync::Notify::new(),
                 deployment_id,
+                agency_problems: Mutex::new(Vec::new()),
             }),
         };
         // Every deployed version: none is known yet.
@@ -375,6 +403,14 @@ impl Engine {
     }
 
     fn register(&self, definition: Definition) -> Result<Arc<CompiledProcedure>, EngineError> {
+        let definition = self.resolve_agencies(definition)?;
+        self.register_unresolved(definition)
+    }
+
+    fn register_unresolved(
+        &self,
+        definition: Definition,
+    ) -> Result<Arc<CompiledProcedure>, EngineError> {
         let key = (
             definition.procedure.code.clone(),
             definition.procedure.version,
@@ -387,6 +423,61 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner());
         map.insert(key, compiled.clone());
         Ok(compiled)
+    }
+
+    /// The definition with its tasks' kinds of agency replaced by this deployment's codes
+    /// (`receiving` and the competent kind stay: each dossier says which agency they are).
+    fn resolve_agencies(&self, mut definition: Definition) -> Result<Definition, EngineError> {
+        let agencies = &self.inner.config.agencies;
+        let day = self
+            .now()
+            .with_timezone(&self.inner.calendar.timezone())
+            .date_naive();
+        let p = &mut definition.procedure;
+        let label = format!("{} version {}", p.code, p.version);
+        let competent = p.agency.competent.clone();
+        if let Some(kind) = &competent
+            && !agencies.has_kind(kind)
+        {
+            return Err(EngineError::AgencyKindUnmapped {
+                procedure: label,
+                at: "agency.competent".into(),
+                kind: kind.clone(),
+                error: Box::new(AgencyError::NoAgencyOfKind(kind.clone())),
+            });
+        }
+        for step in &mut p.steps {
+            let Step::UserTask(t) = step else { continue };
+            let Some(kind) = t.agency.clone() else {
+                continue;
+            };
+            t.agency = match agencies.resolve_task_agency(&kind, competent.as_deref(), day) {
+                Ok(TaskAgency::Receiving) => Some(RECEIVING.to_owned()),
+                Ok(TaskAgency::Competent) => None,
+                Ok(TaskAgency::Code(code)) => Some(code),
+                Err(error) => {
+                    return Err(EngineError::AgencyKindUnmapped {
+                        procedure: label,
+                        at: format!("step {}", t.id),
+                        kind,
+                        error: Box::new(error),
+                    });
+                }
+            };
+        }
+        Ok(definition)
+    }
+
+    /// Deployed procedure versions (loaded from the database) that name a kind of agency
+    /// this deployment has none of. `tthc serve` refuses to start while there are any.
+    pub fn agency_problems(&self) -> Vec<String> {
+        self.inner
+            .agency_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// Deploys a checked definition. A version already deployed must be identical: a changed
@@ -460,7 +551,12 @@ impl Engine {
 
     /// Whether `code` is one of this deployment's agencies.
     pub fn has_agency(&self, code: &str) -> bool {
-        self.inner.config.agencies.contains_key(code)
+        self.inner.config.agencies.contains(code)
+    }
+
+    /// This deployment's agencies.
+    pub fn agencies(&self) -> &Agencies {
+        &self.inner.config.agencies
     }
 
     /// The key a hook's external system deduplicates by: the same on every attempt of the job,
@@ -498,20 +594,43 @@ impl Engine {
                 return Ok((self.dossier(&earlier.body).await?, true));
             }
         }
+        let now = self.now();
+        let day = now
+            .with_timezone(&self.inner.calendar.timezone())
+            .date_naive();
         // The dossier code starts with the agency's code, which carries its province: filing
         // only at this deployment's own agencies keeps codes unique across deployments.
-        if !self.inner.config.agencies.contains_key(&filing.agency_code) {
-            return Err(EngineError::UnknownAgency(filing.agency_code.clone()));
-        }
+        let agencies = &self.inner.config.agencies;
+        agencies
+            .current(&filing.agency_code, day)
+            .map_err(|error| EngineError::Agency {
+                error: Box::new(error),
+                pointer: "/agency_code",
+            })?;
         // The newest version may have been deployed through another node.
         self.refresh().await?;
         let procedure = self
             .procedure(&filing.procedure_code, None)
             .ok_or_else(|| EngineError::UnknownProcedure(filing.procedure_code.clone()))?;
-        let now = self.now();
-        let day = now
-            .with_timezone(&self.inner.calendar.timezone())
-            .date_naive();
+        let spec = &procedure.procedure().agency;
+        let competent = agencies
+            .competent(
+                spec.competent.as_deref(),
+                &filing.agency_code,
+                filing.competent_agency.as_deref(),
+                day,
+            )
+            .map_err(|error| EngineError::Agency {
+                pointer: if matches!(error, AgencyError::NotReceiving { .. }) {
+                    "/agency_code"
+                } else {
+                    "/competent_agency"
+                },
+                error: Box::new(error),
+            })?;
+        let mut resolved = filing.clone();
+        resolved.competent_agency = Some(competent);
+        let filing = &resolved;
         let ctx = Context {
             procedure: &procedure,
             calendar: &self.inner.calendar,
@@ -660,7 +779,21 @@ impl Engine {
             let definition =
                 Definition::from_stored(&format!("{} v{}", p.code, p.version), &p.source, &p.forms)
                     .map_err(EngineError::Definition)?;
-            self.register(definition)?;
+            match self.register(definition.clone()) {
+                // Deployed earlier with agencies this configuration lacks: its dossiers still
+                // read and replay; `serve` refuses to start until the agencies are configured.
+                Err(e @ EngineError::AgencyKindUnmapped { .. }) => {
+                    self.register_unresolved(definition)?;
+                    self.inner
+                        .agency_problems
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(e);
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }
@@ -1098,7 +1231,7 @@ impl Inner {
         self.config
             .agencies
             .get(code)
-            .cloned()
+            .map(|a| a.name.clone())
             .unwrap_or_else(|| code.to_owned())
     }
 }

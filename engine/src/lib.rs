@@ -2,6 +2,7 @@
 //! their storage. It serves no HTTP (the `tthc` binary in `api/` does); it only calls the
 //! national portal as a client (`portal`).
 
+pub mod agency;
 pub mod archive;
 pub mod audit;
 pub mod calendar;

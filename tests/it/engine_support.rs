@@ -93,9 +93,11 @@ pub async fn db_url(dir: &TempDir) -> String {
 
 pub async fn open_engine(dir: &TempDir, clock: Clock) -> Engine {
     let mut config = EngineConfig::new(db_url(dir).await, repo_root().join("procedures/templates"));
-    config
-        .agencies
-        .insert(AGENCY.into(), "Sở Tư pháp tỉnh Hưng Yên".into());
+    // The development deployment's agencies, with the kinds the shipped definitions name.
+    config.agencies =
+        tthc_api::config::agency_catalog(&repo_root().join("procedures/catalog/agencies.yaml"))
+            .unwrap();
+    assert!(config.agencies.contains(AGENCY));
     config.sync_status_to_portal = true;
     Engine::open(config, Calendar::default_vietnam().unwrap(), clock)
         .await
@@ -216,6 +218,7 @@ pub fn lltp_filing(loai_phieu: u8) -> Filing {
     Filing {
         procedure_code: "2.000488".into(),
         agency_code: AGENCY.into(),
+        competent_agency: None,
         owner: Owner {
             id: OwnerId::parse(CITIZEN_ID).unwrap(),
             name: "Nguyễn Văn An".into(),

@@ -154,6 +154,7 @@ async fn file_licence(w: &World, channel: Channel) -> String {
     let filing = Filing {
         procedure_code: "1.012265".into(),
         agency_code: w.b.agency.clone(),
+        competent_agency: None,
         owner: Owner {
             id: OwnerId::parse(CITIZEN_ID).unwrap(),
             name: "Nguyễn Văn An".into(),

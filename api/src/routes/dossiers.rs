@@ -91,6 +91,7 @@ async fn file_dossier(
     let filing = Filing {
         procedure_code: request.procedure_code.clone(),
         agency_code: request.agency_code.clone(),
+        competent_agency: request.competent_agency.clone(),
         owner,
         channel: parse_channel(request.channel.as_deref(), caller.kind())?,
         data: request.data.clone().into_iter().collect::<BTreeMap<_, _>>(),

@@ -33,7 +33,10 @@ pub fn can_read(caller: &Caller, d: &Dossier) -> bool {
 fn can_read_as_holder(caller: &Caller, d: &Dossier) -> bool {
     match caller.kind() {
         UserKind::Citizen => caller.claims.owner_id.as_deref() == Some(d.owner.id.as_str()),
-        UserKind::Officer => caller.agency().unwrap_or_default() == &*d.agency_code,
+        UserKind::Officer => {
+            let agency = caller.agency().unwrap_or_default();
+            agency == &*d.agency_code || agency == &**d.competent_agency()
+        }
         UserKind::Auditor | UserKind::Admin => true,
     }
 }

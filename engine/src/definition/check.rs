@@ -290,7 +290,81 @@ fn reach(edges: &[Vec<usize>], from: impl IntoIterator<Item = usize>) -> HashSet
     seen
 }
 
+/// A kind of agency named by a definition: `receiving` or one of the catalog's kinds, never a
+/// province's code (each deployment maps kinds to its own codes). `level`, when given, is the
+/// level the kind must be of.
+fn check_agency_kind(
+    kind: &str,
+    at: &str,
+    level: Option<AgencyLevel>,
+    catalog: &Catalog,
+    sink: &mut Sink<'_>,
+) {
+    let kinds = &catalog.agency_kinds.kinds;
+    let ids = kinds
+        .iter()
+        .map(|k| k.id.as_str())
+        .chain(level.is_none().then_some(RECEIVING));
+    if kind.contains('.') || kind.chars().any(|c| c.is_ascii_uppercase()) {
+        sink.error(
+            at,
+            format!("`{kind}` is an agency code; a definition names the kind of agency"),
+            Some(format!(
+                "write a kind such as {} (procedures/catalog/agency-kinds.yaml); each deployment maps it to its own code with `kind:` in its `agencies`",
+                ids.take(3).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            )),
+        );
+        return;
+    }
+    if level.is_none() && kind == RECEIVING {
+        return;
+    }
+    match kinds.iter().find(|k| k.id == kind) {
+        None => sink.error(
+            at,
+            format!("unknown agency kind `{kind}`"),
+            Some(format!(
+                "{} (kinds are declared in procedures/catalog/agency-kinds.yaml)",
+                unknown_hint(kind, "kind", ids)
+            )),
+        ),
+        Some(k) => {
+            if let Some(level) = level
+                && k.level != level
+            {
+                sink.error(
+                    at,
+                    format!(
+                        "`{kind}` is a {} agency but the procedure is handled at {} level",
+                        crate::wire_name(&k.level),
+                        crate::wire_name(&level)
+                    ),
+                    Some("the competent agency is of the procedure's `level`".into()),
+                );
+            }
+        }
+    }
+}
+
 fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
+    if p.agency.level == AgencyLevel::District {
+        sink.error(
+            "/agency/level",
+            "there is no district level since 1 July 2025",
+            Some("local government has two tiers: use `province` or `commune`".into()),
+        );
+    }
+    if let Some(kind) = &p.agency.competent
+        && p.agency.level != AgencyLevel::District
+    {
+        check_agency_kind(
+            kind,
+            "/agency/competent",
+            Some(p.agency.level),
+            catalog,
+            sink,
+        );
+    }
     let roles: Vec<&str> = catalog.roles.roles.iter().map(|r| r.id.as_str()).collect();
     let mut received = None;
     for (i, s) in p.steps.iter().enumerate() {
@@ -306,6 +380,9 @@ fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
                             unknown_hint(&t.role, "role", roles.iter().copied())
                         )),
                     );
+                }
+                if let Some(kind) = &t.agency {
+                    check_agency_kind(kind, &format!("{at}/agency"), None, catalog, sink);
                 }
                 if let Some(code) = &t.signs
                     && !p.results.iter().any(|r| &r.result_code == code)

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::check;
 use super::diagnostic::{Diagnostic, Severity, Sink};
-use super::model::{Procedure, ResultCatalog, RoleCatalog};
+use super::model::{AgencyKindCatalog, Procedure, ResultCatalog, RoleCatalog};
 use super::yaml::{self, Locator, Position};
 
 /// Definition files larger than this are refused before parsing.
@@ -33,6 +33,14 @@ static ROLES_SCHEMA: LazyLock<Result<jsonschema::Validator, String>> = LazyLock:
     let schema: Value =
         serde_json::from_str(include_str!("../../../schemas/roles-catalog.schema.json"))
             .map_err(|e| e.to_string())?;
+    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+});
+
+static AGENCY_KINDS_SCHEMA: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::new(|| {
+    let schema: Value = serde_json::from_str(include_str!(
+        "../../../schemas/agency-kinds-catalog.schema.json"
+    ))
+    .map_err(|e| e.to_string())?;
     jsonschema::validator_for(&schema).map_err(|e| e.to_string())
 });
 
@@ -63,6 +71,8 @@ impl LoaderConfig {
 pub struct Catalog {
     pub results: ResultCatalog,
     pub roles: RoleCatalog,
+    /// Empty when the catalog folder has no `agency-kinds.yaml`.
+    pub agency_kinds: AgencyKindCatalog,
     pub templates: BTreeSet<String>,
 }
 
@@ -124,14 +134,23 @@ impl Loader {
             &ROLES_SCHEMA,
             &mut diagnostics,
         );
+        let kinds_file = config.catalog_dir.join("agency-kinds.yaml");
+        let agency_kinds: Option<AgencyKindCatalog> = if kinds_file.exists() {
+            read_catalog(&kinds_file, &AGENCY_KINDS_SCHEMA, &mut diagnostics)
+        } else {
+            Some(AgencyKindCatalog::default())
+        };
         let templates = list_templates(&config.templates_dir);
-        match (results, roles) {
-            (Some(results), Some(roles)) if diagnostics.iter().all(|d| !d.is_error()) => {
+        match (results, roles, agency_kinds) {
+            (Some(results), Some(roles), Some(agency_kinds))
+                if diagnostics.iter().all(|d| !d.is_error()) =>
+            {
                 Ok(Loader {
                     config,
                     catalog: Catalog {
                         results,
                         roles,
+                        agency_kinds,
                         templates,
                     },
                 })
@@ -550,7 +569,7 @@ fn pattern_name(pointer: &str) -> &'static str {
         "code" if !pointer.contains("/fees/") => "national procedure code",
         "result_code" | "signs" => "result code",
         "form" => "schema path",
-        "agency" => "agency code",
+        "agency" | "competent" => "agency kind",
         "call" => "hook name",
         _ if pointer.contains("result_codes") => "result code",
         _ => "identifier",
@@ -563,7 +582,7 @@ fn pattern_hint(pointer: &str) -> Option<String> {
             "national procedure code" => "codes look like `2.000488`",
             "result code" => "result codes are upper case, like `KQ.LLTP.01`",
             "schema path" => "a path under schemas/ ending in .json, like `forms/to-khai.schema.json`, without `..`",
-            "agency code" => "agency codes look like `000.00.17.H59`",
+            "agency kind" => "agency kinds are lower case, like `cong_an_tinh` (procedures/catalog/agency-kinds.yaml)",
             "hook name" => "hooks are named like `khodl.save`",
             _ => "identifiers use lower-case letters, digits and `_`, starting with a letter (e.g. `tham_dinh`)",
         }

@@ -67,7 +67,16 @@ pub struct AgencySpec {
     pub level: AgencyLevel,
     /// The field (lĩnh vực), e.g. `Lý lịch tư pháp`.
     pub field: String,
+    /// The kind of agency competent to decide (`procedures/catalog/agency-kinds.yaml`); the
+    /// deployment's agency list says which of its agencies that is. Without it, the agency
+    /// that receives the dossier decides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub competent: Option<String>,
 }
+
+/// The built-in agency kind of a task done where the dossier was filed (the one-stop desk of
+/// the receiving agency or service centre).
+pub const RECEIVING: &str = "receiving";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -319,8 +328,11 @@ pub struct UserTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub role: String,
-    /// The agency that does this task, when it is not the agency handling the dossier
-    /// (for example the police verifying a criminal record).
+    /// The kind of agency that does this task when it is not the competent one: another
+    /// agency (for example `cong_an_tinh`, the police verifying a criminal record) or
+    /// `receiving`, the agency the dossier was filed at. Kinds are in
+    /// `procedures/catalog/agency-kinds.yaml`; the deployment maps each to one of its codes.
+    /// Definitions deployed before kinds existed may hold an agency code here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agency: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -499,6 +511,21 @@ pub struct CatalogResult {
     /// National code of the procedure that issues it.
     pub procedure: String,
     pub default_validity: Validity,
+}
+
+/// The agency kinds catalog (`procedures/catalog/agency-kinds.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyKindCatalog {
+    pub kinds: Vec<CatalogAgencyKind>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogAgencyKind {
+    pub id: String,
+    pub level: AgencyLevel,
+    pub name: String,
 }
 
 /// The role catalog (`procedures/catalog/roles.yaml`).

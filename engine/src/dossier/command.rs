@@ -16,6 +16,11 @@ pub struct Filing {
     pub procedure_code: String,
     /// The agency that receives it (its code per Circular 10/2016/TT-BTTTT).
     pub agency_code: String,
+    /// The agency competent to decide, when the receiving one is not (a commune, for a
+    /// commune procedure filed at the provincial service centre). The engine fills it in
+    /// from the procedure's competent kind when the filing leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub competent_agency: Option<String>,
     pub owner: Owner,
     pub channel: Channel,
     /// Form data by component id.

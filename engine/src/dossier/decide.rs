@@ -16,6 +16,7 @@ use super::event::{DocumentRef, Event, IncidentResolution};
 use super::state::{Dossier, JobKind, JobState, Task};
 use super::types::{Actor, Channel};
 use crate::calendar::Calendar;
+use crate::definition::model::RECEIVING;
 use crate::definition::{Milestone, RetryPolicy, Step};
 use crate::runtime::CompiledProcedure;
 
@@ -125,6 +126,10 @@ pub fn decide_filing(
         procedure_version: p.version,
         procedure_name: p.name.clone(),
         agency_code: filing.agency_code.clone(),
+        competent_agency: filing
+            .competent_agency
+            .clone()
+            .filter(|c| *c != filing.agency_code),
         owner: Box::new(filing.owner.clone()),
         channel: filing.channel,
         data: shared_forms(&filing.data),
@@ -645,10 +650,14 @@ fn may_work_on(ctx: &Context<'_>, _state: &Dossier, t: &Task) -> Result<(), Comm
     }
 }
 
-/// An officer of the agency handling the dossier.
+/// An officer of the agency that received the dossier or of the one competent to decide it.
 fn officer_of(ctx: &Context<'_>, state: &Dossier) -> Result<(), CommandError> {
     match ctx.actor {
-        Actor::Officer { agency, .. } if **agency == *state.agency_code => Ok(()),
+        Actor::Officer { agency, .. }
+            if **agency == *state.agency_code || **agency == **state.competent_agency() =>
+        {
+            Ok(())
+        }
         Actor::Officer { .. } => Err(CommandError::forbidden(format!(
             "dossier {} belongs to agency {}",
             state.code, state.agency_code
@@ -1051,9 +1060,12 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
                 step: t.id.as_str().into(),
                 name: t.name.as_deref().unwrap_or(&t.id).into(),
                 role: t.role.as_str().into(),
-                agency: match &t.agency {
-                    Some(a) => a.as_str().into(),
-                    None => std::sync::Arc::clone(&em.state.agency_code),
+                // The engine resolved kinds to this deployment's codes when it deployed the
+                // procedure; `receiving` and no agency stay for the dossier to say.
+                agency: match t.agency.as_deref() {
+                    Some(RECEIVING) => std::sync::Arc::clone(&em.state.agency_code),
+                    Some(a) => a.into(),
+                    None => std::sync::Arc::clone(em.state.competent_agency()),
                 },
                 token,
                 due_at,

@@ -59,6 +59,10 @@ pub enum Event {
         procedure_version: u32,
         procedure_name: String,
         agency_code: String,
+        /// The agency competent to decide, when it is not the one that received the dossier
+        /// (a service centre receives, a department or commune decides).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        competent_agency: Option<String>,
         /// Boxed, like the documents below: every event is as big as the biggest variant,
         /// and each one is moved a few times as it is decided and stored.
         owner: Box<Owner>,

@@ -116,7 +116,11 @@ pub struct Dossier {
     pub procedure_code: Arc<str>,
     pub procedure_version: u32,
     pub procedure_name: Arc<str>,
+    /// The agency that received the dossier (its code starts the dossier code).
     pub agency_code: Arc<str>,
+    /// The agency competent to decide, when it is not the receiving one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub competent_agency: Option<Arc<str>>,
     /// Shared between copies of a state: it never changes after filing.
     pub owner: Arc<Owner>,
     pub channel: Channel,
@@ -171,6 +175,11 @@ pub struct Dossier {
 }
 
 impl Dossier {
+    /// The agency competent to decide: the receiving one unless the filing named another.
+    pub fn competent_agency(&self) -> &Arc<str> {
+        self.competent_agency.as_ref().unwrap_or(&self.agency_code)
+    }
+
     /// Folds a whole stream. `None` when the stream does not start with `Filed`.
     pub fn fold<'a>(
         events: impl IntoIterator<Item = (DateTime<Utc>, &'a Event)>,
@@ -192,6 +201,7 @@ impl Dossier {
             procedure_version,
             procedure_name,
             agency_code,
+            competent_agency,
             owner,
             channel,
             data,
@@ -206,6 +216,7 @@ impl Dossier {
             procedure_version: *procedure_version,
             procedure_name: procedure_name.as_str().into(),
             agency_code: agency_code.as_str().into(),
+            competent_agency: competent_agency.as_deref().map(Into::into),
             owner: Arc::new(Owner::clone(owner)),
             channel: *channel,
             status: Status::Filed,
