@@ -991,16 +991,16 @@ impl Store {
             Backend::Sqlite => with_mode(url, if read_only { "ro" } else { "rwc" }),
             Backend::Postgres => url.to_owned(),
         };
-        let _migrating = match &file {
-            Some(path) if !read_only => Some(MigrationLock::take(path).await?),
-            _ => None,
-        };
         if let Some(path) = &file {
             let path = path.clone();
             tokio::task::spawn_blocking(move || check_sqlite_file(&path, read_only))
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("checking the database: {e}")))??;
         }
+        let _migrating = match &file {
+            Some(path) if !read_only => Some(MigrationLock::take(path).await?),
+            _ => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 8,

@@ -183,3 +183,104 @@ async fn audit_tools_read_the_deployed_definitions_from_the_database_without_a_r
     );
     assert_eq!(entries(elsewhere.path()), Vec::<String>::new());
 }
+
+/// `tthc serve` on `database`, in `dir`, which must stop on its own. (A server that kept
+/// running, as it did on a file SQLite cannot use, is stopped after two minutes and fails the
+/// test.)
+fn serve_until_it_stops(dir: &Path, database: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tthc"))
+        .args(["--database", database, "serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("TTHC_ROOT")
+        .env_remove("TTHC_DATABASE_URL")
+        .env("TTHC_JWT_SECRET", "a test secret of at least 32 characters")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "tthc serve kept running on {database}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A small SQLite database that is not tthc's, then damaged: its schema page overwritten.
+async fn damaged_database(path: &Path) {
+    foreign_database(path).await;
+    use std::io::{Seek, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    // Past the 100-byte file header: the first b-tree page's header, which holds the schema.
+    f.seek(std::io::SeekFrom::Start(100)).unwrap();
+    f.write_all(&[0xff; 8]).unwrap();
+}
+
+#[tokio::test]
+async fn serve_and_audit_verify_stop_at_once_on_a_file_sqlite_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, [0x5au8; 8192]).unwrap();
+    let damaged = dir.path().join("damaged.db");
+    damaged_database(&damaged).await;
+    for (path, cause) in [
+        (&garbage, "file is not a database"),
+        (&damaged, "database disk image is malformed"),
+    ] {
+        let expected = format!("{}: {cause}", path.display());
+        let url = sqlite_url(path);
+        let out = serve_until_it_stops(dir.path(), &url);
+        assert_eq!(out.status.code(), Some(1), "serve: {}", stdout(&out));
+        assert!(stderr(&out).contains(&expected), "serve: {}", stderr(&out));
+        assert!(!stderr(&out).contains("timed out"), "{}", stderr(&out));
+        let out = tthc_in(dir.path(), &["--database", &url, "audit", "verify"]);
+        assert_eq!(out.status.code(), Some(1), "audit verify: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains(&expected),
+            "audit verify: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_refused_by_serve_and_read_by_the_audit_tools() {
+    let h = harness().await;
+    let d = h.file_lltp(1).await;
+    let url = db_url(&h.dir).await;
+    let Some(path) = url.strip_prefix("sqlite://").map(std::path::PathBuf::from) else {
+        return; // PostgreSQL (TTHC_TEST_DATABASE): no file to protect.
+    };
+    h.engine.store().pool().close().await;
+    drop(h.engine);
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let out = serve_until_it_stops(h.dir.path(), &url);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("{} is read-only", path.display())),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = tthc_in(h.dir.path(), &["--database", &url, "audit", "verify"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).starts_with("intact: "), "{}", stdout(&out));
+    let out = tthc_in(h.dir.path(), &["--database", &url, "replay", &d.code]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file was written"
+    );
+}
