@@ -284,3 +284,59 @@ async fn a_read_only_database_is_refused_by_serve_and_read_by_the_audit_tools() 
         "the file was written"
     );
 }
+
+/// Starts `tthc serve` on `database` in its own folder; `Ok` once it listens, else what it
+/// said before it stopped.
+fn serve_until_listening(dir: &Path, database: &str) -> (std::process::Child, Result<(), String>) {
+    use std::io::{BufRead, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tthc"))
+        .args(["--database", database, "--root"])
+        .arg(crate::support::repo_root())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("TTHC_DATABASE_URL")
+        .env("TTHC_JWT_SECRET", "a test secret of at least 32 characters")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.any(|l| l.is_ok_and(|l| l.starts_with("tthc listening on")));
+    if listening {
+        return (child, Ok(()));
+    }
+    let mut said = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    (child, Err(said))
+}
+
+#[test]
+fn two_servers_starting_on_a_new_file_at_once_both_migrate_it_and_listen() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let database = sqlite_url(&dir.path().join("tthc.db"));
+        let starts: Vec<_> = ["a", "b"]
+            .map(|node| {
+                let here = dir.path().join(node);
+                std::fs::create_dir(&here).unwrap();
+                let database = database.clone();
+                std::thread::spawn(move || serve_until_listening(&here, &database))
+            })
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for (mut child, outcome) in starts {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            if let Err(said) = outcome {
+                panic!("round {round}: a server did not start: {said}");
+            }
+        }
+    }
+}
