@@ -67,6 +67,9 @@ pub struct ServeConfig {
     /// Signing keys (JSON or YAML: officers' and agencies' Ed25519 seeds, trusted public keys).
     /// Without a file, development keys are derived from a fixed passphrase.
     pub keys_file: Option<PathBuf>,
+    /// Open the database only to read it (the operator's tools; never from the file).
+    #[serde(skip)]
+    pub read_only: bool,
 }
 
 impl Default for ServeConfig {
@@ -95,6 +98,7 @@ impl Default for ServeConfig {
             portal_simulator: true,
             portal_simulator_database: "sqlite://portal-sim.db".into(),
             keys_file: None,
+            read_only: false,
         }
     }
 }

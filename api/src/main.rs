@@ -60,7 +60,8 @@ struct Cli {
     /// Folder that form schema paths are relative to (default: ROOT/schemas).
     #[arg(long, global = true, env = "TTHC_SCHEMAS")]
     schemas: Option<PathBuf>,
-    /// The database: `sqlite://PATH` (created when missing; default sqlite://tthc.db).
+    /// The database: `sqlite://PATH` (default sqlite://tthc.db). `serve` creates it when missing;
+    /// the audit tools (`audit verify`, `replay`, `verify-result`) only read an existing one.
     #[arg(long, global = true, env = "TTHC_DATABASE_URL")]
     database: Option<String>,
     #[command(subcommand)]
@@ -162,9 +163,12 @@ enum AuditCommand {
     },
 }
 
-/// Opens the engine on the configured database, read for auditing.
-async fn open_engine(cli_root: &std::path::Path, database: &str) -> anyhow::Result<engine::Engine> {
-    let config = engine::EngineConfig::new(database, cli_root.join("procedures").join("templates"));
+/// Opens the engine on an existing database to read it, for auditing: nothing is created,
+/// migrated or written, and no `--root` is needed (the deployed definitions are read from the
+/// database, which keeps their source).
+async fn open_engine(database: &str) -> anyhow::Result<engine::Engine> {
+    let mut config = engine::EngineConfig::new(database, std::path::PathBuf::new());
+    config.read_only = true;
     let calendar = engine::calendar::Calendar::default_vietnam()?;
     Ok(engine::Engine::open(config, calendar, engine::Clock::System).await?)
 }
@@ -230,7 +234,7 @@ fn main() -> ExitCode {
             command: AuditCommand::Verify { dossier },
         } => runtime().and_then(|rt| {
             rt.block_on(async {
-                let engine = open_engine(&cli.root, &database).await?;
+                let engine = open_engine(&database).await?;
                 history::verify(&engine, dossier.as_deref()).await
             })
         }),
@@ -282,9 +286,17 @@ fn main() -> ExitCode {
         } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let mut c = config::ServeConfig::load(config.as_deref())?;
-                c.database_url = database.clone();
+                if let Some(d) = &cli.database {
+                    c.database_url = d.clone();
+                }
+                // Read the database as it is: create, migrate and deploy nothing.
+                c.read_only = true;
                 c.portal_simulator = false;
                 c.deploy_on_start = false;
+                // It authenticates no one: a throwaway token secret, so that no development
+                // secret file is made.
+                c.jwt_secret
+                    .get_or_insert_with(|| hex::encode(rand::random::<[u8; 32]>()));
                 if cli.root != std::path::Path::new(".") {
                     c.root = cli.root.clone();
                 }
@@ -301,7 +313,7 @@ fn main() -> ExitCode {
         }),
         Command::Replay { code } => runtime().and_then(|rt| {
             rt.block_on(async {
-                let engine = open_engine(&cli.root, &database).await?;
+                let engine = open_engine(&database).await?;
                 history::replay(&engine, &code).await
             })
         }),

@@ -312,6 +312,7 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
     engine_config.job_lease =
         chrono::Duration::seconds(i64::try_from(config.job_lease_seconds.max(5)).unwrap_or(60));
     engine_config.state_cache = config.state_cache;
+    engine_config.read_only = config.read_only;
     let engine = Engine::open(engine_config, calendar, clock).await?;
     let loader = LoaderConfig::at_root(&config.root);
     // The catalog is needed to deploy and by the Kho DL hook; without one nothing deploys.

@@ -194,6 +194,9 @@ pub struct EngineConfig {
     /// How many dossiers' folded states this process keeps, so that a command reads only the
     /// events appended since (none, usually) instead of the whole stream.
     pub state_cache: usize,
+    /// Open an existing database to read it (the operator's tools): nothing is created,
+    /// migrated or written, and no notification template is needed.
+    pub read_only: bool,
 }
 
 impl EngineConfig {
@@ -211,6 +214,7 @@ impl EngineConfig {
             apology_reason: "Hồ sơ cần thêm thời gian thẩm định, xác minh".to_owned(),
             sync_status_to_portal: false,
             state_cache: 256,
+            read_only: false,
         }
     }
 }
@@ -346,12 +350,23 @@ impl Engine {
         calendar: Calendar,
         clock: Clock,
     ) -> Result<Engine, EngineError> {
-        let store = Store::open(&config.database_url).await?;
-        let deployment_id = store.deployment_id().await?;
+        let (store, deployment_id) = if config.read_only {
+            let store = Store::open_read_only(&config.database_url).await?;
+            let id = store.stored_deployment_id().await?.unwrap_or_default();
+            (store, id)
+        } else {
+            let store = Store::open(&config.database_url).await?;
+            let id = store.deployment_id().await?;
+            (store, id)
+        };
         let cache_size =
             std::num::NonZeroUsize::new(config.state_cache).unwrap_or(std::num::NonZeroUsize::MIN);
-        let templates = Templates::load(&config.templates_dir)
-            .map_err(|e| EngineError::Definition(e.to_string()))?;
+        let templates = if config.read_only {
+            Templates::from_sources(Default::default())
+        } else {
+            Templates::load(&config.templates_dir)
+        }
+        .map_err(|e| EngineError::Definition(e.to_string()))?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,

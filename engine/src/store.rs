@@ -37,6 +37,18 @@ pub enum StoreError {
     /// The store cannot take work (its SQLite writer thread could not start or has stopped).
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A tool that reads the database was pointed at one that does not exist (nothing is
+    /// created for it).
+    #[error("no database at {0}: nothing was created (check --database or TTHC_DATABASE_URL)")]
+    Missing(String),
+    /// The database opens but is not a tthc database at this version: empty, another
+    /// program's, or not migrated (tools that read never migrate).
+    #[error("{0}")]
+    NotMigrated(String),
+    /// SQLite cannot use the file: damaged, not a database, read-only, unreadable. Named at
+    /// once, in SQLite's own words.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 pub fn micros(t: DateTime<Utc>) -> i64 {
@@ -774,19 +786,220 @@ fn numbered(statement: &str) -> String {
     out
 }
 
+/// The embedded migrations of a backend.
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    match backend {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// The settings of the read-only connections of [`Store::open_read_only`]: nothing may be
+/// written, not even the journal mode.
+const READ_ONLY_SETTINGS: &str = "PRAGMA busy_timeout = 10000; PRAGMA query_only = ON;";
+
+/// The file of a `sqlite:` URL, or `None` for an in-memory database.
+fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    if url.contains(":memory:") {
+        return Ok(None);
+    }
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)?;
+    Ok(Some(options.get_filename().to_path_buf()))
+}
+
+/// `url` with SQLite's open mode set, unless the URL sets one.
+fn with_mode(url: &str, mode: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode={mode}")
+}
+
+/// Checks a SQLite file before the pool opens it, so that a file SQLite cannot use is named at
+/// once, in SQLite's words: the pool would retry a connection whose set-up fails until it
+/// timed out ("pool timed out while waiting for an open connection"), and a server would
+/// never become ready. A file that does not exist yet is fine for a writer, which creates it.
+fn check_sqlite_file(path: &std::path::Path, read_only: bool) -> Result<(), StoreError> {
+    use rusqlite::{Connection, OpenFlags};
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if read_only {
+                Err(StoreError::Missing(shown.to_string()))
+            } else {
+                Ok(())
+            };
+        }
+        Err(e) => return Err(StoreError::Unusable(format!("{shown}: {e}"))),
+        Ok(m) if !m.is_file() => {
+            return Err(StoreError::Unusable(format!("{shown} is not a file")));
+        }
+        // Checked here because SQLite opens a write-protected file read-write for root.
+        Ok(m) if !read_only && m.permissions().readonly() => {
+            return Err(StoreError::Unusable(format!(
+                "{shown} is read-only (its permissions forbid writing): the server must write \
+                 its database; make it writable, or read it with the audit tools"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let unusable = |e: rusqlite::Error| {
+        let readonly = matches!(&e, rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ReadOnly);
+        StoreError::Unusable(if readonly {
+            format!("{shown} is read-only: {e}")
+        } else {
+            format!("{shown}: {e}")
+        })
+    };
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(unusable)?;
+    if !read_only && conn.is_readonly(rusqlite::MAIN_DB).map_err(unusable)? {
+        return Err(StoreError::Unusable(format!(
+            "{shown} is read-only: SQLite cannot open it for writing"
+        )));
+    }
+    // Reads the file's header and its schema: "file is not a database", "database disk image
+    // is malformed".
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(unusable)?;
+    if !read_only {
+        // The writer's settings (WAL) write the file: a read-only medium shows here.
+        conn.execute_batch(sqlite::SETTINGS).map_err(unusable)?;
+    }
+    Ok(())
+}
+
+/// Holds other processes off a SQLite file's migrations while this one applies them: two
+/// servers starting on a new file at once would both apply the first migration, and one would
+/// fail ("UNIQUE constraint failed: _sqlx_migrations.version"). SQLite's own locks cannot
+/// serve (sqlx applies each migration in a transaction of its own), so an advisory lock on a
+/// file beside the database does, `PATH-migrations.lock`, released when this is dropped.
+struct MigrationLock(#[allow(dead_code)] std::fs::File);
+
+impl MigrationLock {
+    async fn take(database: &std::path::Path) -> Result<MigrationLock, StoreError> {
+        let mut name = database.as_os_str().to_owned();
+        name.push("-migrations.lock");
+        let path = std::path::PathBuf::from(name);
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(MigrationLock(file))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("the migration lock: {e}")))?
+        .map_err(|e| StoreError::Unusable(format!("the migration lock beside the database: {e}")))
+    }
+}
+
+/// Whether the database is a tthc database migrated to this version, for the read-only tools,
+/// which never migrate: an empty file or another program's database would read as an empty
+/// history ("intact: 0 events"), and an older schema would fail in the middle of a check.
+async fn check_migrated(pool: &AnyPool, backend: Backend, url: &str) -> Result<(), StoreError> {
+    let shown = match sqlite_file(url) {
+        Ok(Some(path)) => path.display().to_string(),
+        _ => "the database".to_owned(),
+    };
+    let has_table: i64 = sqlx::query_scalar(sql(
+        backend,
+        match backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"
+            }
+        },
+    ))
+    .fetch_one(pool)
+    .await?;
+    if has_table == 0 {
+        return Err(StoreError::NotMigrated(format!(
+            "{shown} is not a tthc database, or was never migrated: it has none of tthc's \
+             tables (an empty file, or another program's database)"
+        )));
+    }
+    let applied: Vec<i64> = sqlx::query_scalar(sql(
+        backend,
+        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+    ))
+    .fetch_all(pool)
+    .await?;
+    let known: Vec<i64> = migrator(backend)
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    let missing: Vec<String> = known
+        .iter()
+        .filter(|v| !applied.contains(v))
+        .map(|v| v.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(StoreError::NotMigrated(format!(
+            "{shown} is not migrated to this version of tthc: migration(s) {} not applied; \
+             `tthc serve` applies them (the audit tools never do)",
+            missing.join(", ")
+        )));
+    }
+    if let Some(newer) = applied.iter().find(|v| !known.contains(v)) {
+        return Err(StoreError::NotMigrated(format!(
+            "{shown} was migrated by a newer tthc (migration {newer} is unknown to this one): \
+             use that version's tools"
+        )));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the database at `url` and applies the embedded migrations: `sqlite://PATH`
     /// (created if missing; WAL) is the embedded default, `postgres://…` the shared one for
     /// several nodes.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, false).await
+    }
+
+    /// Opens an existing database to read it, for the operator's tools (`audit verify`,
+    /// `replay`, `verify-result`): never creates it, never migrates it, never writes to it.
+    /// A database that is missing, empty, another program's or not migrated to this version is
+    /// an error naming it.
+    pub async fn open_read_only(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, true).await
+    }
+
+    async fn open_with(url: &str, read_only: bool) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of(url)?;
+        let file = match backend {
+            Backend::Sqlite => sqlite_file(url)?,
+            Backend::Postgres => None,
+        };
         let url = match backend {
-            Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}mode=rwc")
-            }
-            _ => url.to_owned(),
+            Backend::Sqlite => with_mode(url, if read_only { "ro" } else { "rwc" }),
+            Backend::Postgres => url.to_owned(),
+        };
+        if let Some(path) = &file {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || check_sqlite_file(&path, read_only))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("checking the database: {e}")))??;
+        }
+        let _migrating = match &file {
+            Some(path) if !read_only => Some(MigrationLock::take(path).await?),
+            _ => None,
         };
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
@@ -799,30 +1012,39 @@ impl Store {
             .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute(sqlite::SETTINGS).await?;
+                    match (backend, read_only) {
+                        (Backend::Sqlite, false) => {
+                            conn.execute(sqlite::SETTINGS).await?;
+                        }
+                        (Backend::Sqlite, true) => {
+                            conn.execute(READ_ONLY_SETTINGS).await?;
+                        }
+                        (Backend::Postgres, true) => {
+                            conn.execute("SET default_transaction_read_only = on")
+                                .await?;
+                        }
+                        (Backend::Postgres, false) => {}
                     }
                     Ok(())
                 })
             })
             .connect(&url)
             .await?;
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
-        }
-        let on_file = backend == Backend::Sqlite && !url.contains(":memory:");
-        let writer = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-        let (sqlite_writer, checkpointer) = if on_file {
-            let options =
-                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)?;
-            let path = options.get_filename();
-            let sqlite_writer = std::sync::Arc::new(sqlite::Writer::start(path)?);
-            let checkpointer =
-                Checkpointer::start(pool.clone(), std::sync::Arc::clone(&sqlite_writer));
-            (Some(sqlite_writer), Some(std::sync::Arc::new(checkpointer)))
+        if read_only {
+            check_migrated(&pool, backend, &url).await?;
         } else {
-            (None, None)
+            migrator(backend).run(&pool).await?;
+        }
+        drop(_migrating);
+        let writer = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        let (sqlite_writer, checkpointer) = match &file {
+            Some(path) if !read_only => {
+                let sqlite_writer = std::sync::Arc::new(sqlite::Writer::start(path)?);
+                let checkpointer =
+                    Checkpointer::start(pool.clone(), std::sync::Arc::clone(&sqlite_writer));
+                (Some(sqlite_writer), Some(std::sync::Arc::new(checkpointer)))
+            }
+            _ => (None, None),
         };
         Ok(Store {
             pool,
@@ -2687,6 +2909,18 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(id)
+    }
+}
+
+impl Store {
+    /// The deployment's identity if it has one, without making it (read-only opens).
+    pub async fn stored_deployment_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(sql(
+            self.backend,
+            "SELECT id FROM deployment WHERE singleton = 1",
+        ))
+        .fetch_optional(&self.pool)
+        .await?)
     }
 }
 

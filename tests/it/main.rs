@@ -15,4 +15,5 @@ mod nodes;
 mod portal;
 mod reuse;
 mod seal;
+mod storage;
 mod support;
