@@ -9,6 +9,7 @@ pub mod demo;
 pub mod history;
 pub mod integrations;
 pub mod metrics;
+pub mod openapi;
 pub mod portal_sim;
 pub mod problem;
 pub mod routes;

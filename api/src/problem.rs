@@ -20,19 +20,25 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: String,
-    /// Field-level problems: `pointer` is a JSON pointer into the request body.
+    /// Field-level problems, when the code has them (omitted otherwise).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// On a conflict: the dossier's current event number, to re-read and retry.
+    /// With 409 `conflict` only (omitted otherwise): the dossier's current event number, to
+    /// re-read and retry.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u64, required = false)]
     pub current_seq: Option<u64>,
+    /// Details some codes carry, an object (omitted otherwise): with `invalid_query`, the
+    /// `parameter` that was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub extra: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FieldError {
+    /// Where: a JSON pointer into the request body the client sent (`/data/to_khai/ngay_sinh`),
+    /// or `line L, column C` in a procedure definition.
     pub pointer: String,
     pub message: String,
 }

@@ -115,8 +115,9 @@ impl utoipa::Modify for SecurityAddon {
     }
 }
 
-/// The router and the OpenAPI document, built from the same route registrations.
-pub fn app(state: AppState, body_limit: usize) -> (Router, utoipa::openapi::OpenApi) {
+/// The router and the OpenAPI document, built from the same route registrations (and
+/// finished by [`crate::openapi::finish`]).
+pub fn app(state: AppState, body_limit: usize) -> (Router, serde_json::Value) {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::system::router())
         .merge(routes::admin::router())
@@ -124,6 +125,8 @@ pub fn app(state: AppState, body_limit: usize) -> (Router, utoipa::openapi::Open
         .merge(routes::audit::router())
         .merge(routes::papers::router(state.upload_limit))
         .split_for_parts();
+    let mut api = serde_json::to_value(&api).unwrap_or_default();
+    crate::openapi::finish(&mut api);
     // Serialized once: the document is large and the same for every request.
     let doc = axum::body::Bytes::from(serde_json::to_vec(&api).unwrap_or_default());
     let router = router

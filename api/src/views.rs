@@ -28,7 +28,9 @@ pub struct DocumentView {
     pub sha256: String,
     pub size: u64,
     pub content_type: String,
-    #[schema(value_type = Object)]
+    /// Where the document came from (digitized at the desk, reused from Kho DL); null for an
+    /// upload.
+    #[schema(value_type = Object, nullable)]
     pub provenance: Option<Value>,
 }
 
@@ -385,6 +387,7 @@ pub struct FileRequest {
     pub owner: Option<OwnerInput>,
     /// `online` (citizens), `in_person` or `postal` (officers).
     #[serde(default)]
+    #[schema(pattern = "^(online|in_person|postal)$")]
     pub channel: Option<String>,
     /// Form data by component id.
     #[serde(default)]
@@ -431,6 +434,7 @@ pub struct SupplementBody {
 #[serde(deny_unknown_fields)]
 pub struct PaymentBody {
     pub fee_code: String,
+    #[serde(deserialize_with = "crate::routes::whole_number")]
     pub amount_vnd: u64,
     #[serde(default)]
     pub receipt: Option<String>,
@@ -448,6 +452,7 @@ pub struct SignBody {
 #[serde(deny_unknown_fields)]
 pub struct ResolveBody {
     /// `retry` runs the hook again; `skip` treats it as done and moves on.
+    #[schema(pattern = "^(retry|skip)$")]
     pub action: String,
     #[serde(default)]
     pub note: Option<String>,

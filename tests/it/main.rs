@@ -6,6 +6,7 @@ mod api;
 mod api_support;
 mod bench;
 mod cluster;
+mod contract;
 mod definitions;
 mod engine;
 mod engine_props;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use axum::Json;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use engine::definition::{Diagnostic, Loader, Severity};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::idempotent;
+use super::{Query, idempotent};
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiError, ApiResult, FieldError, Problem};
 use crate::server::{AppState, Body};
@@ -132,9 +132,11 @@ fn load(state: &AppState, text: &str) -> ApiResult<Loaded> {
     Ok(loader.load_str(Path::new("definition.yaml"), text))
 }
 
-/// Checks a definition without deploying it.
+/// Checks a definition without deploying it: any YAML text is checked and answered with its
+/// diagnostics.
 #[utoipa::path(post, path = "/api/v1/admin/procedures/validate", tag = "administrators", security(("bearer" = [])),
-    request_body(content = String, content_type = "application/yaml"),
+    request_body(content = inline(serde_json::Value), content_type = "application/yaml",
+        description = "A procedure definition in YAML (docs/authoring.md); also `application/x-yaml`, `text/yaml`, `text/plain`"),
     responses((status = 200, body = ValidateView), (status = "default", body = Problem)))]
 async fn validate_procedure(
     State(state): State<AppState>,
@@ -158,7 +160,8 @@ async fn validate_procedure(
 
 /// Validates and deploys a definition. Dossiers already running keep their version.
 #[utoipa::path(post, path = "/api/v1/admin/procedures", tag = "administrators", security(("bearer" = [])),
-    request_body(content = String, content_type = "application/yaml"),
+    request_body(content = Object, content_type = "application/yaml",
+        description = "A procedure definition, a YAML mapping (docs/authoring.md); also `application/x-yaml`, `text/yaml`, `text/plain`"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key")),
     responses((status = 201, body = DeployView), (status = 200, body = DeployView), (status = "default", body = Problem)))]
 async fn deploy_procedure(

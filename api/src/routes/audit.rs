@@ -1,12 +1,12 @@
 //! Auditors: a dossier's full history, its replay with the state check, chain verification.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::readable_dossier;
+use super::{Query, readable_dossier};
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiResult, Problem};
 use crate::server::AppState;

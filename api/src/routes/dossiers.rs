@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use engine::dossier::{Channel, Command, Filing, Owner, OwnerId};
@@ -12,7 +12,10 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Paging, dossier_response, may_command, not_modified, readable_dossier};
+use super::{
+    Bounded, Limit, Offset, Paging, Query, dossier_response, may_command, not_modified,
+    readable_dossier,
+};
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::server::{AppState, Body, expected_seq};
@@ -125,11 +128,16 @@ struct SearchQuery {
     code: Option<String>,
     owner_id: Option<String>,
     /// Portal status code 1–10.
-    status: Option<u8>,
+    #[param(value_type = Option<u8>, minimum = 1, maximum = 10)]
+    status: Option<Bounded<1, 10>>,
     /// Only dossiers past their due date.
     overdue: Option<bool>,
-    limit: Option<u32>,
-    offset: Option<u32>,
+    /// At most this many items (1–200, default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    limit: Option<Limit>,
+    /// Skip this many items (default 0).
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 2147483647)]
+    offset: Option<Offset>,
 }
 
 /// Searches dossiers: officers see their agency's, auditors and administrators all.
@@ -152,7 +160,7 @@ async fn search_dossiers(
         },
         code: q.code,
         owner_id: q.owner_id,
-        status: q.status,
+        status: q.status.map(|s| s.0 as u8),
         overdue_at: q.overdue.unwrap_or(false).then(|| state.engine.now()),
         limit: paging.limit(),
         offset: paging.offset(),
@@ -240,8 +248,12 @@ struct WorklistQuery {
     mine: Option<bool>,
     /// Only tasks of this role (one of the caller's).
     role: Option<String>,
-    limit: Option<u32>,
-    offset: Option<u32>,
+    /// At most this many items (1–200, default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    limit: Option<Limit>,
+    /// Skip this many items (default 0).
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 2147483647)]
+    offset: Option<Offset>,
 }
 
 /// Open tasks for the caller's roles at their agency, earliest due first.

@@ -8,10 +8,13 @@ pub mod papers;
 pub mod system;
 
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use engine::dossier::Dossier;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Caller, UserKind};
@@ -62,20 +65,101 @@ pub async fn readable_dossier(state: &AppState, caller: &Caller, code: &str) -> 
     Ok(d)
 }
 
+/// Query parameters whose rejections are problem details: 400 `invalid_query`, naming the
+/// parameter in the detail and in `extra.parameter`. Use it instead of axum's `Query`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(Query)
+            .map_err(|e| invalid_query(&e))
+    }
+}
+
+fn invalid_query(e: &serde_path_to_error::Error<serde_urlencoded::de::Error>) -> ApiError {
+    let message = e.inner().to_string();
+    let path = e.path().to_string();
+    // serde names an unknown or missing parameter only in its message: "unknown field `x`, …".
+    let named = || {
+        let rest = message
+            .strip_prefix("unknown field `")
+            .or_else(|| message.strip_prefix("missing field `"))
+            .or_else(|| message.strip_prefix("duplicate field `"))?;
+        Some(rest[..rest.find('`')?].to_owned())
+    };
+    let parameter = if path.is_empty() || path == "." {
+        named()
+    } else {
+        Some(path)
+    };
+    let mut error = match &parameter {
+        Some(p) => {
+            ApiError::bad_request("invalid_query", format!("query parameter `{p}`: {message}"))
+        }
+        None => ApiError::bad_request("invalid_query", format!("the query string: {message}")),
+    };
+    if let Some(p) = parameter {
+        error.0.extra = Some(serde_json::json!({ "parameter": p }));
+    }
+    error
+}
+
+/// A whole number from `MIN` to `MAX`, refused otherwise (as a query parameter: 400
+/// `invalid_query` naming it). Declare the same bounds in the parameter's OpenAPI schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u32, const MAX: u32>(pub u32);
+
+impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        u32::try_from(n)
+            .ok()
+            .filter(|n| (MIN..=MAX).contains(n))
+            .map(Bounded)
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not from {MIN} to {MAX}")))
+    }
+}
+
+/// A whole number in a JSON body, `12` or `12.0` alike: JSON Schema's `integer` is any number
+/// without a fractional part, and clients (JavaScript's among them) may write either.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number of at least 0")))
+}
+
+/// Items per page: 1 to 200.
+pub type Limit = Bounded<1, 200>;
+/// Items skipped: 0 to 2,147,483,647.
+pub type Offset = Bounded<0, { i32::MAX as u32 }>;
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct Paging {
     /// At most this many items (1–200, default 50).
-    pub limit: Option<u32>,
-    pub offset: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    pub limit: Option<Limit>,
+    /// Skip this many items (default 0).
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 2147483647)]
+    pub offset: Option<Offset>,
 }
 
 impl Paging {
     pub fn limit(&self) -> u32 {
-        self.limit.unwrap_or(50).clamp(1, 200)
+        self.limit.map_or(50, |l| l.0)
     }
     pub fn offset(&self) -> u32 {
-        self.offset.unwrap_or(0)
+        self.offset.map_or(0, |o| o.0)
     }
 }
 

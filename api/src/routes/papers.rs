@@ -23,6 +23,21 @@ use crate::integrations::Verification;
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::server::{AppState, Body, expected_seq};
 
+/// A document's bytes, in the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary, min_length = 1)]
+pub struct Binary(#[allow(dead_code)] Vec<u8>);
+
+/// A PDF's bytes, in the OpenAPI document: they start with `%PDF-`.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^%PDF-")]
+pub struct Pdf(#[allow(dead_code)] Vec<u8>);
+
+/// A text document, in the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1)]
+pub struct Text(#[allow(dead_code)] String);
+
 /// Content types accepted for documents.
 const ACCEPTED: &[&str] = &[
     "application/pdf",
@@ -53,7 +68,8 @@ pub struct UploadView {
 /// Uploads a document's content. Content-addressed: the same bytes give the same `sha256`, so
 /// a retried upload stores nothing twice. Attach it to a dossier with its `sha256`.
 #[utoipa::path(post, path = "/api/v1/uploads", tag = "citizens", security(("bearer" = [])),
-    request_body(content = Vec<u8>, content_type = "application/pdf", description = "PDF, JPEG, PNG, XML or plain text"),
+    request_body(description = "The document's bytes, sent with its own `Content-Type`: PDF (starting `%PDF-`), JPEG, PNG, XML or plain text; not empty",
+        content((Pdf = "application/pdf"), (Binary = "image/jpeg"), (Binary = "image/png"), (Binary = "application/xml"), (Text = "text/plain"))),
     responses((status = 201, body = UploadView), (status = "default", body = Problem)))]
 async fn upload(
     State(state): State<AppState>,
@@ -294,7 +310,10 @@ async fn attach_document(
 /// A document's content, for those who may read the dossier.
 #[utoipa::path(get, path = "/api/v1/dossiers/{code}/documents/{id}/content", tag = "citizens", security(("bearer" = [])),
     params(("code" = String, Path), ("id" = String, Path, description = "Document id")),
-    responses((status = 200, description = "The bytes", content_type = "application/octet-stream"), (status = "default", body = Problem)))]
+    responses((status = 200, description = "The document's bytes, with the content type it was uploaded with (results: `text/plain`)",
+            headers(("X-Content-SHA256" = String, description = "SHA-256 of the bytes, hex")),
+            content((Pdf = "application/pdf"), (Binary = "image/jpeg"), (Binary = "image/png"), (Binary = "application/xml"), (Text = "text/plain"))),
+        (status = "default", body = Problem)))]
 async fn document_content(
     State(state): State<AppState>,
     caller: Caller,

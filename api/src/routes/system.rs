@@ -57,8 +57,9 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus metrics in the text format.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "OpenMetrics 1.0 text", body = String, content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok((jobs, incidents, overdue)) = state.engine.store().gauges(state.engine.now()).await {
         state.metrics.jobs_pending.set(jobs);

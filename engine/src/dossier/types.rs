@@ -40,7 +40,11 @@ impl OwnerId {
         let kind = if s.len() == 12 && digits(s) {
             OwnerIdKind::CitizenId
         } else if (s.len() == 10 && digits(s))
-            || (s.len() == 14 && digits(&s[..10]) && &s[10..11] == "-" && digits(&s[11..]))
+            // By byte: the input may hold any character, and `&s[..10]` could split one.
+            || (s.len() == 14
+                && s.bytes().take(10).all(|b| b.is_ascii_digit())
+                && s.as_bytes()[10] == b'-'
+                && s.bytes().skip(11).all(|b| b.is_ascii_digit()))
         {
             OwnerIdKind::TaxCode
         } else if (6..=9).contains(&s.len())
