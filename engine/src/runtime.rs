@@ -242,7 +242,7 @@ impl CompiledProcedure {
     pub fn compile(definition: Definition) -> Result<Arc<CompiledProcedure>, String> {
         let mut validators = HashMap::new();
         for (path, schema) in &definition.forms {
-            let v = jsonschema::validator_for(schema)
+            let v = crate::formats::form_validator(schema)
                 .map_err(|e| format!("form schema {path} does not compile: {e}"))?;
             validators.insert(path.clone(), v);
         }
