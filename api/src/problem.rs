@@ -149,6 +149,34 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// A refused filing: the forms it lacks are named where its body carries them (`/data/{id}`).
+pub fn filing_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::Command(CommandError::MissingComponents { components }) => {
+            let detail = format!("required forms are missing: {}", components.join(", "));
+            ApiError::unprocessable("missing_components", detail).with_errors(
+                components
+                    .into_iter()
+                    .map(|c| FieldError {
+                        pointer: format!("/data/{c}"),
+                        message: "this form is required: fill it in".into(),
+                    })
+                    .collect(),
+            )
+        }
+        other => other.into(),
+    }
+}
+
+/// A 422 about one field of the request body.
+pub fn field_problem(code: &str, pointer: &str, detail: impl Into<String>) -> ApiError {
+    let detail = detail.into();
+    ApiError::unprocessable(code, detail.clone()).with_errors(vec![FieldError {
+        pointer: pointer.into(),
+        message: detail,
+    }])
+}
+
 fn command_error(c: CommandError) -> ApiError {
     let detail = c.to_string();
     let code = c.code();
@@ -163,7 +191,11 @@ fn command_error(c: CommandError) -> ApiError {
                 violations
                     .into_iter()
                     .map(|v| FieldError {
-                        pointer: format!("/data/{}{}", v.form, v.path),
+                        pointer: if v.pointer.is_empty() {
+                            format!("/data/{}{}", v.form, v.path)
+                        } else {
+                            v.pointer
+                        },
                         message: v.message,
                     })
                     .collect(),
@@ -179,6 +211,9 @@ fn command_error(c: CommandError) -> ApiError {
                     .collect(),
             ),
         CommandError::InvalidInput { .. } => ApiError::unprocessable(code, detail),
+        CommandError::InvalidField { pointer, message } => {
+            ApiError::unprocessable(code, detail).with_errors(vec![FieldError { pointer, message }])
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod calendar;
 pub mod definition;
 pub mod dossier;
 pub mod engine;
+pub mod formats;
 pub mod khodl;
 pub mod notify;
 mod plan;

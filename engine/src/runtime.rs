@@ -26,7 +26,24 @@ pub struct FormViolation {
     pub form: String,
     /// JSON pointer inside the form's data (`/ngay_sinh`), empty for the whole form.
     pub path: String,
+    /// JSON pointer into the command, and so into the request body it came from: forms by
+    /// id on a filing or supplement (`/data/to_khai/ngay_sinh`), the task's own form on a
+    /// task completion (`/data/ngay_hop_hoi_dong`).
+    #[serde(default)]
+    pub pointer: String,
     pub message: String,
+}
+
+impl FormViolation {
+    /// A violation inside form `form`, pointed at as a filing or supplement carries it.
+    pub fn new(form: &str, path: &str, message: impl Into<String>) -> FormViolation {
+        FormViolation {
+            form: form.to_owned(),
+            path: path.to_owned(),
+            pointer: ["/data/", form, path].concat(),
+            message: message.into(),
+        }
+    }
 }
 
 /// A procedure version ready to decide commands: everything compiled at deployment.
@@ -242,7 +259,7 @@ impl CompiledProcedure {
     pub fn compile(definition: Definition) -> Result<Arc<CompiledProcedure>, String> {
         let mut validators = HashMap::new();
         for (path, schema) in &definition.forms {
-            let v = jsonschema::validator_for(schema)
+            let v = crate::formats::form_validator(schema)
                 .map_err(|e| format!("form schema {path} does not compile: {e}"))?;
             validators.insert(path.clone(), v);
         }
@@ -266,18 +283,18 @@ impl CompiledProcedure {
     /// Checks one form's data against its schema; every violation comes back with its path.
     pub fn validate_form(&self, form: &str, data: &Value) -> Vec<FormViolation> {
         let Some(path) = self.procedure().form_path(form) else {
-            return vec![FormViolation {
-                form: form.to_owned(),
-                path: String::new(),
-                message: format!("`{form}` has no form in this procedure"),
-            }];
+            return vec![FormViolation::new(
+                form,
+                "",
+                format!("`{form}` has no form in this procedure"),
+            )];
         };
         let Some(validator) = self.validators.get(path) else {
-            return vec![FormViolation {
-                form: form.to_owned(),
-                path: String::new(),
-                message: format!("form schema {path} is not loaded"),
-            }];
+            return vec![FormViolation::new(
+                form,
+                "",
+                format!("form schema {path} is not loaded"),
+            )];
         };
         // Most forms are valid: `is_valid` stops early and builds no error, which costs
         // less than walking `iter_errors` to its end.
@@ -286,11 +303,7 @@ impl CompiledProcedure {
         }
         validator
             .iter_errors(data)
-            .map(|e| FormViolation {
-                form: form.to_owned(),
-                path: e.instance_path().as_str().to_owned(),
-                message: e.to_string(),
-            })
+            .map(|e| FormViolation::new(form, e.instance_path().as_str(), e.to_string()))
             .collect()
     }
 

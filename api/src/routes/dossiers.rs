@@ -47,8 +47,9 @@ fn parse_channel(s: Option<&str>, kind: UserKind) -> ApiResult<Channel> {
         (None, UserKind::Citizen) | (Some("online"), _) => Ok(Channel::Online),
         (None, _) | (Some("in_person"), _) => Ok(Channel::InPerson),
         (Some("postal"), _) => Ok(Channel::Postal),
-        (Some(other), _) => Err(ApiError::unprocessable(
+        (Some(other), _) => Err(crate::problem::field_problem(
             "invalid_input",
+            "/channel",
             format!("channel `{other}` is not online, in_person or postal"),
         )),
     }
@@ -71,8 +72,9 @@ async fn file_dossier(
         .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?;
     let owner = match (&request.owner, caller.kind()) {
         (Some(o), _) => Owner {
-            id: OwnerId::parse(&o.id)
-                .map_err(|e| ApiError::unprocessable("invalid_owner", e.to_string()))?,
+            id: OwnerId::parse(&o.id).map_err(|e| {
+                crate::problem::field_problem("invalid_owner", "/owner/id", e.to_string())
+            })?,
             name: o.name.clone(),
             email: o.email.clone(),
             phone: o.phone.clone(),
@@ -111,7 +113,8 @@ async fn file_dossier(
             &filing,
             key.as_deref().map(|k| (k, hash.as_str())),
         )
-        .await?;
+        .await
+        .map_err(crate::problem::filing_error)?;
     let mut response = dossier_response(StatusCode::CREATED, &d);
     if replayed {
         response.headers_mut().insert(

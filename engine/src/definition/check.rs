@@ -751,7 +751,7 @@ fn load_form(schemas_dir: &Path, rel: &str) -> Result<Value, (String, Option<Str
             Some("form schemas follow JSON Schema draft 2020-12".into()),
         ));
     }
-    if let Err(e) = jsonschema::validator_for(&schema) {
+    if let Err(e) = crate::formats::form_validator(&schema) {
         return Err((
             format!("form schema `{rel}` cannot be compiled: {e}"),
             Some(

@@ -217,6 +217,10 @@ pub enum CommandError {
     InvalidForm { violations: Vec<FormViolation> },
     #[error("{message}")]
     InvalidInput { message: String },
+    /// Invalid input at one place of the command (and of the request body it came from).
+    /// The same stable code as [`CommandError::InvalidInput`].
+    #[error("{message}")]
+    InvalidField { pointer: String, message: String },
     #[error("required components are missing: {}", components.join(", "))]
     MissingComponents { components: Vec<String> },
     /// The job attempt was already recorded (a duplicate worker, or a retry after a crash).
@@ -232,7 +236,9 @@ impl CommandError {
             CommandError::Forbidden { .. } => "forbidden",
             CommandError::InvalidState { .. } => "invalid_state",
             CommandError::InvalidForm { .. } => "invalid_form",
-            CommandError::InvalidInput { .. } => "invalid_input",
+            CommandError::InvalidInput { .. } | CommandError::InvalidField { .. } => {
+                "invalid_input"
+            }
             CommandError::MissingComponents { .. } => "missing_components",
             CommandError::StaleJob { .. } => "stale_job",
         }
@@ -252,6 +258,13 @@ impl CommandError {
 
     pub(crate) fn input(message: impl Into<String>) -> CommandError {
         CommandError::InvalidInput {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn input_at(pointer: impl Into<String>, message: impl Into<String>) -> CommandError {
+        CommandError::InvalidField {
+            pointer: pointer.into(),
             message: message.into(),
         }
     }

@@ -97,22 +97,26 @@ pub fn decide_filing(
         }
     }
     if filing.owner.name.trim().is_empty() {
-        return Err(CommandError::input("the owner's name is empty"));
+        return Err(CommandError::input_at(
+            "/owner/name",
+            "the owner's name is empty",
+        ));
     }
     check_agency_code(&filing.agency_code)?;
     for id in filing.data.keys() {
         match p.component(id) {
             Some(c) if c.form.is_some() => {}
             Some(_) => {
-                return Err(CommandError::input(format!(
-                    "component `{id}` takes documents, not form data"
-                )));
+                return Err(CommandError::input_at(
+                    data_pointer(id),
+                    format!("component `{id}` takes documents, not form data"),
+                ));
             }
             None => {
-                return Err(CommandError::input(format!(
-                    "`{id}` is not a component of procedure {}",
-                    p.code
-                )));
+                return Err(CommandError::input_at(
+                    data_pointer(id),
+                    format!("`{id}` is not a component of procedure {}", p.code),
+                ));
             }
         }
     }
@@ -316,9 +320,10 @@ pub fn decide(
             let p = ctx.procedure.procedure();
             for id in data.keys() {
                 if p.component(id).and_then(|c| c.form.as_ref()).is_none() {
-                    return Err(CommandError::input(format!(
-                        "`{id}` is not a form component of this procedure"
-                    )));
+                    return Err(CommandError::input_at(
+                        data_pointer(id),
+                        format!("`{id}` is not a form component of this procedure"),
+                    ));
                 }
             }
             validate_forms(ctx.procedure, data)?;
@@ -563,9 +568,10 @@ fn check_agency_code(code: &str) -> Result<(), CommandError> {
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'.');
     if !ok {
-        return Err(CommandError::input(format!(
-            "`{code}` is not an agency code like 000.00.01.H59"
-        )));
+        return Err(CommandError::input_at(
+            "/agency_code",
+            format!("`{code}` is not an agency code like 000.00.01.H59"),
+        ));
     }
     Ok(())
 }
@@ -594,6 +600,41 @@ fn check_document(p: &CompiledProcedure, d: &DocumentRef) -> Result<(), CommandE
         return Err(CommandError::input("a document needs an id and a name"));
     }
     check_sha256(&d.sha256)
+}
+
+/// `/data/{form}`: a form as a filing or a supplement carries it.
+fn data_pointer(form: &str) -> String {
+    ["/data/", form].concat()
+}
+
+/// `data.{form}.{field}` and nothing else: the form and field an expression reads.
+fn form_field(expr: &str) -> Option<(&str, &str)> {
+    let mut parts = expr.trim().split('.');
+    let (Some("data"), Some(form), Some(field), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    (ident(form) && ident(field)).then_some((form, field))
+}
+
+/// A task completion carries the task's own form as `data`: violations of that form point
+/// at `/data/...`, not at `/data/{task}/...`.
+fn task_form_error(e: CommandError, step: &str) -> CommandError {
+    match e {
+        CommandError::InvalidForm { mut violations } => {
+            for v in violations.iter_mut().filter(|v| v.form == step) {
+                v.pointer = ["/data", v.path.as_str()].concat();
+            }
+            CommandError::InvalidForm { violations }
+        }
+        other => other,
+    }
 }
 
 fn validate_forms(
@@ -748,22 +789,29 @@ fn complete_task(
     };
     let next = match (&outcome, step.outcomes.is_empty()) {
         (Some(o), false) => step.outcomes.get(o).map(String::as_str).ok_or_else(|| {
-            CommandError::input(format!(
-                "`{o}` is not an outcome of {}; choose one of: {}",
-                step.id,
-                step.outcomes.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
+            CommandError::input_at(
+                "/outcome",
+                format!(
+                    "`{o}` is not an outcome of {}; choose one of: {}",
+                    step.id,
+                    step.outcomes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
         })?,
         (None, false) => {
-            return Err(CommandError::input(format!(
-                "task {task} needs an outcome: {}",
-                step.outcomes.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(CommandError::input_at(
+                "/outcome",
+                format!(
+                    "task {task} needs an outcome: {}",
+                    step.outcomes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
         (Some(o), true) if o != "done" => {
-            return Err(CommandError::input(format!(
-                "task {task} has no outcomes to choose from"
-            )));
+            return Err(CommandError::input_at(
+                "/outcome",
+                format!("task {task} has no outcomes to choose from"),
+            ));
         }
         (_, true) => step.next.as_deref().unwrap_or_default(),
     };
@@ -771,15 +819,24 @@ fn complete_task(
         (Some(_), Some(d)) => {
             let violations = ctx.procedure.validate_form(&step.id, d);
             if !violations.is_empty() {
-                return Err(CommandError::InvalidForm { violations });
+                return Err(task_form_error(
+                    CommandError::InvalidForm { violations },
+                    &step.id,
+                ));
             }
         }
         (Some(_), None) => {
-            return Err(CommandError::input(format!(
-                "task {task} needs its form data"
-            )));
+            return Err(CommandError::input_at(
+                "/data",
+                format!("task {task} needs its form data"),
+            ));
         }
-        (None, Some(_)) => return Err(CommandError::input(format!("task {task} has no form"))),
+        (None, Some(_)) => {
+            return Err(CommandError::input_at(
+                "/data",
+                format!("task {task} has no form"),
+            ));
+        }
         (None, None) => {}
     }
     if let Some(code) = &step.signs
@@ -802,7 +859,10 @@ fn complete_task(
         && outcome.as_deref() == Some("refuse")
         && reason.is_none()
     {
-        return Err(CommandError::input("a refusal needs a reason"));
+        return Err(CommandError::input_at(
+            "/reason",
+            "a refusal needs a reason",
+        ));
     }
     if !claimed {
         em.emit(Event::TaskClaimed {
@@ -830,7 +890,9 @@ fn complete_task(
         em.emit(Event::ResultReturned);
     }
     let via = outcome.as_deref().unwrap_or("done");
-    advance(em, token, Some(&step.id), next, via)?;
+    // What the steps after it refuse (a timer date) is the task's form's fault when it reads
+    // that form: point into the body the officer sent.
+    advance(em, token, Some(&step.id), next, via).map_err(|e| task_form_error(e, &step.id))?;
     // A returned result becomes visible to its owner in Kho DL: a job, like every effect
     // outside the dossier's own records.
     let saves = ctx
@@ -1181,29 +1243,36 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
 /// The instant a `until` timer fires: the expression gives a date (`YYYY-MM-DD`, start of
 /// that day in the calendar's time zone) or an RFC 3339 timestamp.
 fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>, CommandError> {
-    let value = ctx
-        .procedure
-        .evaluate(expr, state)
-        .map_err(CommandError::input)?;
+    // A timer reading one field of a form blames that field; another expression, the input.
+    let refuse = |message: String| match form_field(expr) {
+        Some((form, field)) => CommandError::InvalidForm {
+            violations: vec![crate::runtime::FormViolation::new(
+                form,
+                &["/", field].concat(),
+                message,
+            )],
+        },
+        None => CommandError::input(message),
+    };
+    let value = ctx.procedure.evaluate(expr, state).map_err(refuse)?;
     let text = match value {
         cel::Value::String(s) => s.to_string(),
         cel::Value::Timestamp(t) => return Ok(t.with_timezone(&Utc)),
-        other => {
-            return Err(CommandError::input(format!(
-                "`{expr}` gave {other:?}, not a date"
-            )));
-        }
+        other => return Err(refuse(format!("`{expr}` gave {other:?}, not a date"))),
     };
     if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
         return Ok(t.with_timezone(&Utc));
     }
-    let day = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
-        .map_err(|_| CommandError::input(format!("`{expr}` gave `{text}`, not a date")))?;
+    let day = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
+        refuse(format!(
+            "`{expr}` gave `{text}`, not a date (YYYY-MM-DD) that exists"
+        ))
+    })?;
     let local = day
         .and_hms_opt(0, 0, 0)
         .and_then(|n| n.and_local_timezone(ctx.calendar.timezone()).earliest())
         .ok_or_else(|| {
-            CommandError::input(format!(
+            refuse(format!(
                 "`{text}` does not exist in the calendar's time zone"
             ))
         })?;

@@ -1,0 +1,320 @@
+//! Input a client sends is checked, and refusals name what to fix: form formats, JSON pointers
+//! into the request body, conflicts as conflicts, no server error for operator or data
+//! problems. All over real HTTP against a fresh server.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::api_support::*;
+use crate::engine_support::{AGENCY, lltp_form};
+
+/// A problem+json answer with this status and code; its field pointers.
+fn problem(r: &Reply, status: u16, code: &str) -> Vec<String> {
+    assert_eq!(r.status.as_u16(), status, "{}", r.text);
+    assert_eq!(r.body["code"], code, "{}", r.text);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    r.body["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["pointer"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn file_with(api: &Api, edit: impl FnOnce(&mut Value)) -> Reply {
+    let mut form = lltp_form(1);
+    edit(&mut form);
+    api.post(
+        "/api/v1/dossiers",
+        &citizen_token(),
+        json!({"procedure_code": "2.000488", "agency_code": AGENCY, "data": {"to_khai": form}}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn formats_of_filed_forms_are_checked_with_pointers_to_the_field() {
+    let api = start_api().await;
+    let cases: &[(&str, Value)] = &[
+        ("ngay_sinh", json!("17/05/1990")),
+        ("ngay_sinh", json!("1990-13-45")),
+        ("ngay_sinh", json!("2026-02-30")),
+        ("email", json!("abc")),
+        ("so_cccd", json!("12345")),
+        ("so_cccd", json!("999099012345")),
+        ("dien_thoai", json!("12")),
+    ];
+    for (field, value) in cases {
+        let r = file_with(&api, |f| f[*field] = value.clone()).await;
+        let pointers = problem(&r, 422, "invalid_form");
+        assert_eq!(
+            pointers,
+            vec![format!("/data/to_khai/{field}")],
+            "{field} = {value}: {}",
+            r.text
+        );
+    }
+    // The same form with well-formed values is filed.
+    let r = file_with(&api, |f| {
+        f["email"] = json!("an@example.vn");
+        f["dien_thoai"] = json!("0912 345 678");
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // Nothing refused was stored: the citizen has exactly the one dossier.
+    let mine = api.get("/api/v1/me/dossiers", &citizen_token()).await;
+    assert_eq!(mine.body.as_array().unwrap().len(), 1, "{}", mine.text);
+}
+
+const HEALTH: &str = "000.00.08.H59";
+
+fn health_officer(sub: &str, roles: &[&str]) -> String {
+    token_for(
+        tthc_api::auth::UserKind::Officer,
+        sub,
+        roles,
+        Some(HEALTH),
+        None,
+    )
+}
+
+/// A licence dossier (1.012265) received at the health department, waiting at examination.
+async fn licence_at_examination(api: &Api) -> (String, Value) {
+    let form = json!({"ho_ten": "Nguyễn Văn An", "ngay_sinh": "1990-05-17", "gioi_tinh": "nam",
+        "so_cccd": crate::engine_support::CITIZEN_ID, "noi_cu_tru": "Hưng Yên", "chuc_danh": "bac_si",
+        "pham_vi_hanh_nghe": "Nội khoa", "van_bang_chuyen_mon": "Bác sĩ",
+        "co_so_thuc_hanh": "Bệnh viện tỉnh", "thoi_gian_thuc_hanh_thang": 12});
+    let r = api
+        .post(
+            "/api/v1/dossiers",
+            &citizen_token(),
+            json!({"procedure_code": "1.012265", "agency_code": HEALTH, "data": {"don_de_nghi": form}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let code = r.body["code"].as_str().unwrap().to_owned();
+    let desk = health_officer("desk", &["mot_cua"]);
+    let up = api
+        .send(
+            api.request(reqwest::Method::POST, "/api/v1/uploads")
+                .bearer_auth(&desk)
+                .header("content-type", "application/pdf")
+                .body("%PDF-1.7 a scanned paper"),
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::CREATED, "{}", up.text);
+    let sha = up.body["sha256"].as_str().unwrap().to_owned();
+    for (component, kind) in [
+        ("van_bang", "certified_copy"),
+        ("giay_kham_suc_khoe", "original"),
+        ("phieu_lltp", "original"),
+        ("anh", "original"),
+        ("xac_nhan_thuc_hanh", "original"),
+    ] {
+        let r = api
+            .post(
+                &format!("/api/v1/dossiers/{code}/documents"),
+                &desk,
+                json!({"component": component, "name": component, "kind": kind, "sha256": sha}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{component}: {}", r.text);
+    }
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = api
+        .wait_for(&code, "examination", |d| has_task(d, "tham_dinh_ho_so"))
+        .await;
+    (code, d)
+}
+
+#[tokio::test]
+async fn an_impossible_council_date_is_refused_with_a_pointer_into_the_completion_body() {
+    let api = start_api().await;
+    let (code, d) = licence_at_examination(&api).await;
+    let task = task_of(&d, "tham_dinh_ho_so");
+    let specialist = health_officer("cv", &["chuyen_vien"]);
+    let url = format!("/api/v1/dossiers/{code}/tasks/{task}/complete");
+    let complete = |data: Value| api.post(&url, &specialist, json!({ "data": data }));
+    for date in ["2026-02-30", "30/12/2026", "2026-13-01"] {
+        let r = complete(json!({"hop_le": true, "can_hoi_dong": true, "ngay_hop_hoi_dong": date}))
+            .await;
+        let pointers = problem(&r, 422, "invalid_form");
+        assert_eq!(
+            pointers,
+            vec!["/data/ngay_hop_hoi_dong"],
+            "{date}: {}",
+            r.text
+        );
+    }
+    let r = complete(json!({"hop_le": "có", "can_hoi_dong": false})).await;
+    assert_eq!(
+        problem(&r, 422, "invalid_form"),
+        vec!["/data/hop_le"],
+        "{}",
+        r.text
+    );
+    // Nothing was stored: the task is still open, and a good date is taken.
+    let r =
+        complete(json!({"hop_le": true, "can_hoi_dong": true, "ngay_hop_hoi_dong": "2026-12-30"}))
+            .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(!has_task(&r.body, "tham_dinh_ho_so"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn completion_and_supplement_refusals_point_into_the_body_sent() {
+    let api = start_api().await;
+    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
+    let desk = officer_token("desk", &["mot_cua"]);
+    let specialist = officer_token("specialist", &["chuyen_vien"]);
+    let head = officer_token("head", &["lanh_dao_phong"]);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = api
+        .wait_for(&code, "verification", |d| has_task(d, "tham_dinh"))
+        .await;
+    let task = task_of(&d, "tham_dinh");
+    let url = format!("/api/v1/dossiers/{code}/tasks/{task}/complete");
+    let r = api
+        .post(
+            &url,
+            &specialist,
+            json!({"data": {"co_an_tich": "không", "can_xac_minh": false}}),
+        )
+        .await;
+    assert_eq!(
+        problem(&r, 422, "invalid_form"),
+        vec!["/data/co_an_tich"],
+        "{}",
+        r.text
+    );
+    let r = api.post(&url, &specialist, json!({})).await;
+    assert_eq!(
+        problem(&r, 422, "invalid_input"),
+        vec!["/data"],
+        "{}",
+        r.text
+    );
+    let r = api
+        .post(
+            &url,
+            &specialist,
+            json!({"data": {"co_an_tich": false, "can_xac_minh": false}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // An outcome that is not one of the task's.
+    let task = task_of(&r.body, "du_thao_phieu");
+    api.post(
+        &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+        &specialist,
+        json!({}),
+    )
+    .await;
+    let d = api
+        .get(&format!("/api/v1/dossiers/{code}"), &head)
+        .await
+        .body;
+    let task = task_of(&d, "duyet_phong");
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+            &head,
+            json!({"outcome": "maybe"}),
+        )
+        .await;
+    assert_eq!(
+        problem(&r, 422, "invalid_input"),
+        vec!["/outcome"],
+        "{}",
+        r.text
+    );
+
+    // A supplement's forms are pointed at by their id, as the body carries them.
+    api.post(
+        &format!("/api/v1/dossiers/{code}/tasks/{task}/claim"),
+        &head,
+        json!(null),
+    )
+    .await;
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/request-supplement"),
+            &head,
+            json!({"reason": "Bổ sung ngày sinh đúng", "missing": ["to_khai"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let supplement = format!("/api/v1/dossiers/{code}/supplement");
+    let mut form = lltp_form(1);
+    form["ngay_sinh"] = json!("17/05/1990");
+    let r = api
+        .post(
+            &supplement,
+            &citizen_token(),
+            json!({"data": {"to_khai": form}}),
+        )
+        .await;
+    assert_eq!(
+        problem(&r, 422, "invalid_form"),
+        vec!["/data/to_khai/ngay_sinh"],
+        "{}",
+        r.text
+    );
+    let r = api
+        .post(
+            &supplement,
+            &citizen_token(),
+            json!({"data": {"ghi_chu": {}}}),
+        )
+        .await;
+    assert_eq!(
+        problem(&r, 422, "invalid_input"),
+        vec!["/data/ghi_chu"],
+        "{}",
+        r.text
+    );
+
+    // A filing that lacks its required form names it where the body would carry it.
+    let r = api
+        .post(
+            "/api/v1/dossiers",
+            &citizen_token(),
+            json!({"procedure_code": "2.000488", "agency_code": AGENCY, "data": {}}),
+        )
+        .await;
+    assert_eq!(
+        problem(&r, 422, "missing_components"),
+        vec!["/data/to_khai"],
+        "{}",
+        r.text
+    );
+    let r = api
+        .post(
+            "/api/v1/dossiers",
+            &citizen_token(),
+            json!({"procedure_code": "2.000488", "agency_code": AGENCY, "data": {"to_khai": lltp_form(1), "la": {}}}),
+        )
+        .await;
+    assert_eq!(
+        problem(&r, 422, "invalid_input"),
+        vec!["/data/la"],
+        "{}",
+        r.text
+    );
+}
