@@ -64,6 +64,16 @@ pub struct ServeConfig {
     /// Signing keys (JSON or YAML: officers' and agencies' Ed25519 seeds, trusted public keys).
     /// Without a file, development keys are derived from a fixed passphrase.
     pub keys_file: Option<PathBuf>,
+    /// Reuse of papers from the portal's Kho DL (docs/operations.md, "Signatures that travel").
+    pub reuse: ReuseConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReuseConfig {
+    /// `refuse` (default) or `confirm`: what happens to a paper from elsewhere signed with a
+    /// key this deployment does not trust, or not signed. Altered papers are always refused.
+    pub unverified: engine::reuse::UnverifiedPolicy,
 }
 
 impl Default for ServeConfig {
@@ -92,6 +102,7 @@ impl Default for ServeConfig {
             portal_simulator: true,
             portal_simulator_database: "sqlite://portal-sim.db".into(),
             keys_file: None,
+            reuse: ReuseConfig::default(),
         }
     }
 }
@@ -148,6 +159,13 @@ impl ServeConfig {
         }
         if let Some(v) = get("TTHC_KEYS_FILE") {
             self.keys_file = Some(v.into());
+        }
+        if let Some(v) = get("TTHC_REUSE_UNVERIFIED") {
+            self.reuse.unverified = match v.as_str() {
+                "refuse" => engine::reuse::UnverifiedPolicy::Refuse,
+                "confirm" => engine::reuse::UnverifiedPolicy::Confirm,
+                _ => bail!("TTHC_REUSE_UNVERIFIED={v}: expected refuse or confirm"),
+            };
         }
         if let Some(v) = get("TTHC_OVERDUE_SCAN") {
             self.overdue_scan = v;

@@ -314,6 +314,7 @@ async fn integration_settings(
         portal,
         keys,
         agencies: agencies.clone(),
+        reuse_unverified: config.reuse.unverified,
     })
 }
 

@@ -13,6 +13,7 @@ mod engine_support;
 mod khodl;
 mod nodes;
 mod portal;
+mod results;
 mod reuse;
 mod seal;
 mod support;
