@@ -70,6 +70,16 @@ pub struct ServeConfig {
     /// Open the database only to read it (the operator's tools; never from the file).
     #[serde(skip)]
     pub read_only: bool,
+    /// Reuse of papers from the portal's Kho DL (docs/operations.md, "Signatures that travel").
+    pub reuse: ReuseConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReuseConfig {
+    /// `refuse` (default) or `confirm`: what happens to a paper from elsewhere signed with a
+    /// key this deployment does not trust, or not signed. Altered papers are always refused.
+    pub unverified: engine::reuse::UnverifiedPolicy,
 }
 
 impl Default for ServeConfig {
@@ -99,6 +109,7 @@ impl Default for ServeConfig {
             portal_simulator_database: "sqlite://portal-sim.db".into(),
             keys_file: None,
             read_only: false,
+            reuse: ReuseConfig::default(),
         }
     }
 }
@@ -155,6 +166,13 @@ impl ServeConfig {
         }
         if let Some(v) = get("TTHC_KEYS_FILE") {
             self.keys_file = Some(v.into());
+        }
+        if let Some(v) = get("TTHC_REUSE_UNVERIFIED") {
+            self.reuse.unverified = match v.as_str() {
+                "refuse" => engine::reuse::UnverifiedPolicy::Refuse,
+                "confirm" => engine::reuse::UnverifiedPolicy::Confirm,
+                _ => bail!("TTHC_REUSE_UNVERIFIED={v}: expected refuse or confirm"),
+            };
         }
         if let Some(v) = get("TTHC_OVERDUE_SCAN") {
             self.overdue_scan = v;

@@ -133,6 +133,7 @@ pub async fn province(
             portal: Some(PortalConfig::new(portal_url, PORTAL_ID, PORTAL_SECRET)),
             keys,
             agencies: config.agencies.names(),
+            reuse_unverified: engine::reuse::UnverifiedPolicy::Refuse,
         },
     )?;
     Ok(Province {
@@ -303,7 +304,7 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
         &clock,
     )
     .await?;
-    let b = province(
+    let mut b = province(
         root,
         dir,
         "province-b",
@@ -314,6 +315,13 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
         &clock,
     )
     .await?;
+    // B verifies A's signatures with A's public keys: in the demo, A's development keys.
+    b.io.reuse =
+        b.io.reuse
+            .clone()
+            .with_trust(std::sync::Arc::new(integrations::Keys::Development(
+                "tthc-demo-province-a".into(),
+            )));
     let an = citizen()?;
 
     // Process 1, province A: the judicial record certificate No. 1.
@@ -457,21 +465,41 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
     let Some(pick) = candidates.first() else {
         bail!("the portal offered no judicial record certificate");
     };
-    b.io.reuse
-        .take(
-            &b.engine,
-            &lic,
-            &an,
-            engine::reuse::Pick {
-                component: "phieu_lltp",
-                paper_id: &pick.id,
-                source: pick.source,
-                owner_confirmed: false,
-            },
-        )
-        .await?;
+    let taken =
+        b.io.reuse
+            .take(
+                &b.engine,
+                &lic,
+                &an,
+                engine::reuse::Pick {
+                    component: "phieu_lltp",
+                    paper_id: &pick.id,
+                    source: pick.source,
+                    owner_confirmed: false,
+                    unverified_confirmed: false,
+                },
+            )
+            .await?;
     say!(
         "{OWNER_NAME} consents: the certificate is downloaded, its hash checked, attached — nothing uploaded"
+    );
+    let check = taken
+        .documents
+        .iter()
+        .find(|doc| doc.component == "phieu_lltp")
+        .and_then(|doc| {
+            doc.provenance
+                .as_ref()?
+                .pointer("/signature_check/outcome")
+                .cloned()
+        });
+    say!(
+        "Signatures checked against {}'s trusted keys: {}",
+        b.name,
+        check
+            .as_ref()
+            .and_then(Value::as_str)
+            .unwrap_or("not checked")
     );
     clock.advance(Duration::hours(2));
     b.run(&lic, &b.actor("desk", "mot_cua"), Command::Receive)

@@ -23,6 +23,8 @@ pub struct Settings {
     pub portal: Option<PortalConfig>,
     pub keys: Keys,
     pub agencies: BTreeMap<String, String>,
+    /// What reuse does with a paper from elsewhere whose signatures do not verify.
+    pub reuse_unverified: engine::reuse::UnverifiedPolicy,
 }
 
 /// The keys results are signed with.
@@ -42,6 +44,12 @@ impl Keys {
             Keys::Ring(r) => r.clone(),
             Keys::Development(passphrase) => KeyRing::derived(passphrase, officers, agencies),
         }
+    }
+}
+
+impl engine::signing::TrustStore for Keys {
+    fn ring_for(&self, officers: &[&str], agencies: &[&str]) -> KeyRing {
+        Keys::ring_for(self, officers, agencies)
     }
 }
 
@@ -111,12 +119,15 @@ pub fn install(
             Some(client)
         }
     };
-    let reuse = Reuse::new(khodl.clone(), blobs.clone(), portal.clone());
+    let keys = Arc::new(settings.keys);
+    let reuse = Reuse::new(khodl.clone(), blobs.clone(), portal.clone())
+        .with_trust(keys.clone())
+        .with_policy(settings.reuse_unverified);
     Ok(Integrations {
         khodl,
         blobs,
         portal,
-        keys: Arc::new(settings.keys),
+        keys,
         reuse,
         catalog: catalog.clone(),
         agencies: settings.agencies,
@@ -196,12 +207,29 @@ pub struct Verification {
     pub signatures: Vec<SignerView>,
 }
 
+/// One signature of a result: `officer` (the signer) or `agency` (the organization's seal).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SignerView {
     pub signer_kind: String,
+    /// The officer's id or the agency's code.
     pub signer_id: String,
     pub key_id: String,
-    pub signed_at: chrono::DateTime<chrono::Utc>,
+    pub algorithm: String,
+    /// When it was signed, in Vietnam time (RFC 3339, `+07:00`).
+    #[schema(value_type = String, format = DateTime)]
+    pub signed_at: chrono::DateTime<chrono::FixedOffset>,
+}
+
+impl SignerView {
+    pub fn of(r: &engine::signing::SignatureRecord) -> SignerView {
+        SignerView {
+            signer_kind: r.signer_kind.as_str().to_owned(),
+            signer_id: r.signer_id.clone(),
+            key_id: r.key_id.clone(),
+            algorithm: r.algorithm.clone(),
+            signed_at: engine::calendar::vietnam_time(r.signed_at),
+        }
+    }
 }
 
 /// Verifies the signatures of a dossier's signed result against its stored content: the
@@ -249,15 +277,7 @@ pub fn verify_result(
             return v;
         }
     };
-    v.signatures = records
-        .iter()
-        .map(|r| SignerView {
-            signer_kind: r.signer_kind.as_str().to_owned(),
-            signer_id: r.signer_id.clone(),
-            key_id: r.key_id.clone(),
-            signed_at: r.signed_at,
-        })
-        .collect();
+    v.signatures = records.iter().map(SignerView::of).collect();
     match integrations.blobs.get(&doc.sha256) {
         Ok(Some(_)) => {}
         Ok(None) => {

@@ -290,6 +290,7 @@ async fn integration_settings(
         portal,
         keys,
         agencies: agencies.names(),
+        reuse_unverified: config.reuse.unverified,
     })
 }
 

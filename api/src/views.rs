@@ -119,6 +119,70 @@ pub struct DossierView {
     pub documents: Vec<DocumentView>,
     pub tasks: Vec<TaskView>,
     pub signed_results: Vec<String>,
+    /// The signed results, once the dossier is returned (status 10); empty before. Download
+    /// one at `documents/{document_id}/content`, verify it at `results/{result_code}/verification`.
+    pub results: Vec<ResultView>,
+}
+
+/// A signed result as its owner receives it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultView {
+    pub result_code: String,
+    /// Số ký hiệu.
+    pub number: Option<String>,
+    pub name: Option<String>,
+    /// The electronic document's id; none when the result was issued on paper only.
+    pub document_id: Option<String>,
+    pub sha256: Option<String>,
+    pub content_type: Option<String>,
+    /// Who signed (the competent person's name).
+    pub signer: String,
+    /// The organization whose seal the result carries (its agency code).
+    pub organization: Option<String>,
+    /// When it was signed, in Vietnam time (`+07:00`).
+    #[schema(value_type = String, format = DateTime)]
+    pub signed_at: chrono::DateTime<chrono::FixedOffset>,
+    /// The signatures the document carries: the signer's, then the organization's seal.
+    pub signatures: Vec<crate::integrations::SignerView>,
+}
+
+impl ResultView {
+    /// The results of a dossier its owner may see: none before it is returned.
+    pub fn returned(d: &Dossier) -> Vec<ResultView> {
+        if d.returned_at.is_none() {
+            return Vec::new();
+        }
+        d.signatures
+            .iter()
+            .map(|s| {
+                let records: Vec<engine::signing::SignatureRecord> = s
+                    .document
+                    .as_ref()
+                    .and_then(|doc| doc.provenance.as_ref())
+                    .and_then(|p| p.get(engine::khodl::PROVENANCE_SIGNATURES))
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+                ResultView {
+                    result_code: s.result_code.clone(),
+                    number: s.number.clone(),
+                    name: s.document.as_ref().map(|doc| doc.name.clone()),
+                    document_id: s.document.as_ref().map(|doc| doc.id.clone()),
+                    sha256: s.document.as_ref().map(|doc| doc.sha256.clone()),
+                    content_type: s.document.as_ref().map(|doc| doc.content_type.clone()),
+                    signer: s.signer.clone(),
+                    organization: records
+                        .iter()
+                        .find(|r| r.signer_kind == engine::signing::SignerKind::Agency)
+                        .map(|r| r.signer_id.clone()),
+                    signed_at: engine::calendar::vietnam_time(s.at),
+                    signatures: records
+                        .iter()
+                        .map(crate::integrations::SignerView::of)
+                        .collect(),
+                }
+            })
+            .collect()
+    }
 }
 
 impl DossierView {
@@ -176,6 +240,7 @@ impl DossierView {
                 .collect(),
             tasks: d.tasks.values().map(|t| TaskView::of(&d.code, t)).collect(),
             signed_results: d.signatures.iter().map(|s| s.result_code.clone()).collect(),
+            results: ResultView::returned(d),
         }
     }
 }

@@ -704,12 +704,26 @@ fn describe(e: &serde_saphyr::Error) -> String {
     }
 }
 
+/// An instant as Vietnamese readers expect it: in Asia/Ho_Chi_Minh, RFC 3339 with `+07:00`
+/// (Vietnam keeps no daylight saving time). Stored times stay UTC; this is for display.
+pub fn vietnam_time(t: DateTime<Utc>) -> chrono::DateTime<chrono::FixedOffset> {
+    t.with_timezone(&chrono_tz::Asia::Ho_Chi_Minh)
+        .fixed_offset()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cal() -> Calendar {
         Calendar::default_vietnam().expect("the shipped calendar loads")
+    }
+
+    #[test]
+    fn vietnam_time_is_written_with_the_plus_seven_offset() {
+        let t = Utc.with_ymd_and_hms(2026, 3, 2, 17, 30, 5).unwrap();
+        assert_eq!(vietnam_time(t).to_rfc3339(), "2026-03-03T00:30:05+07:00");
+        assert_eq!(vietnam_time(t), t);
     }
 
     /// An instant given in Vietnamese local time.

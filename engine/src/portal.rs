@@ -265,6 +265,13 @@ pub mod wire {
         /// Why the content is missing or unusual (e.g. a signed result with no document).
         #[serde(default)]
         pub note: Option<String>,
+        /// The metadata the signatures cover, as signed (its canonical JSON is hashed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub signed_metadata: Option<serde_json::Value>,
+        /// The result's signatures, so whoever reuses the paper can verify it: the signer's,
+        /// then the organization's seal (signer, key id, time, algorithm, content hash).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub signatures: Vec<crate::signing::SignatureRecord>,
     }
 
     /// `POST /khodl/papers`.
@@ -577,6 +584,10 @@ pub fn paper_metadata(
     catalog: Option<&ResultCatalog>,
     agency_name: Option<&str>,
 ) -> wire::PaperMetadata {
+    let provenance = signature
+        .document
+        .as_ref()
+        .and_then(|doc| doc.provenance.as_ref());
     wire::PaperMetadata {
         paper_id: paper_id(&d.code, &signature.result_code),
         owner_id: d.owner.id.as_str().to_owned(),
@@ -600,6 +611,15 @@ pub fn paper_metadata(
         note: signature.document.is_none().then(|| {
             "the signed result has no electronic document: metadata only, empty content".to_owned()
         }),
+        signed_metadata: provenance
+            .and_then(|p| p.get(crate::khodl::PROVENANCE_SIGNED_METADATA))
+            .cloned(),
+        // Unreadable records are left out: the paper then arrives unsigned, which is what
+        // the reusing side can tell.
+        signatures: provenance
+            .and_then(|p| p.get(crate::khodl::PROVENANCE_SIGNATURES))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default(),
     }
 }
 

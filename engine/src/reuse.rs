@@ -1,18 +1,39 @@
 //! Reuse (seed §IV): an owner's earlier results, from this system's Kho DL first and then the
 //! portal's, offered for a component that accepts them; with consent, attached instead of an
 //! upload. A paper from the portal is downloaded, its hash checked against what the portal
-//! listed, stored locally, and only then attached.
+//! listed, its signatures verified against this deployment's trusted keys (the outcome is
+//! recorded in the reuse event, and [`UnverifiedPolicy`] decides what an unverified paper
+//! may do), stored locally, and only then attached.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::dossier::{Actor, Command, Dossier, OwnerId, PaperSource, ReusedPaper};
 use crate::khodl::{
     BlobStore, KhoDl, NewPaper, PaperFile, PaperFilter, PaperKind, PaperValidity, Provenance,
 };
 use crate::portal::{PortalClient, parse_portal_time, wire};
+use crate::signing::{
+    KeyRing, PaperCheck, PaperVerification, SignatureRecord, TrustStore, verify_paper,
+};
 use crate::{Engine, EngineError};
+
+/// What this deployment does with a paper from elsewhere (the portal's Kho DL) whose
+/// signatures it cannot verify: signed with a key it does not trust, or not signed at all. A
+/// paper whose content or metadata is not what was signed is refused whatever the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnverifiedPolicy {
+    /// Refused: the owner brings or uploads the paper instead.
+    #[default]
+    Refuse,
+    /// Taken only by an officer who checked it with the issuing agency and says so
+    /// (`unverified_confirmed`); the officer is recorded with the outcome.
+    Confirm,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReuseError {
@@ -28,6 +49,17 @@ pub enum ReuseError {
     HashMismatch { paper: String },
     #[error("storing the paper: {0}")]
     Storage(String),
+    #[error("paper {paper} is {}: {}{}", check.outcome.as_str(), check.problem.as_deref().unwrap_or_default(), if *confirmable { "; an officer may take it after checking it with the issuing agency (unverified_confirmed)" } else { "; this deployment refuses unverified papers (reuse.unverified: refuse)" })]
+    Unverified {
+        paper: String,
+        check: Box<PaperVerification>,
+        confirmable: bool,
+    },
+    #[error("paper {paper} is altered: {}", check.problem.as_deref().unwrap_or_default())]
+    Altered {
+        paper: String,
+        check: Box<PaperVerification>,
+    },
 }
 
 impl ReuseError {
@@ -39,6 +71,8 @@ impl ReuseError {
             ReuseError::Portal(_) => "portal_unavailable",
             ReuseError::HashMismatch { .. } => "hash_mismatch",
             ReuseError::Storage(_) => "storage",
+            ReuseError::Unverified { .. } => "paper_unverified",
+            ReuseError::Altered { .. } => "paper_altered",
         }
     }
 }
@@ -51,6 +85,19 @@ pub struct Pick<'a> {
     pub paper_id: &'a str,
     pub source: PaperSource,
     pub owner_confirmed: bool,
+    /// An officer checked an unverified paper with its issuer (policy `confirm`).
+    pub unverified_confirmed: bool,
+}
+
+/// What a paper's signatures are checked with: its records and the metadata they cover, and
+/// whether it comes from elsewhere (the portal) rather than from this deployment.
+#[derive(Debug, Clone, Default)]
+struct Evidence {
+    signatures: Vec<SignatureRecord>,
+    signed_metadata: Option<Value>,
+    /// Fields the paper is listed with that the signed metadata must agree with.
+    claimed: Vec<(&'static str, Option<String>)>,
+    from_elsewhere: bool,
 }
 
 /// Finds and attaches reusable papers.
@@ -59,6 +106,8 @@ pub struct Reuse {
     khodl: KhoDl,
     blobs: Arc<BlobStore>,
     portal: Option<PortalClient>,
+    trust: Arc<dyn TrustStore>,
+    policy: UnverifiedPolicy,
 }
 
 impl Reuse {
@@ -67,7 +116,25 @@ impl Reuse {
             khodl,
             blobs,
             portal,
+            trust: Arc::new(KeyRing::new()),
+            policy: UnverifiedPolicy::default(),
         }
+    }
+
+    /// Verifies papers' signatures with these keys (without, no key is trusted).
+    pub fn with_trust(mut self, trust: Arc<dyn TrustStore>) -> Reuse {
+        self.trust = trust;
+        self
+    }
+
+    /// What an unverified paper from elsewhere may do.
+    pub fn with_policy(mut self, policy: UnverifiedPolicy) -> Reuse {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> UnverifiedPolicy {
+        self.policy
     }
 
     /// The owner's papers that may stand in for `component`: valid now, of an accepted result
@@ -79,6 +146,20 @@ impl Reuse {
         d: &Dossier,
         component: &str,
     ) -> Result<Vec<ReusedPaper>, ReuseError> {
+        Ok(self
+            .candidates_with_evidence(engine, d, component)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    async fn candidates_with_evidence(
+        &self,
+        engine: &Engine,
+        d: &Dossier,
+        component: &str,
+    ) -> Result<Vec<(ReusedPaper, Evidence)>, ReuseError> {
         let procedure = engine
             .procedure(&d.procedure_code, Some(d.procedure_version))
             .ok_or_else(|| EngineError::UnknownProcedure(d.procedure_code.to_string()))?;
@@ -101,11 +182,12 @@ impl Reuse {
             .list(&d.owner.id, &filter)
             .await
             .map_err(|e| ReuseError::Storage(e.to_string()))?;
-        let mut out: Vec<ReusedPaper> = local
+        let mut out: Vec<(ReusedPaper, Evidence)> = local
             .into_iter()
             .filter_map(|p| {
                 let file = p.file.clone()?;
-                Some(ReusedPaper {
+                let evidence = local_evidence(&p);
+                let paper = ReusedPaper {
                     id: p.id.clone(),
                     source: PaperSource::Local,
                     owner_id: p.owner.clone(),
@@ -121,7 +203,9 @@ impl Reuse {
                     sha256: file.sha256,
                     size: file.size,
                     content_type: file.content_type,
-                })
+                    signature_check: None,
+                };
+                Some((paper, evidence))
             })
             .collect();
         let Some(portal) = &self.portal else {
@@ -136,15 +220,27 @@ impl Reuse {
                 let Some(p) = from_portal(&info, &d.owner.id) else {
                     continue;
                 };
+                let m = &info.metadata;
+                let evidence = Evidence {
+                    signatures: m.signatures.clone(),
+                    signed_metadata: m.signed_metadata.clone(),
+                    claimed: vec![
+                        ("owner_id", Some(m.owner_id.clone())),
+                        ("result_code", Some(m.result_code.clone())),
+                        ("number", m.number.clone()),
+                        ("dossier_code", Some(m.dossier_code.clone())),
+                    ],
+                    from_elsewhere: true,
+                };
                 let fresh = reuse
                     .max_age
                     .is_none_or(|age| engine.calendar().add(p.issued_at, age) >= now);
                 let valid = p.valid_until.is_none_or(|v| v >= now);
                 let known = out
                     .iter()
-                    .any(|o| o.sha256 == p.sha256 || o.id == local_id(&p.id));
+                    .any(|(o, _)| o.sha256 == p.sha256 || o.id == local_id(&p.id));
                 if fresh && valid && !known {
-                    out.push(p);
+                    out.push((p, evidence));
                 }
             }
         }
@@ -165,12 +261,13 @@ impl Reuse {
             paper_id,
             source,
             owner_confirmed,
+            unverified_confirmed,
         } = pick;
         let d = engine.dossier(code).await?;
-        let candidates = self.candidates(engine, &d, component).await?;
-        let Some(mut paper) = candidates
+        let candidates = self.candidates_with_evidence(engine, &d, component).await?;
+        let Some((mut paper, evidence)) = candidates
             .into_iter()
-            .find(|p| p.id == paper_id && p.source == source)
+            .find(|(p, _)| p.id == paper_id && p.source == source)
         else {
             return Err(ReuseError::UnknownPaper(paper_id.to_owned()));
         };
@@ -188,7 +285,18 @@ impl Reuse {
             )
             .await?;
         if source == PaperSource::Portal {
-            paper = self.copy_from_portal(engine, &d, &paper).await?;
+            paper = self
+                .copy_from_portal(engine, &d, &paper, &evidence, actor, unverified_confirmed)
+                .await?;
+        } else {
+            let check = self.check(
+                &paper,
+                &paper.sha256,
+                &evidence,
+                actor,
+                unverified_confirmed,
+            )?;
+            paper.signature_check = Some(check);
         }
         let command = Command::ReusePaper {
             component: component.to_owned(),
@@ -198,11 +306,62 @@ impl Reuse {
         Ok(engine.execute(code, None, actor, &command).await?)
     }
 
+    /// Verifies the paper's signatures against `content_sha256` and applies the policy: an
+    /// altered paper is refused; one from elsewhere that does not verify is refused, or taken
+    /// by an officer who confirmed it under `confirm`. Papers issued or digitized here are
+    /// checked and the outcome recorded, their trust being this deployment's own records.
+    fn check(
+        &self,
+        paper: &ReusedPaper,
+        content_sha256: &str,
+        evidence: &Evidence,
+        actor: &Actor,
+        unverified_confirmed: bool,
+    ) -> Result<PaperVerification, ReuseError> {
+        let claimed: Vec<(&str, Option<&str>)> = evidence
+            .claimed
+            .iter()
+            .map(|(k, v)| (*k, v.as_deref()))
+            .collect();
+        let mut check = verify_paper(
+            self.trust.as_ref(),
+            &evidence.signatures,
+            content_sha256,
+            evidence.signed_metadata.as_ref(),
+            &claimed,
+        );
+        match check.outcome {
+            PaperCheck::Verified => Ok(check),
+            PaperCheck::Altered if evidence.from_elsewhere => Err(ReuseError::Altered {
+                paper: paper.id.clone(),
+                check: Box::new(check),
+            }),
+            _ if !evidence.from_elsewhere => Ok(check),
+            _ => {
+                let officer = matches!(actor, Actor::Officer { .. });
+                let confirmable = self.policy == UnverifiedPolicy::Confirm;
+                if confirmable && officer && unverified_confirmed {
+                    check.confirmed_by = Some(actor.id().to_owned());
+                    Ok(check)
+                } else {
+                    Err(ReuseError::Unverified {
+                        paper: paper.id.clone(),
+                        check: Box::new(check),
+                        confirmable,
+                    })
+                }
+            }
+        }
+    }
+
     async fn copy_from_portal(
         &self,
         engine: &Engine,
         d: &Dossier,
         paper: &ReusedPaper,
+        evidence: &Evidence,
+        actor: &Actor,
+        unverified_confirmed: bool,
     ) -> Result<ReusedPaper, ReuseError> {
         let Some(portal) = &self.portal else {
             return Err(ReuseError::Portal("no portal is configured".into()));
@@ -218,6 +377,8 @@ impl Reuse {
                 paper: paper.id.clone(),
             });
         }
+        // Nothing is stored before the signatures are judged.
+        let check = self.check(paper, &sha, evidence, actor, unverified_confirmed)?;
         // File IO with a sync to disk: off the async workers.
         let blobs = Arc::clone(&self.blobs);
         let size = bytes.len() as u64;
@@ -257,8 +418,12 @@ impl Reuse {
             approval: crate::khodl::Approval::Approved,
             hidden: false,
             provenance: Provenance::FromPortal,
-            provenance_detail: Some(serde_json::json!({ "portal_paper_id": paper.id })),
-            signatures: Vec::new(),
+            provenance_detail: Some(serde_json::json!({
+                "portal_paper_id": paper.id,
+                crate::khodl::PROVENANCE_SIGNED_METADATA: evidence.signed_metadata,
+                "signature_check": check,
+            })),
+            signatures: evidence.signatures.clone(),
         };
         self.khodl
             .save(new, now)
@@ -266,6 +431,7 @@ impl Reuse {
             .map_err(|e| ReuseError::Storage(e.to_string()))?;
         Ok(ReusedPaper {
             sha256: stored,
+            signature_check: Some(check),
             ..paper.clone()
         })
     }
@@ -302,5 +468,31 @@ fn from_portal(info: &wire::PaperInfo, owner: &OwnerId) -> Option<ReusedPaper> {
         sha256: info.sha256.clone(),
         size: info.size,
         content_type: m.content_type.clone(),
+        signature_check: None,
     })
+}
+
+/// A local paper's signatures and the metadata they cover: a signed result's, or a certified
+/// copy's (its seal covers the copy's metadata).
+fn local_evidence(p: &crate::khodl::Paper) -> Evidence {
+    let detail = p.provenance_detail.as_ref();
+    let signed = detail.and_then(|d| d.get(crate::khodl::PROVENANCE_SIGNED_METADATA));
+    let copy = detail.and_then(|d| d.get("certified_copy"));
+    let (signed_metadata, claimed) = match (signed, copy) {
+        (Some(m), _) if !m.is_null() => (
+            Some(m.clone()),
+            vec![
+                ("owner_id", Some(p.owner.as_str().to_owned())),
+                ("result_code", Some(p.paper_type.clone())),
+            ],
+        ),
+        (_, Some(c)) => (Some(c.clone()), Vec::new()),
+        _ => (None, Vec::new()),
+    };
+    Evidence {
+        signatures: p.signatures.clone(),
+        signed_metadata,
+        claimed,
+        from_elsewhere: p.provenance == Provenance::FromPortal,
+    }
 }

@@ -708,6 +708,158 @@ impl KeyRing {
     }
 }
 
+/// Where a verifier finds the public keys it trusts for some signers: a configured ring, or
+/// (development) keys derived for whichever signers are asked about.
+pub trait TrustStore: Send + Sync {
+    fn ring_for(&self, officers: &[&str], agencies: &[&str]) -> KeyRing;
+}
+
+impl TrustStore for KeyRing {
+    fn ring_for(&self, _officers: &[&str], _agencies: &[&str]) -> KeyRing {
+        self.clone()
+    }
+}
+
+/// What checking a paper's signatures found, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaperCheck {
+    /// Every signature verifies with a trusted key, over this content and metadata, in order.
+    Verified,
+    /// A signature is made with a key this deployment does not trust (named by `key_id`).
+    UntrustedKey,
+    /// The paper carries no signature.
+    Unsigned,
+    /// The content or the metadata is not what was signed, or a signature does not hold.
+    Altered,
+}
+
+impl PaperCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaperCheck::Verified => "verified",
+            PaperCheck::UntrustedKey => "untrusted_key",
+            PaperCheck::Unsigned => "unsigned",
+            PaperCheck::Altered => "altered",
+        }
+    }
+}
+
+/// The outcome of checking a paper's signatures, as recorded with its reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaperVerification {
+    pub outcome: PaperCheck,
+    /// The key that decided the outcome: the untrusted one, or the one that does not verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Why it is not verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Who signed, as the records say: `officer:leader`, `agency:000.00.01.H59`.
+    #[serde(default)]
+    pub signers: Vec<String>,
+    /// The officer who took an unverified paper after checking it (policy `confirm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
+}
+
+impl PaperVerification {
+    fn new(outcome: PaperCheck, records: &[SignatureRecord]) -> PaperVerification {
+        PaperVerification {
+            outcome,
+            key_id: None,
+            problem: None,
+            signers: records
+                .iter()
+                .map(|r| format!("{}:{}", r.signer_kind, r.signer_id))
+                .collect(),
+            confirmed_by: None,
+        }
+    }
+
+    fn because(mut self, key_id: Option<&str>, problem: impl Into<String>) -> PaperVerification {
+        self.key_id = key_id.map(str::to_owned);
+        self.problem = Some(problem.into());
+        self
+    }
+}
+
+/// Checks the signatures a paper carries against the keys `trust` holds for its signers:
+/// each covers `content_sha256` (the content as received) and `signed_metadata`, made with a
+/// trusted key, in Decree 30/2020 order. `claimed` are fields the paper is listed with (owner,
+/// result code, number…) that the signed metadata must agree with, so a listing cannot pass a
+/// paper off as someone else's. Content or metadata that is not what was signed is `Altered`
+/// whatever the keys; then a key not trusted is `UntrustedKey`.
+pub fn verify_paper(
+    trust: &dyn TrustStore,
+    records: &[SignatureRecord],
+    content_sha256: &str,
+    signed_metadata: Option<&Value>,
+    claimed: &[(&str, Option<&str>)],
+) -> PaperVerification {
+    if records.is_empty() {
+        return PaperVerification::new(PaperCheck::Unsigned, records)
+            .because(None, "the paper carries no signature");
+    }
+    let altered = |key: Option<&str>, why: String| {
+        PaperVerification::new(PaperCheck::Altered, records).because(key, why)
+    };
+    if let Some(r) = records.iter().find(|r| r.document_sha256 != content_sha256) {
+        return altered(
+            Some(&r.key_id),
+            format!(
+                "the content hashes to {content_sha256}, the signature covers {}",
+                r.document_sha256
+            ),
+        );
+    }
+    let Some(metadata) = signed_metadata else {
+        return altered(None, "the metadata the signatures cover is missing".into());
+    };
+    for (field, value) in claimed {
+        let signed = metadata.get(*field).and_then(Value::as_str);
+        if let Some(v) = value
+            && signed != Some(*v)
+        {
+            return altered(
+                None,
+                format!(
+                    "the paper is listed with {field} `{v}`, the signed metadata says {}",
+                    signed.map_or("nothing".to_owned(), |s| format!("`{s}`"))
+                ),
+            );
+        }
+    }
+    let ids = |kind: SignerKind| -> Vec<&str> {
+        records
+            .iter()
+            .filter(|r| r.signer_kind == kind)
+            .map(|r| r.signer_id.as_str())
+            .collect()
+    };
+    let ring = trust.ring_for(&ids(SignerKind::Officer), &ids(SignerKind::Agency));
+    // Only a signature that cannot verify for want of a trusted key is `untrusted`; one made
+    // with a trusted key that does not hold is `altered`.
+    for r in records {
+        let trusted = ring
+            .public_key(r.signer_kind, &r.signer_id)
+            .is_some_and(|k| key_id(&k) == r.key_id);
+        if !trusted {
+            return PaperVerification::new(PaperCheck::UntrustedKey, records).because(
+                Some(&r.key_id),
+                format!(
+                    "{} `{}` signed with key {}, which this deployment does not trust",
+                    r.signer_kind, r.signer_id, r.key_id
+                ),
+            );
+        }
+    }
+    match ring.verify_chain(records, content_sha256, metadata) {
+        Ok(()) => PaperVerification::new(PaperCheck::Verified, records),
+        Err(e) => altered(None, e.to_string()),
+    }
+}
+
 /// An electronic certified copy (bản sao y điện tử): the copy's metadata and the agency's
 /// signature over it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ mod input;
 mod khodl;
 mod nodes;
 mod portal;
+mod results;
 mod reuse;
 mod seal;
 mod storage;

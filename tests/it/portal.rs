@@ -138,6 +138,8 @@ fn paper_body(paper_id: &str, content: &[u8]) -> wire::PushPaper {
             procedure_code: "2.000488".into(),
             content_type: "application/pdf".into(),
             note: None,
+            signed_metadata: None,
+            signatures: Vec::new(),
         },
         content: base64::engine::general_purpose::STANDARD.encode(content),
         sha256: sha256_hex(content),

@@ -110,6 +110,16 @@ async fn publish(
 ) -> String {
     let content = format!("{result_code} {id} of {owner}").into_bytes();
     let sha = engine::portal::sha256_hex(&content);
+    // Signed as province B's development keys would sign: keys B trusts.
+    let signed_metadata = json!({"owner_id": owner, "result_code": result_code,
+        "number": "9/2026/LLTP", "dossier_code": "000.00.01.H59-260101-0001"});
+    let signatures = engine::signing::KeyRing::derived(
+        "tthc-demo-province-b",
+        &["officer-a"],
+        &["000.00.01.H59"],
+    )
+    .sign_and_seal("officer-a", "000.00.01.H59", &sha, &signed_metadata, issued)
+    .unwrap();
     let paper = wire::PushPaper {
         metadata: wire::PaperMetadata {
             paper_id: id.into(),
@@ -128,6 +138,8 @@ async fn publish(
             procedure_code: "2.000488".into(),
             content_type: "text/plain".into(),
             note: None,
+            signed_metadata: Some(signed_metadata),
+            signatures,
         },
         content: base64::engine::general_purpose::STANDARD.encode(&content),
         sha256: sha.clone(),
@@ -216,6 +228,7 @@ async fn at_the_desk_the_officer_records_the_owners_consent() {
                     paper_id: "P-1",
                     source: PaperSource::Portal,
                     owner_confirmed: false,
+                    unverified_confirmed: false,
                 },
             )
             .await
@@ -252,6 +265,7 @@ async fn at_the_desk_the_officer_records_the_owners_consent() {
                     paper_id: "P-1",
                     source: PaperSource::Portal,
                     owner_confirmed: true,
+                    unverified_confirmed: false,
                 },
             )
             .await
@@ -366,6 +380,7 @@ async fn reuse_is_refused_for_others_papers_expired_papers_wrong_codes_and_bad_d
                         paper_id: id,
                         source: PaperSource::Portal,
                         owner_confirmed: false,
+                        unverified_confirmed: false,
                     },
                 )
                 .await
@@ -390,6 +405,7 @@ async fn reuse_is_refused_for_others_papers_expired_papers_wrong_codes_and_bad_d
         sha256: good.clone(),
         size: 10,
         content_type: "text/plain".into(),
+        signature_check: None,
     };
     let cases = [
         (
@@ -483,6 +499,7 @@ async fn reuse_is_refused_for_others_papers_expired_papers_wrong_codes_and_bad_d
                     paper_id: "OK",
                     source: PaperSource::Portal,
                     owner_confirmed: false,
+                    unverified_confirmed: false,
                 },
             )
             .await

@@ -320,10 +320,16 @@ async fn document_content(
     Path((code, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let d = readable_dossier(&state, &caller, &code).await?;
+    // The owner receives the signed results when the dossier is returned, not before.
+    let results = d
+        .signatures
+        .iter()
+        .filter(|_| result_visible(&caller, &d))
+        .filter_map(|s| s.document.as_ref());
     let doc = d
         .documents
         .iter()
-        .chain(d.signatures.iter().filter_map(|s| s.document.as_ref()))
+        .chain(results)
         .find(|x| x.id == id)
         .ok_or_else(|| ApiError::not_found(format!("dossier {code} has no document {id}")))?;
     let blobs = state.io.blobs.clone();
@@ -436,7 +442,10 @@ fn candidate_view(p: &ReusedPaper) -> CandidateView {
 fn reuse_error(e: engine::reuse::ReuseError) -> ApiError {
     match e {
         engine::reuse::ReuseError::Engine(e) => e.into(),
-        engine::reuse::ReuseError::NotReusable(_) | engine::reuse::ReuseError::UnknownPaper(_) => {
+        engine::reuse::ReuseError::NotReusable(_)
+        | engine::reuse::ReuseError::UnknownPaper(_)
+        | engine::reuse::ReuseError::Unverified { .. }
+        | engine::reuse::ReuseError::Altered { .. } => {
             ApiError::unprocessable(e.code(), e.to_string())
         }
         engine::reuse::ReuseError::HashMismatch { .. } => {
@@ -479,6 +488,10 @@ pub struct ReuseBody {
     /// At the desk: the owner confirmed they agree to this paper being used.
     #[serde(default)]
     pub owner_confirmed: bool,
+    /// At the desk, under `reuse.unverified: confirm`: the officer checked a paper whose
+    /// signatures do not verify here (untrusted key, unsigned) with its issuing agency.
+    #[serde(default)]
+    pub unverified_confirmed: bool,
 }
 
 /// Uses an earlier result for a component, with the owner's consent (online, choosing it is
@@ -510,6 +523,7 @@ async fn reuse(
         paper_id: &body.paper_id,
         source,
         owner_confirmed: body.owner_confirmed,
+        unverified_confirmed: body.unverified_confirmed,
     };
     let d = state
         .io
@@ -531,6 +545,11 @@ async fn verify_result(
     Path((code, result_code)): Path<(String, String)>,
 ) -> ApiResult<Json<Verification>> {
     let d = readable_dossier(&state, &caller, &code).await?;
+    if !result_visible(&caller, &d) {
+        return Err(ApiError::not_found(format!(
+            "dossier {code} has no returned result {result_code}"
+        )));
+    }
     // Reads and re-hashes the document from disk: off the async workers.
     let verification = tokio::task::spawn_blocking(move || {
         crate::integrations::verify_result(&state.io, &d, &result_code)
@@ -538,4 +557,10 @@ async fn verify_result(
     .await
     .map_err(ApiError::internal)?;
     Ok(Json(verification))
+}
+
+/// Whether the caller may see the dossier's signed results: its owner once it is returned
+/// (national status 10), officers, auditors and administrators who may read it at any time.
+fn result_visible(caller: &Caller, d: &engine::dossier::Dossier) -> bool {
+    caller.kind() != UserKind::Citizen || d.returned_at.is_some()
 }

@@ -58,6 +58,9 @@ pub struct ReusedPaper {
     pub sha256: String,
     pub size: u64,
     pub content_type: String,
+    /// What checking the paper's signatures found (recorded in the reuse event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_check: Option<crate::signing::PaperVerification>,
 }
 
 /// What an administrator decides about an incident.

@@ -1024,6 +1024,7 @@ fn reuse_paper(
             "valid_until": paper.valid_until,
             "issuing_agency": paper.issuing_agency,
             "from_portal": paper.source == super::command::PaperSource::Portal,
+            "signature_check": paper.signature_check,
         })),
     };
     em.emit(Event::PaperReused {
