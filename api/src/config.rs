@@ -212,7 +212,8 @@ fn agency_list_or_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Agencies
     })
 }
 
-/// The agency list of a catalog file (`procedures/catalog/agencies.yaml`): `{agencies: […]}`.
+/// The agency list of a catalog file (`procedures/catalog/agencies.yaml`): `{agencies: […]}`;
+/// none when there is no such file.
 pub fn agency_catalog(path: &Path) -> Result<Agencies> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -220,8 +221,11 @@ pub fn agency_catalog(path: &Path) -> Result<Agencies> {
         #[serde(deserialize_with = "agency_list_or_map")]
         agencies: Agencies,
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Agencies::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     let catalog: Catalog =
         serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(catalog.agencies)
