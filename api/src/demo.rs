@@ -340,7 +340,8 @@ pub async fn run(root: &Path, dir: &Path, echo: bool) -> Result<DemoReport> {
             json!({"ho_ten": OWNER_NAME, "gioi_tinh": "nam", "ngay_sinh": "1990-05-17", "noi_sinh": "Hưng Yên",
                    "so_cccd": OWNER_ID, "noi_thuong_tru": "TP Hưng Yên", "loai_phieu": 1,
                    "muc_dich": "Xin cấp giấy phép hành nghề khám bệnh, chữa bệnh",
-                   "la_sinh_vien": false, "la_nguoi_co_cong": false, "uy_quyen": false}),
+                   "la_sinh_vien": false, "la_nguoi_co_cong": false, "uy_quyen": false,
+                   "cu_tru_nhieu_noi": false, "cu_tru_nuoc_ngoai": false, "da_duoc_xoa_an_tich": false}),
         )]),
         documents: Vec::new(),
     };

@@ -335,6 +335,16 @@ impl CompiledProcedure {
         }
     }
 
+    /// The processing time of a dossier: the first case whose condition holds, else the
+    /// procedure's.
+    pub fn processing_time_for(&self, state: &Dossier) -> Duration {
+        let p = self.procedure();
+        p.processing_time_cases
+            .iter()
+            .find(|c| self.condition(&c.condition, state).0)
+            .map_or(p.processing_time, |c| c.processing_time)
+    }
+
     /// Whether the processing time runs in working time (and so pauses in working minutes).
     pub fn counts_working_time(&self) -> bool {
         matches!(
@@ -358,6 +368,7 @@ fn expressions(p: &Procedure) -> Vec<&str> {
     for f in &p.fees {
         out.extend(f.reductions.iter().map(|r| r.when.as_str()));
     }
+    out.extend(p.processing_time_cases.iter().map(|c| c.condition.as_str()));
     for s in &p.steps {
         match s {
             Step::Decision(d) => out.extend(d.when.iter().map(|b| b.condition.as_str())),

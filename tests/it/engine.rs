@@ -1360,3 +1360,39 @@ async fn a_finished_job_leaves_the_open_jobs_and_a_late_outcome_for_it_is_stale(
     h.drain().await;
     h.assert_replays_and_verifies(&d.code).await;
 }
+
+/// Luật Lý lịch tư pháp, art. 48: 10 working days, 15 for someone who lived abroad or in
+/// several places, a foreigner, or a removed record to check; chosen by the filed facts.
+#[tokio::test]
+async fn the_judicial_record_deadline_is_ten_or_fifteen_working_days_by_the_filed_facts() {
+    let h = harness().await;
+    let mut cases = vec![(lltp_filing(1), 10)];
+    for (field, value) in [
+        ("cu_tru_nuoc_ngoai", json!(true)),
+        ("cu_tru_nhieu_noi", json!(true)),
+        ("da_duoc_xoa_an_tich", json!(true)),
+        ("quoc_tich", json!("Hàn Quốc")),
+    ] {
+        let mut f = lltp_filing(1);
+        f.data.get_mut("to_khai").unwrap()[field] = value;
+        cases.push((f, 15));
+    }
+    let mut vn = lltp_filing(1);
+    vn.data.get_mut("to_khai").unwrap()["quoc_tich"] = json!("Việt Nam");
+    cases.push((vn, 10));
+    for (filing, days) in cases {
+        let d = h.engine.file(&citizen(), &filing).await.unwrap();
+        let d = h.receive(&d.code).await;
+        let received = d.received_at.unwrap();
+        let expected = h
+            .engine
+            .calendar()
+            .add(received, engine::definition::Duration::WorkingDays(days));
+        assert_eq!(
+            d.due_at,
+            Some(expected),
+            "{:?} should be due in {days} working days",
+            filing.data["to_khai"]
+        );
+    }
+}

@@ -209,6 +209,9 @@ pub fn lltp_form(loai_phieu: u8) -> Value {
         "muc_dich": "Bổ sung hồ sơ xin việc",
         "so_luong_phieu": 1,
         "la_sinh_vien": false,
+        "cu_tru_nhieu_noi": false,
+        "cu_tru_nuoc_ngoai": false,
+        "da_duoc_xoa_an_tich": false,
         "la_nguoi_co_cong": false,
         "uy_quyen": false
     })

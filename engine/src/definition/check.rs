@@ -394,6 +394,21 @@ fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
                         );
                 }
                 if t.marks == Some(Milestone::Received)
+                    && let Some(sla) = t.sla
+                    && match sla {
+                        Duration::WorkingHours(n) => n > 8,
+                        Duration::WorkingDays(n) | Duration::Days(n) => n > 1,
+                        Duration::Minutes(n) => n > 8 * 60,
+                        Duration::Months(_) => true,
+                    }
+                {
+                    sink.error(
+                        &format!("{at}/sla"),
+                        format!("the desk has {sla} to receive, longer than the law allows"),
+                        Some("an online filing is confirmed received, or sent back for supplement, within 8 working hours (Decree 45/2020/NĐ-CP): `sla: { working_hours: 8 }` at most".into()),
+                    );
+                }
+                if t.marks == Some(Milestone::Received)
                     && let Some(first) = received.replace(i)
                 {
                     sink.error(
@@ -609,7 +624,26 @@ fn check_times_and_fees(p: &Procedure, sink: &mut Sink<'_>) {
         "a processing time",
         sink,
     );
-    let total = p.processing_time.approx_hours();
+    let working = |d: &Duration| matches!(d, Duration::WorkingDays(_) | Duration::WorkingHours(_));
+    for (i, case) in p.processing_time_cases.iter().enumerate() {
+        let at = format!("/processing_time_cases/{i}/processing_time");
+        check_duration(&case.processing_time, &at, "a processing time", sink);
+        if working(&case.processing_time) != working(&p.processing_time) {
+            sink.error(
+                &at,
+                format!(
+                    "{} and the procedure's {} are counted differently",
+                    case.processing_time, p.processing_time
+                ),
+                Some("use working time in both, or calendar time in both: pauses are counted the same way for every dossier".into()),
+            );
+        }
+    }
+    let total = p
+        .processing_time_cases
+        .iter()
+        .map(|c| c.processing_time.approx_hours())
+        .fold(p.processing_time.approx_hours(), f64::max);
     for (i, s) in p.steps.iter().enumerate() {
         match s {
             Step::UserTask(UserTask {
@@ -779,6 +813,9 @@ fn check_expressions(p: &Procedure, forms: &BTreeMap<String, Arc<Value>>, sink: 
         for (j, r) in f.reductions.iter().enumerate() {
             exprs.push((format!("/fees/{i}/reductions/{j}/when"), &r.when));
         }
+    }
+    for (i, c) in p.processing_time_cases.iter().enumerate() {
+        exprs.push((format!("/processing_time_cases/{i}/if"), &c.condition));
     }
     for (i, s) in p.steps.iter().enumerate() {
         match s {

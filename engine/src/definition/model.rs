@@ -17,6 +17,10 @@ pub struct Procedure {
     #[serde(default)]
     pub legal_basis: Vec<String>,
     pub processing_time: Duration,
+    /// Longer (or shorter) processing times the law sets for some filings, by the filed
+    /// facts: the first case whose condition holds when the dossier is received applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processing_time_cases: Vec<ProcessingTimeCase>,
     #[serde(default)]
     pub fees: Vec<Fee>,
     #[serde(default)]
@@ -86,6 +90,15 @@ pub enum AgencyLevel {
     Province,
     District,
     Commune,
+}
+
+/// A processing time that applies when a condition over the filing holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingTimeCase {
+    #[serde(rename = "if")]
+    pub condition: String,
+    pub processing_time: Duration,
 }
 
 /// A length of time, in exactly one unit.

@@ -880,7 +880,7 @@ fn complete_task(
     if receives {
         let due_at = ctx
             .calendar
-            .add(ctx.now, ctx.procedure.procedure().processing_time);
+            .add(ctx.now, ctx.procedure.processing_time_for(&em.state));
         em.emit(Event::Received { due_at });
     }
     if step.signs.is_some() && em.state.processed_at.is_none() {
