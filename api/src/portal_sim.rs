@@ -664,6 +664,13 @@ fn validate_sync(d: &wire::SyncDossier) -> Result<(), ApiError> {
             d.status
         )));
     }
+    if d.online_level
+        .is_some_and(|l| !(1..=2).contains(&l) || d.channel != 2)
+    {
+        return Err(ApiError::invalid(
+            "online_level is 1 (partly online) or 2 (fully online), for an online filing only",
+        ));
+    }
     if !(1..=3).contains(&d.channel) {
         return Err(ApiError::invalid(format!(
             "channel {} is not 1 (in person), 2 (online) or 3 (postal)",

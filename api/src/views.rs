@@ -98,6 +98,8 @@ pub struct DossierView {
     pub competent_agency: String,
     pub owner: OwnerView,
     pub channel: String,
+    /// For an online filing: `full` (toàn trình) or `partial` (một phần), Decree 42/2022.
+    pub online_level: Option<String>,
     pub status: StatusView,
     /// The dossier's event number: send it back in `If-Match` to act on this version.
     pub seq: u64,
@@ -194,6 +196,7 @@ impl DossierView {
             procedure_name: d.procedure_name.to_string(),
             agency_code: d.agency_code.to_string(),
             competent_agency: d.competent_agency().to_string(),
+            online_level: d.online_level.as_ref().map(engine::wire_name),
             owner: OwnerView {
                 id: d.owner.id.to_string(),
                 name: d.owner.name.clone(),

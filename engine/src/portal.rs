@@ -30,7 +30,9 @@ use sha2::{Digest, Sha256};
 
 use crate::calendar::Calendar;
 use crate::definition::{Duration as Period, ResultCatalog, Validity};
-use crate::dossier::{DocumentRef, Dossier, Event, EventRecord, HookOutcome, Signature, Status};
+use crate::dossier::{
+    DocumentRef, Dossier, Event, EventRecord, HookOutcome, OnlineLevel, Signature, Status,
+};
 use crate::engine::{HookFuture, HookHandler, HookRequest};
 use crate::runtime::CompiledProcedure;
 use crate::store::Store;
@@ -91,6 +93,9 @@ pub mod wire {
         pub owner: Owner,
         /// KenhThucHien: 1 in person, 2 online, 3 postal.
         pub channel: u8,
+        /// MucDoDVC of an online filing: 1 partly online, 2 fully online.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub online_level: Option<u8>,
         /// TrangThaiHoSo: 1..=10.
         pub status: u8,
         pub status_name: String,
@@ -476,6 +481,7 @@ pub fn sync_payload(
             owner_type: d.owner.id.owner_type().portal_code(),
         },
         channel: d.channel.portal_code(),
+        online_level: d.online_level.map(OnlineLevel::portal_code),
         status: d.status.code(),
         status_name: d.status.label().to_owned(),
         filed_at: portal_time(d.filed_at),
@@ -1474,6 +1480,7 @@ mod tests {
             procedure_name: "Cấp Phiếu lý lịch tư pháp".into(),
             agency_code: "000.00.01.H59".into(),
             competent_agency: None,
+            online_level: None,
             owner: Box::new(Owner {
                 id: OwnerId::parse("001099012345").unwrap(),
                 name: "Nguyễn Văn An".into(),
@@ -1517,6 +1524,11 @@ mod tests {
         assert_eq!(p.sequence, 1);
         assert_eq!(p.filed_at, "20260302080000");
         assert_eq!(p.received_at, None);
+        assert_eq!(p.online_level, None, "no level recorded, none sent");
+        d.online_level = Some(OnlineLevel::Full);
+        let p = sync_payload(&d, "Lý lịch tư pháp", Vec::new(), None);
+        assert_eq!(p.online_level, Some(2), "fully online");
+        d.online_level = None;
 
         d.status = Status::Returned;
         d.processed_at = Some(at(2026, 3, 10, 2, 0));

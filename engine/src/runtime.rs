@@ -478,6 +478,7 @@ mod tests {
             procedure_name: "p".into(),
             agency_code: "000.00.01.H59".into(),
             competent_agency: None,
+            online_level: None,
             owner: Box::new(Owner {
                 id: OwnerId::parse("001099012345").unwrap(),
                 name: "A".into(),

@@ -1396,3 +1396,21 @@ async fn the_judicial_record_deadline_is_ten_or_fifteen_working_days_by_the_file
         );
     }
 }
+
+/// Decree 42/2022: an online filing is recorded as fully or partly online, by the procedure's
+/// online service; a filing at the desk has no online level.
+#[tokio::test]
+async fn an_online_filing_records_its_online_level_and_a_desk_filing_none() {
+    let h = harness().await;
+    let online = h.file_lltp(1).await;
+    assert_eq!(
+        online.online_level,
+        Some(engine::dossier::OnlineLevel::Full)
+    );
+    let mut at_desk = lltp_filing(1);
+    at_desk.channel = engine::dossier::Channel::InPerson;
+    let d = h.engine.file(&desk(), &at_desk).await.unwrap();
+    assert_eq!(d.online_level, None);
+    // Recorded in the filing's event: a replay gives the same.
+    h.assert_replays_and_verifies(&online.code).await;
+}

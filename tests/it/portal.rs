@@ -101,6 +101,7 @@ fn sync_body(code: &str, sequence: u64, status: u8) -> wire::SyncDossier {
             owner_type: 1,
         },
         channel: 2,
+        online_level: Some(2),
         status,
         status_name: String::new(),
         filed_at: "20260302080000".into(),

@@ -17,6 +17,10 @@ pub struct Procedure {
     #[serde(default)]
     pub legal_basis: Vec<String>,
     pub processing_time: Duration,
+    /// The online service the procedure is provided as (Decree 42/2022/NĐ-CP): `full` (toàn
+    /// trình) or `partial` (một phần, the default): the level an online filing is recorded with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<crate::dossier::OnlineLevel>,
     /// Longer (or shorter) processing times the law sets for some filings, by the filed
     /// facts: the first case whose condition holds when the dossier is received applies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

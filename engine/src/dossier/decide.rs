@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::command::{Command, CommandError, Filing, HookOutcome, IncidentAction};
 use super::event::{DocumentRef, Event, IncidentResolution};
 use super::state::{Dossier, JobKind, JobState, Task};
-use super::types::{Actor, Channel};
+use super::types::{Actor, Channel, OnlineLevel};
 use crate::calendar::Calendar;
 use crate::definition::model::RECEIVING;
 use crate::definition::{Milestone, RetryPolicy, Step};
@@ -134,6 +134,8 @@ pub fn decide_filing(
             .competent_agency
             .clone()
             .filter(|c| *c != filing.agency_code),
+        online_level: (filing.channel == Channel::Online)
+            .then(|| p.online.unwrap_or(OnlineLevel::Partial)),
         owner: Box::new(filing.owner.clone()),
         channel: filing.channel,
         data: shared_forms(&filing.data),

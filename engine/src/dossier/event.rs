@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::types::{Channel, Owner};
+use super::types::{Channel, OnlineLevel, Owner};
 use crate::definition::{DocumentKind, EndOutcome, RetryPolicy};
 
 /// A document attached to a dossier component. The content lives in the blob store under its
@@ -63,6 +63,9 @@ pub enum Event {
         /// (a service centre receives, a department or commune decides).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         competent_agency: Option<String>,
+        /// For an online filing, the level of online service it is recorded with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        online_level: Option<OnlineLevel>,
         /// Boxed, like the documents below: every event is as big as the biggest variant,
         /// and each one is moved a few times as it is decided and stored.
         owner: Box<Owner>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::event::{DocumentRef, Event, IncidentResolution, Notification};
-use super::types::{Channel, Owner, Status};
+use super::types::{Channel, OnlineLevel, Owner, Status};
 use crate::definition::{EndOutcome, RetryPolicy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +121,9 @@ pub struct Dossier {
     /// The agency competent to decide, when it is not the receiving one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub competent_agency: Option<Arc<str>>,
+    /// For an online filing: fully or partly online (Decree 42/2022).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_level: Option<OnlineLevel>,
     /// Shared between copies of a state: it never changes after filing.
     pub owner: Arc<Owner>,
     pub channel: Channel,
@@ -202,6 +205,7 @@ impl Dossier {
             procedure_name,
             agency_code,
             competent_agency,
+            online_level,
             owner,
             channel,
             data,
@@ -217,6 +221,7 @@ impl Dossier {
             procedure_name: procedure_name.as_str().into(),
             agency_code: agency_code.as_str().into(),
             competent_agency: competent_agency.as_deref().map(Into::into),
+            online_level: *online_level,
             owner: Arc::new(Owner::clone(owner)),
             channel: *channel,
             status: Status::Filed,
