@@ -10,6 +10,7 @@ mod definitions;
 mod engine;
 mod engine_props;
 mod engine_support;
+mod founding;
 mod khodl;
 mod nodes;
 mod portal;

@@ -1,0 +1,485 @@
+//! The founding story over HTTP: two deployments (province A, province B, each with its own
+//! database, agencies and keys) and one portal simulator. A certificate issued and signed in A
+//! travels with its signatures through the portal's Kho DL; B verifies them against its trusted
+//! keys when the citizen reuses it, records the outcome, and applies its policy to papers that
+//! do not verify.
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tthc_api::auth::UserKind;
+use tthc_api::portal_sim::{self, SimConfig};
+
+use crate::api_support::*;
+use crate::engine_support::{AGENCY, CITIZEN_ID, POLICE};
+use crate::results::{return_result, signed_lltp};
+
+const CLIENT_ID: &str = "tthc";
+const CLIENT_SECRET: &str = "founding-secret";
+/// Province B's health department (Thái Nguyên in this test).
+const B_HEALTH: &str = "000.00.08.H55";
+
+struct World {
+    a: Api,
+    b: Api,
+    sim_url: String,
+    /// Province A's keys file (seeds) and its public keys, as A hands them to others.
+    a_public: Value,
+    dir: TempDir,
+}
+
+/// What province B trusts and does with unverified papers.
+struct BSetup {
+    trusts_a: bool,
+    policy: &'static str,
+}
+
+async fn world(setup: BSetup) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _) = portal_sim::start(SimConfig::local(
+        format!("sqlite://{}", dir.path().join("portal.db").display()),
+        CLIENT_ID,
+        CLIENT_SECRET,
+    ))
+    .await
+    .unwrap();
+    let sim_url = format!("http://{addr}");
+
+    // A signs with its own officer's and agency's keys.
+    let seed = || hex::encode(rand::random::<[u8; 32]>());
+    let a_keys = json!({"officers": {"leader": seed()}, "agencies": {AGENCY: seed()}});
+    let a_keys_file = dir.path().join("a-keys.json");
+    std::fs::write(&a_keys_file, a_keys.to_string()).unwrap();
+    let a_public = engine::signing::KeyRing::from_json_str(&a_keys.to_string())
+        .unwrap()
+        .public_keys_json();
+    // B holds A's public keys as trusted, or nothing of A's.
+    let b_keys = if setup.trusts_a {
+        json!({"trusted": a_public})
+    } else {
+        json!({})
+    };
+    let b_keys_file = dir.path().join("b-keys.json");
+    std::fs::write(&b_keys_file, b_keys.to_string()).unwrap();
+
+    let portal = |c: &mut tthc_api::config::ServeConfig| {
+        c.portal_url = Some(sim_url.clone());
+        c.portal_simulator = false;
+        c.portal_client_id = CLIENT_ID.into();
+        c.portal_client_secret = Some(CLIENT_SECRET.into());
+    };
+    let a = start_api_with(20, |c| {
+        portal(c);
+        c.agencies = [
+            (AGENCY.to_owned(), "Sở Tư pháp tỉnh Hưng Yên".to_owned()),
+            (POLICE.to_owned(), "Công an tỉnh Hưng Yên".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        c.keys_file = Some(a_keys_file.clone());
+    })
+    .await;
+    let b = start_api_with(20, |c| {
+        portal(c);
+        c.agencies = [(B_HEALTH.to_owned(), "Sở Y tế tỉnh Thái Nguyên".to_owned())]
+            .into_iter()
+            .collect();
+        c.keys_file = Some(b_keys_file.clone());
+        c.reuse.unverified = match setup.policy {
+            "confirm" => engine::reuse::UnverifiedPolicy::Confirm,
+            _ => engine::reuse::UnverifiedPolicy::Refuse,
+        };
+    })
+    .await;
+    World {
+        a,
+        b,
+        sim_url,
+        a_public,
+        dir,
+    }
+}
+
+fn a_desk() -> String {
+    token_for(UserKind::Officer, "desk", &["mot_cua"], Some(AGENCY), None)
+}
+
+fn b_desk() -> String {
+    token_for(
+        UserKind::Officer,
+        "desk-b",
+        &["mot_cua"],
+        Some(B_HEALTH),
+        None,
+    )
+}
+
+/// A's certificate No. 1, signed, issued and returned; waits until the portal holds it.
+/// Returns A's dossier code and the portal's paper id.
+async fn certificate_from_a(w: &World) -> (String, String) {
+    let code = signed_lltp(&w.a).await;
+    return_result(&w.a, &code, &a_desk()).await;
+    let portal = w.b.state.io.portal.as_ref().unwrap();
+    for _ in 0..250 {
+        let listed = portal
+            .list_papers(CITIZEN_ID, Some("KQ.LLTP.01"))
+            .await
+            .unwrap();
+        if let Some(p) = listed.iter().find(|p| p.metadata.dossier_code == code) {
+            return (code, p.metadata.paper_id.clone());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the portal never received {code}'s certificate");
+}
+
+fn licence_form() -> Value {
+    json!({"ho_ten": "Nguyễn Văn An", "ngay_sinh": "1990-05-17", "gioi_tinh": "nam", "so_cccd": CITIZEN_ID,
+        "noi_cu_tru": "Thái Nguyên", "chuc_danh": "bac_si", "pham_vi_hanh_nghe": "Nội khoa",
+        "van_bang_chuyen_mon": "Bác sĩ đa khoa", "co_so_thuc_hanh": "Bệnh viện tỉnh",
+        "thoi_gian_thuc_hanh_thang": 12})
+}
+
+/// The citizen files the licence in B; returns its code.
+async fn licence_in_b(w: &World) -> String {
+    let r = w
+        .b
+        .post(
+            "/api/v1/dossiers",
+            &citizen_token(),
+            json!({"procedure_code": "1.012265", "agency_code": B_HEALTH, "data": {"don_de_nghi": licence_form()}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.body["code"].as_str().unwrap().to_owned()
+}
+
+/// The reused document's signature check, from the dossier view.
+fn signature_check(view: &Value) -> Value {
+    view["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["component"] == "phieu_lltp")
+        .unwrap_or_else(|| panic!("no reused certificate: {view}"))["provenance"]["signature_check"]
+        .clone()
+}
+
+async fn reuse(w: &World, lic: &str, token: &str, paper: &str, extra: Value) -> Reply {
+    let mut body = json!({"paper_id": paper, "source": "portal"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    w.b.post(
+        &format!("/api/v1/dossiers/{lic}/components/phieu_lltp/reuse"),
+        token,
+        body,
+    )
+    .await
+}
+
+/// `tthc verify-result --from-portal` with a keys file; (exit code, printed JSON). Runs off
+/// the test's runtime, which serves the simulator meanwhile.
+async fn verify_from_portal(w: &World, paper: &str, keys: &Value) -> (Option<i32>, Value) {
+    let file = w
+        .dir
+        .path()
+        .join(format!("verify-keys-{}.json", rand::random::<u32>()));
+    std::fs::write(&file, keys.to_string()).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tthc"));
+    command
+        .args([
+            "verify-result",
+            "--from-portal",
+            &w.sim_url,
+            "--paper",
+            paper,
+            "--keys",
+        ])
+        .arg(&file)
+        .current_dir(w.dir.path())
+        .env("TTHC_PORTAL_CLIENT_SECRET", CLIENT_SECRET)
+        .env_remove("TTHC_ROOT");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let text = crate::support::stdout(&out);
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{text}{}", crate::support::stderr(&out)));
+    (out.status.code(), value)
+}
+
+#[tokio::test]
+async fn a_certificate_signed_in_province_a_is_reused_and_verified_in_province_b() {
+    let w = world(BSetup {
+        trusts_a: true,
+        policy: "refuse",
+    })
+    .await;
+    let (cert, paper) = certificate_from_a(&w).await;
+
+    // The citizen downloads the certificate in A, with its signatures.
+    let view =
+        w.a.get(&format!("/api/v1/dossiers/{cert}"), &citizen_token())
+            .await;
+    let result = &view.body["results"][0];
+    let doc =
+        w.a.get(
+            &format!(
+                "/api/v1/dossiers/{cert}/documents/{}/content",
+                result["document_id"].as_str().unwrap()
+            ),
+            &citizen_token(),
+        )
+        .await;
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.text);
+    assert_eq!(
+        engine::portal::sha256_hex(doc.text.as_bytes()),
+        result["sha256"].as_str().unwrap()
+    );
+
+    // The portal's paper carries A's signatures.
+    let portal = w.b.state.io.portal.as_ref().unwrap();
+    let info = portal.paper(&paper).await.unwrap();
+    assert_eq!(info.metadata.signatures.len(), 2);
+    assert_eq!(info.metadata.signatures[1].signer_id, AGENCY);
+    assert_eq!(info.metadata.signatures[0].document_sha256, info.sha256);
+    assert!(info.metadata.signed_metadata.is_some());
+
+    // In B the citizen files a licence, is offered the certificate from the portal, consents.
+    let lic = licence_in_b(&w).await;
+    let offered =
+        w.b.get(
+            &format!("/api/v1/dossiers/{lic}/components/phieu_lltp/candidates"),
+            &citizen_token(),
+        )
+        .await;
+    assert!(
+        offered
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["paper_id"] == paper.as_str() && c["source"] == "portal"),
+        "{}",
+        offered.text
+    );
+    let r = reuse(&w, &lic, &citizen_token(), &paper, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let check = signature_check(&r.body);
+    assert_eq!(check["outcome"], "verified", "{check}");
+    assert_eq!(
+        check["signers"],
+        json!(["officer:leader", format!("agency:{AGENCY}")])
+    );
+    // The outcome is in the reuse event itself.
+    let events =
+        w.b.get(&format!("/api/v1/dossiers/{lic}/events"), &auditor_token())
+            .await;
+    let reused = events
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "paper_reused")
+        .unwrap_or_else(|| panic!("{}", events.text))
+        .clone();
+    assert_eq!(
+        reused["payload"]["document"]["provenance"]["signature_check"]["outcome"],
+        "verified"
+    );
+
+    // The portal holds both dossiers, each its own deployment's record.
+    assert_ne!(cert, lic);
+    let held_a = portal.synced_dossier(&cert).await.unwrap();
+    let held_b = portal.synced_dossier(&lic).await.unwrap();
+    assert_eq!(held_a.dossier.agency_code, AGENCY);
+    assert_eq!(held_a.dossier.procedure_code, "2.000488");
+    assert_eq!(held_a.status, 10);
+    assert_eq!(held_b.dossier.agency_code, B_HEALTH);
+    assert_eq!(held_b.dossier.procedure_code, "1.012265");
+    assert_eq!(held_b.dossier.dossier_code, lic);
+
+    // B refuses a filing addressed to A's agency.
+    let r =
+        w.b.post(
+            "/api/v1/dossiers",
+            &citizen_token(),
+            json!({"procedure_code": "2.000488", "agency_code": AGENCY,
+                   "data": {"to_khai": crate::engine_support::lltp_form(1)}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["code"], "unknown_agency");
+
+    // The CLI verifies the portal's paper with A's public keys, and not without them.
+    let (code, v) = verify_from_portal(&w, &paper, &json!({"trusted": w.a_public})).await;
+    assert_eq!((code, &v["outcome"]), (Some(0), &json!("verified")), "{v}");
+    assert_eq!(v["valid"], true);
+    assert!(
+        v["signatures"][0]["signed_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("+07:00")
+    );
+    let (code, v) = verify_from_portal(&w, &paper, &json!({})).await;
+    assert_eq!(
+        (code, &v["outcome"]),
+        (Some(1), &json!("untrusted_key")),
+        "{v}"
+    );
+    assert_eq!(v["key_id"], info.metadata.signatures[0].key_id.as_str());
+}
+
+#[tokio::test]
+async fn province_b_refuses_a_paper_signed_with_a_key_it_does_not_trust_unless_an_officer_confirms()
+{
+    let w = world(BSetup {
+        trusts_a: false,
+        policy: "confirm",
+    })
+    .await;
+    let (_, paper) = certificate_from_a(&w).await;
+    let lic = licence_in_b(&w).await;
+    let r = reuse(&w, &lic, &citizen_token(), &paper, json!({})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["code"], "paper_unverified");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("untrusted_key"),
+        "{}",
+        r.text
+    );
+    let view =
+        w.b.get(&format!("/api/v1/dossiers/{lic}"), &citizen_token())
+            .await;
+    assert!(
+        !view.text.contains("phieu_lltp\""),
+        "nothing attached: {}",
+        view.text
+    );
+    // The desk checked it with the issuing agency and says so: taken, and shown as untrusted.
+    let r = reuse(
+        &w,
+        &lic,
+        &b_desk(),
+        &paper,
+        json!({"owner_confirmed": true, "unverified_confirmed": true}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let check = signature_check(&r.body);
+    assert_eq!(check["outcome"], "untrusted_key", "{check}");
+    assert_eq!(check["confirmed_by"], "desk-b");
+    let info =
+        w.b.state
+            .io
+            .portal
+            .as_ref()
+            .unwrap()
+            .paper(&paper)
+            .await
+            .unwrap();
+    assert_eq!(check["key_id"], info.metadata.signatures[0].key_id.as_str());
+}
+
+/// Pushes a paper to the portal as some other system would.
+async fn push(
+    w: &World,
+    id: &str,
+    content: &[u8],
+    template: &engine::portal::wire::PaperInfo,
+    signed: bool,
+) {
+    let mut metadata = template.metadata.clone();
+    metadata.paper_id = id.into();
+    if !signed {
+        metadata.signatures.clear();
+        metadata.signed_metadata = None;
+    }
+    let paper = engine::portal::wire::PushPaper {
+        metadata,
+        content: base64::engine::general_purpose::STANDARD.encode(content),
+        sha256: engine::portal::sha256_hex(content),
+    };
+    w.b.state
+        .io
+        .portal
+        .as_ref()
+        .unwrap()
+        .push_paper(&format!("push-{id}"), &paper)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn province_b_refuses_altered_and_unsigned_papers_and_stores_nothing() {
+    let w = world(BSetup {
+        trusts_a: true,
+        policy: "refuse",
+    })
+    .await;
+    let (_, paper) = certificate_from_a(&w).await;
+    let portal = w.b.state.io.portal.as_ref().unwrap();
+    let genuine = portal.paper(&paper).await.unwrap();
+    // A's signatures over other content; and a paper with no signature at all.
+    push(
+        &w,
+        "forged-1",
+        b"Phieu LLTP: khong co an tich (sua)",
+        &genuine,
+        true,
+    )
+    .await;
+    push(&w, "unsigned-1", b"Phieu LLTP khong ky", &genuine, false).await;
+    let lic = licence_in_b(&w).await;
+
+    for (id, code, outcome) in [
+        ("forged-1", "paper_altered", "altered"),
+        ("unsigned-1", "paper_unverified", "unsigned"),
+    ] {
+        for token in [citizen_token(), b_desk()] {
+            let r = reuse(
+                &w,
+                &lic,
+                &token,
+                id,
+                json!({"owner_confirmed": true, "unverified_confirmed": true}),
+            )
+            .await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{id}: {}",
+                r.text
+            );
+            assert_eq!(r.body["code"], code, "{id}: {}", r.text);
+            assert!(
+                r.body["detail"].as_str().unwrap().contains(outcome),
+                "{id}: {}",
+                r.text
+            );
+        }
+        let (exit, v) = verify_from_portal(&w, id, &json!({"trusted": w.a_public})).await;
+        assert_eq!((exit, &v["outcome"]), (Some(1), &json!(outcome)), "{v}");
+    }
+    // Nothing was attached or kept.
+    let view =
+        w.b.get(&format!("/api/v1/dossiers/{lic}"), &citizen_token())
+            .await;
+    assert!(
+        view.body["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["component"] != "phieu_lltp"),
+        "{}",
+        view.text
+    );
+    let kept = w.b.get("/api/v1/me/papers", &citizen_token()).await;
+    assert_eq!(kept.body, json!([]), "{}", kept.text);
+    // The genuine paper still verifies and is taken.
+    let r = reuse(&w, &lic, &citizen_token(), &paper, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(signature_check(&r.body)["outcome"], "verified");
+}
