@@ -55,11 +55,10 @@ async fn world(setup: BSetup) -> World {
         .unwrap()
         .public_keys_json();
     // B holds A's public keys as trusted, or nothing of A's.
-    let b_keys = if setup.trusts_a {
-        json!({"trusted": a_public})
-    } else {
-        json!({})
-    };
+    let mut b_keys = json!({"officers": {"leader-b": seed()}, "agencies": {B_HEALTH: seed()}});
+    if setup.trusts_a {
+        b_keys["trusted"] = a_public.clone();
+    }
     let b_keys_file = dir.path().join("b-keys.json");
     std::fs::write(&b_keys_file, b_keys.to_string()).unwrap();
 
@@ -155,6 +154,121 @@ async fn licence_in_b(w: &World) -> String {
     r.body["code"].as_str().unwrap().to_owned()
 }
 
+fn b_officer(sub: &str, role: &str) -> String {
+    token_for(UserKind::Officer, sub, &[role], Some(B_HEALTH), None)
+}
+
+/// B processes the licence (uploads for the other components, appraisal, approval, the
+/// leader's signature, issue) and returns it; waits until the dossier is closed.
+async fn issue_licence_in_b(w: &World, lic: &str) -> Value {
+    let b = &w.b;
+    let path = |p: &str| format!("/api/v1/dossiers/{lic}/{p}");
+    for component in [
+        "van_bang",
+        "giay_kham_suc_khoe",
+        "anh",
+        "xac_nhan_thuc_hanh",
+    ] {
+        let up = b
+            .send(
+                b.request(reqwest::Method::POST, "/api/v1/uploads")
+                    .bearer_auth(citizen_token())
+                    .header("content-type", "text/plain")
+                    .body(format!("{component} của Nguyễn Văn An")),
+            )
+            .await;
+        assert_eq!(up.status, StatusCode::CREATED, "{}", up.text);
+        let r = b
+            .post(
+                &path("documents"),
+                &citizen_token(),
+                json!({"component": component, "name": component, "sha256": up.body["sha256"]}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{component}: {}", r.text);
+    }
+    let r = b.post(&path("receive"), &b_desk(), json!(null)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let path = &path;
+    let step = |step: &'static str, token: String, body: Value| async move {
+        let d = b.wait_for(lic, step, |d| has_task(d, step)).await;
+        let task = task_of(&d, step);
+        b.post(&path(&format!("tasks/{task}/claim")), &token, json!(null))
+            .await;
+        if step == "ky_giay_phep" {
+            let r = b
+                .post(
+                    &path("sign"),
+                    &token,
+                    json!({"result_code": "KQ.GPHN.KCB", "number": "000123/TN-GPHN"}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        }
+        let r = b
+            .post(&path(&format!("tasks/{task}/complete")), &token, body)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{step}: {}", r.text);
+    };
+    step(
+        "tham_dinh_ho_so",
+        b_officer("specialist-b", "chuyen_vien"),
+        json!({"data": {"hop_le": true, "can_hoi_dong": false}}),
+    )
+    .await;
+    step(
+        "du_thao_giay_phep",
+        b_officer("specialist-b", "chuyen_vien"),
+        json!({}),
+    )
+    .await;
+    step(
+        "duyet_phong",
+        b_officer("head-b", "lanh_dao_phong"),
+        json!({"outcome": "approve"}),
+    )
+    .await;
+    step("ky_giay_phep", b_officer("leader-b", "lanh_dao"), json!({})).await;
+    step("phat_hanh", b_officer("clerk-b", "van_thu"), json!({})).await;
+    b.wait_for(lic, "the return task", |d| has_task(d, "tra_ket_qua"))
+        .await;
+    return_result(b, lic, &b_desk()).await
+}
+
+/// The owner downloads the dossier's first result and checks it against its hash and its
+/// verification; returns the result as the view lists it.
+async fn download_result(api: &Api, code: &str) -> Value {
+    let view = api
+        .get(&format!("/api/v1/dossiers/{code}"), &citizen_token())
+        .await;
+    let result = view.body["results"][0].clone();
+    let id = result["document_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no result: {}", view.text));
+    let doc = api
+        .get(
+            &format!("/api/v1/dossiers/{code}/documents/{id}/content"),
+            &citizen_token(),
+        )
+        .await;
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.text);
+    assert_eq!(
+        engine::portal::sha256_hex(doc.text.as_bytes()),
+        result["sha256"].as_str().unwrap()
+    );
+    let v = api
+        .get(
+            &format!(
+                "/api/v1/dossiers/{code}/results/{}/verification",
+                result["result_code"].as_str().unwrap()
+            ),
+            &citizen_token(),
+        )
+        .await;
+    assert_eq!(v.body["valid"], true, "{}", v.text);
+    result
+}
+
 /// The reused document's signature check, from the dossier view.
 fn signature_check(view: &Value) -> Value {
     view["documents"]
@@ -220,24 +334,8 @@ async fn a_certificate_signed_in_province_a_is_reused_and_verified_in_province_b
     let (cert, paper) = certificate_from_a(&w).await;
 
     // The citizen downloads the certificate in A, with its signatures.
-    let view =
-        w.a.get(&format!("/api/v1/dossiers/{cert}"), &citizen_token())
-            .await;
-    let result = &view.body["results"][0];
-    let doc =
-        w.a.get(
-            &format!(
-                "/api/v1/dossiers/{cert}/documents/{}/content",
-                result["document_id"].as_str().unwrap()
-            ),
-            &citizen_token(),
-        )
-        .await;
-    assert_eq!(doc.status, StatusCode::OK, "{}", doc.text);
-    assert_eq!(
-        engine::portal::sha256_hex(doc.text.as_bytes()),
-        result["sha256"].as_str().unwrap()
-    );
+    let result = download_result(&w.a, &cert).await;
+    assert_eq!(result["organization"], AGENCY);
 
     // The portal's paper carries A's signatures.
     let portal = w.b.state.io.portal.as_ref().unwrap();
@@ -290,6 +388,12 @@ async fn a_certificate_signed_in_province_a_is_reused_and_verified_in_province_b
         "verified"
     );
 
+    // B issues the licence; the citizen downloads it in B, sealed by B's agency.
+    issue_licence_in_b(&w, &lic).await;
+    let licence = download_result(&w.b, &lic).await;
+    assert_eq!(licence["result_code"], "KQ.GPHN.KCB");
+    assert_eq!(licence["organization"], B_HEALTH);
+
     // The portal holds both dossiers, each its own deployment's record.
     assert_ne!(cert, lic);
     let held_a = portal.synced_dossier(&cert).await.unwrap();
@@ -300,6 +404,18 @@ async fn a_certificate_signed_in_province_a_is_reused_and_verified_in_province_b
     assert_eq!(held_b.dossier.agency_code, B_HEALTH);
     assert_eq!(held_b.dossier.procedure_code, "1.012265");
     assert_eq!(held_b.dossier.dossier_code, lic);
+    assert_eq!(held_b.status, 10);
+    let on_portal: Vec<(String, String)> = portal
+        .list_papers(CITIZEN_ID, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.metadata.dossier_code, p.metadata.issuing_agency_code))
+        .collect();
+    assert!(
+        on_portal.contains(&(cert.clone(), AGENCY.to_owned())),
+        "{on_portal:?}"
+    );
 
     // B refuses a filing addressed to A's agency.
     let r =
