@@ -359,7 +359,9 @@ async fn a_certificate_signed_in_province_a_is_reused_and_verified_in_province_b
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c["paper_id"] == paper.as_str() && c["source"] == "portal"),
+            .any(|c| c["paper_id"] == paper.as_str()
+                && c["source"] == "portal"
+                && c["signature_check"] == "verified"),
         "{}",
         offered.text
     );
@@ -550,6 +552,28 @@ async fn province_b_refuses_altered_and_unsigned_papers_and_stores_nothing() {
     push(&w, "unsigned-1", b"Phieu LLTP khong ky", &genuine, false).await;
     let lic = licence_in_b(&w).await;
 
+    // The owner sees before choosing which papers verify.
+    let offered =
+        w.b.get(
+            &format!("/api/v1/dossiers/{lic}/components/phieu_lltp/candidates"),
+            &citizen_token(),
+        )
+        .await;
+    let outcomes: std::collections::BTreeMap<&str, &str> = offered
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["paper_id"].as_str().unwrap(),
+                c["signature_check"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes["forged-1"], "altered", "{}", offered.text);
+    assert_eq!(outcomes["unsigned-1"], "unsigned");
+    assert_eq!(outcomes[paper.as_str()], "verified");
     for (id, code, outcome) in [
         ("forged-1", "paper_altered", "altered"),
         ("unsigned-1", "paper_unverified", "unsigned"),
