@@ -158,7 +158,7 @@ pub fn sign_result_document(
         dossier.code,
         dossier.procedure_name,
         dossier.procedure_code,
-        at.to_rfc3339(),
+        engine::calendar::vietnam_time(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
     );
     let bytes = text.into_bytes();
     let sha = integrations

@@ -945,6 +945,72 @@ mod tests {
         );
     }
 
+    fn signed_paper() -> (KeyRing, Vec<SignatureRecord>, String, Value) {
+        let ring = KeyRing::generate_for_tests(&["leader"], &["000.00.01.H59"]);
+        let sha = sha256_hex(b"phieu");
+        let metadata = json!({"owner_id": "001099012345", "result_code": "KQ.LLTP.01"});
+        let records = ring
+            .sign_and_seal("leader", "000.00.01.H59", &sha, &metadata, Utc::now())
+            .unwrap();
+        (ring, records, sha, metadata)
+    }
+
+    #[test]
+    fn a_paper_verifies_with_the_signers_keys_and_each_failure_is_named() {
+        let (ring, records, sha, metadata) = signed_paper();
+        let claimed = [("owner_id", Some("001099012345"))];
+        let check =
+            |trust: &KeyRing, records: &[SignatureRecord], claimed: &[(&str, Option<&str>)]| {
+                verify_paper(trust, records, &sha, Some(&metadata), claimed)
+            };
+        assert_eq!(
+            check(&ring, &records, &claimed).outcome,
+            PaperCheck::Verified
+        );
+        // Verifying needs only the public keys.
+        let public =
+            KeyRing::from_json_str(&json!({"trusted": ring.public_keys_json()}).to_string())
+                .unwrap();
+        assert_eq!(
+            check(&public, &records, &claimed).outcome,
+            PaperCheck::Verified
+        );
+
+        // Listed as another owner's: altered, whatever the keys.
+        let other = check(&ring, &records, &[("owner_id", Some("079088001234"))]);
+        assert_eq!(other.outcome, PaperCheck::Altered, "{other:?}");
+        // A signature that does not hold under a trusted key: altered.
+        let mut forged = records.clone();
+        forged[1].signature = records[0].signature.clone();
+        assert_eq!(check(&ring, &forged, &claimed).outcome, PaperCheck::Altered);
+        // The same signer names, another province's keys: untrusted, naming the first key.
+        let stranger = KeyRing::generate_for_tests(&["leader"], &["000.00.01.H59"]);
+        let untrusted = check(&stranger, &records, &claimed);
+        assert_eq!(untrusted.outcome, PaperCheck::UntrustedKey);
+        assert_eq!(
+            untrusted.key_id.as_deref(),
+            Some(records[0].key_id.as_str())
+        );
+        assert_eq!(
+            check(&KeyRing::new(), &records, &claimed).outcome,
+            PaperCheck::UntrustedKey
+        );
+        assert_eq!(check(&ring, &[], &claimed).outcome, PaperCheck::Unsigned);
+        // Other content than was signed.
+        let other_content = verify_paper(
+            &ring,
+            &records,
+            &sha256_hex(b"x"),
+            Some(&metadata),
+            &claimed,
+        );
+        assert_eq!(other_content.outcome, PaperCheck::Altered);
+        assert_eq!(
+            verify_paper(&ring, &records, &sha, None, &claimed).outcome,
+            PaperCheck::Altered
+        );
+    }
+
     #[test]
     fn canonical_json_refuses_absurd_nesting() {
         let mut v = json!(1);
