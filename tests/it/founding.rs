@@ -57,7 +57,8 @@ async fn world(setup: BSetup) -> World {
     // B holds A's public keys as trusted, or nothing of A's.
     let mut b_keys = json!({"officers": {"leader-b": seed()}, "agencies": {B_HEALTH: seed()}});
     if setup.trusts_a {
-        b_keys["trusted"] = a_public.clone();
+        // A's agency's public key only: its seal vouches for A's officers' signatures.
+        b_keys["trusted"] = json!({"agencies": a_public["agencies"]});
     }
     let b_keys_file = dir.path().join("b-keys.json");
     std::fs::write(&b_keys_file, b_keys.to_string()).unwrap();
@@ -373,6 +374,10 @@ async fn a_certificate_signed_in_province_a_is_reused_and_verified_in_province_b
         check["signers"],
         json!(["officer:leader", format!("agency:{AGENCY}")])
     );
+    assert_eq!(
+        check["vouched_by_seal"],
+        json!([info.metadata.signatures[0].key_id])
+    );
     // The outcome is in the reuse event itself.
     let events =
         w.b.get(&format!("/api/v1/dossiers/{lic}/events"), &auditor_token())
@@ -432,7 +437,12 @@ async fn a_certificate_signed_in_province_a_is_reused_and_verified_in_province_b
     assert_eq!(r.body["code"], "unknown_agency");
 
     // The CLI verifies the portal's paper with A's public keys, and not without them.
-    let (code, v) = verify_from_portal(&w, &paper, &json!({"trusted": w.a_public})).await;
+    let (code, v) = verify_from_portal(
+        &w,
+        &paper,
+        &json!({"trusted": {"agencies": w.a_public["agencies"]}}),
+    )
+    .await;
     assert_eq!((code, &v["outcome"]), (Some(0), &json!("verified")), "{v}");
     assert_eq!(v["valid"], true);
     assert!(
