@@ -158,7 +158,7 @@ pub fn sign_result_document(
         dossier.code,
         dossier.procedure_name,
         dossier.procedure_code,
-        at.to_rfc3339(),
+        engine::calendar::vietnam_time(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
     );
     let bytes = text.into_bytes();
     let sha = integrations
@@ -305,4 +305,54 @@ pub fn verify_result(
         Err(e) => v.problem = Some(e.to_string()),
     }
     v
+}
+
+/// The outcome of verifying a paper held on the portal's Kho DL.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PortalPaperVerification {
+    pub paper_id: String,
+    /// True only when `outcome` is `verified`.
+    pub valid: bool,
+    #[serde(flatten)]
+    pub check: engine::signing::PaperVerification,
+    /// SHA-256 of the content as downloaded.
+    pub document_sha256: String,
+    pub signatures: Vec<SignerView>,
+}
+
+/// Fetches a paper from the portal, checks its content against the hash it is listed with,
+/// and verifies its signatures against the keys `trust` holds (as reuse does).
+pub async fn verify_portal_paper(
+    client: &PortalClient,
+    trust: &dyn engine::signing::TrustStore,
+    paper_id: &str,
+) -> Result<PortalPaperVerification> {
+    let info = client
+        .paper(paper_id)
+        .await
+        .map_err(|e| anyhow::anyhow!("the portal's paper {paper_id}: {e}"))?;
+    let (_, sha) = client
+        .paper_content(paper_id)
+        .await
+        .map_err(|e| anyhow::anyhow!("the content of the portal's paper {paper_id}: {e}"))?;
+    let m = &info.metadata;
+    let check = engine::signing::verify_paper(
+        trust,
+        &m.signatures,
+        &sha,
+        m.signed_metadata.as_ref(),
+        &[
+            ("owner_id", Some(m.owner_id.as_str())),
+            ("result_code", Some(m.result_code.as_str())),
+            ("number", m.number.as_deref()),
+            ("dossier_code", Some(m.dossier_code.as_str())),
+        ],
+    );
+    Ok(PortalPaperVerification {
+        paper_id: paper_id.to_owned(),
+        valid: check.outcome == engine::signing::PaperCheck::Verified,
+        check,
+        document_sha256: sha,
+        signatures: m.signatures.iter().map(SignerView::of).collect(),
+    })
 }

@@ -127,13 +127,29 @@ enum Command {
     },
     /// Verify the signatures of a dossier's signed result (signer, then the agency's seal)
     /// against its stored content. Uses the server's configuration for blobs and keys.
+    ///
+    /// With `--from-portal URL --paper ID`: fetch a paper from the portal's Kho DL and verify
+    /// its signatures against the trusted keys (`--keys`, else the configured `keys_file`);
+    /// exits 0 only when it is `verified`. Credentials: the configured portal client id and
+    /// `TTHC_PORTAL_CLIENT_SECRET`.
     VerifyResult {
         /// Dossier code.
-        dossier: String,
+        #[arg(required_unless_present = "from_portal")]
+        dossier: Option<String>,
         /// Result code, e.g. KQ.LLTP.01.
-        result: String,
+        #[arg(required_unless_present = "from_portal")]
+        result: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The portal's base URL, to verify a paper held there.
+        #[arg(long, requires = "paper", conflicts_with_all = ["dossier", "result"])]
+        from_portal: Option<String>,
+        /// The portal's paper id (as `GET /khodl/papers` lists it).
+        #[arg(long, requires = "from_portal")]
+        paper: Option<String>,
+        /// Key file whose `trusted` keys verify the paper.
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
     /// Auditors' checks on the stored history.
     Audit {
@@ -280,11 +296,48 @@ fn main() -> ExitCode {
             })
         }
         Command::VerifyResult {
+            from_portal: Some(url),
+            paper: Some(paper),
+            config,
+            keys,
+            ..
+        } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let c = config::ServeConfig::load(config.as_deref())?;
+                let keys = match keys.or(c.keys_file.clone()) {
+                    Some(f) => engine::signing::KeyRing::load(&f)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+                    None => anyhow::bail!(
+                        "give the trusted keys with --keys FILE (or keys_file in the configuration)"
+                    ),
+                };
+                let client = engine::portal::PortalClient::new(engine::portal::PortalConfig::new(
+                    url,
+                    c.portal_client_id.clone(),
+                    c.portal_client_secret.clone().unwrap_or_default(),
+                ))
+                .map_err(|e| anyhow::anyhow!("portal: {e}"))?;
+                let v = tthc_api::integrations::verify_portal_paper(&client, &keys, &paper).await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(if v.valid {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            })
+        }),
+        Command::VerifyResult {
             dossier,
             result,
             config,
+            ..
         } => runtime().and_then(|rt| {
             rt.block_on(async {
+                let (Some(dossier), Some(result)) = (dossier, result) else {
+                    anyhow::bail!(
+                        "give a dossier code and a result code, or --from-portal and --paper"
+                    );
+                };
                 let mut c = config::ServeConfig::load(config.as_deref())?;
                 if let Some(d) = &cli.database {
                     c.database_url = d.clone();

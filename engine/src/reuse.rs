@@ -209,7 +209,7 @@ impl Reuse {
             })
             .collect();
         let Some(portal) = &self.portal else {
-            return Ok(out);
+            return Ok(self.with_checks(out));
         };
         for code in &reuse.result_codes {
             let listed = portal
@@ -244,7 +244,7 @@ impl Reuse {
                 }
             }
         }
-        Ok(out)
+        Ok(self.with_checks(out))
     }
 
     /// Attaches the paper `paper_id` from `source` to the component, for `actor`. A portal
@@ -306,6 +306,37 @@ impl Reuse {
         Ok(engine.execute(code, None, actor, &command).await?)
     }
 
+    /// Each candidate with what its signatures verify to against the content hash it is listed
+    /// with, so the owner sees before choosing whether a paper can be taken. The paper is
+    /// checked again on the downloaded content when taken.
+    fn with_checks(
+        &self,
+        candidates: Vec<(ReusedPaper, Evidence)>,
+    ) -> Vec<(ReusedPaper, Evidence)> {
+        candidates
+            .into_iter()
+            .map(|(mut p, e)| {
+                p.signature_check = Some(self.verify(&p.sha256, &e));
+                (p, e)
+            })
+            .collect()
+    }
+
+    fn verify(&self, content_sha256: &str, evidence: &Evidence) -> PaperVerification {
+        let claimed: Vec<(&str, Option<&str>)> = evidence
+            .claimed
+            .iter()
+            .map(|(k, v)| (*k, v.as_deref()))
+            .collect();
+        verify_paper(
+            self.trust.as_ref(),
+            &evidence.signatures,
+            content_sha256,
+            evidence.signed_metadata.as_ref(),
+            &claimed,
+        )
+    }
+
     /// Verifies the paper's signatures against `content_sha256` and applies the policy: an
     /// altered paper is refused; one from elsewhere that does not verify is refused, or taken
     /// by an officer who confirmed it under `confirm`. Papers issued or digitized here are
@@ -318,18 +349,7 @@ impl Reuse {
         actor: &Actor,
         unverified_confirmed: bool,
     ) -> Result<PaperVerification, ReuseError> {
-        let claimed: Vec<(&str, Option<&str>)> = evidence
-            .claimed
-            .iter()
-            .map(|(k, v)| (*k, v.as_deref()))
-            .collect();
-        let mut check = verify_paper(
-            self.trust.as_ref(),
-            &evidence.signatures,
-            content_sha256,
-            evidence.signed_metadata.as_ref(),
-            &claimed,
-        );
+        let mut check = self.verify(content_sha256, evidence);
         match check.outcome {
             PaperCheck::Verified => Ok(check),
             PaperCheck::Altered if evidence.from_elsewhere => Err(ReuseError::Altered {

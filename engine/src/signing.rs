@@ -673,39 +673,49 @@ impl KeyRing {
         document_sha256: &str,
         metadata: &Value,
     ) -> Result<(), SigningError> {
-        if records.is_empty() {
-            return Err(SigningError::Order(
-                "the document carries no signature".into(),
-            ));
-        }
-        let mut seen_seal = false;
-        for (i, record) in records.iter().enumerate() {
-            self.verify(record, document_sha256, metadata)?;
-            match record.signer_kind {
-                SignerKind::Officer if seen_seal => {
-                    return Err(SigningError::Order(
-                        "a signer's signature comes after the organization's seal".into(),
-                    ));
-                }
-                SignerKind::Officer => {}
-                SignerKind::Agency => seen_seal = true,
-            }
-            let expected = i.checked_sub(1).map(|p| records[p].fingerprint());
-            if record.countersigns != expected {
-                return Err(SigningError::Order(format!(
-                    "signature {} does not follow the one before it",
-                    i + 1
-                )));
-            }
-            if i > 0 && records[i - 1].signed_at > record.signed_at {
-                return Err(SigningError::Order(format!(
-                    "signature {} is dated before the one it follows",
-                    i + 1
-                )));
-            }
-        }
-        Ok(())
+        verify_chain_with(records, |record| {
+            self.verify(record, document_sha256, metadata)
+        })
     }
+}
+
+/// The order checks of [`KeyRing::verify_chain`], each record checked by `check`.
+fn verify_chain_with(
+    records: &[SignatureRecord],
+    mut check: impl FnMut(&SignatureRecord) -> Result<(), SigningError>,
+) -> Result<(), SigningError> {
+    if records.is_empty() {
+        return Err(SigningError::Order(
+            "the document carries no signature".into(),
+        ));
+    }
+    let mut seen_seal = false;
+    for (i, record) in records.iter().enumerate() {
+        check(record)?;
+        match record.signer_kind {
+            SignerKind::Officer if seen_seal => {
+                return Err(SigningError::Order(
+                    "a signer's signature comes after the organization's seal".into(),
+                ));
+            }
+            SignerKind::Officer => {}
+            SignerKind::Agency => seen_seal = true,
+        }
+        let expected = i.checked_sub(1).map(|p| records[p].fingerprint());
+        if record.countersigns != expected {
+            return Err(SigningError::Order(format!(
+                "signature {} does not follow the one before it",
+                i + 1
+            )));
+        }
+        if i > 0 && records[i - 1].signed_at > record.signed_at {
+            return Err(SigningError::Order(format!(
+                "signature {} is dated before the one it follows",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where a verifier finds the public keys it trusts for some signers: a configured ring, or
@@ -761,6 +771,9 @@ pub struct PaperVerification {
     /// The officer who took an unverified paper after checking it (policy `confirm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_by: Option<String>,
+    /// Keys of officers' signatures not held here but covered by a trusted agency's seal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vouched_by_seal: Vec<String>,
 }
 
 impl PaperVerification {
@@ -774,6 +787,7 @@ impl PaperVerification {
                 .map(|r| format!("{}:{}", r.signer_kind, r.signer_id))
                 .collect(),
             confirmed_by: None,
+            vouched_by_seal: Vec::new(),
         }
     }
 
@@ -838,24 +852,57 @@ pub fn verify_paper(
             .collect()
     };
     let ring = trust.ring_for(&ids(SignerKind::Officer), &ids(SignerKind::Agency));
-    // Only a signature that cannot verify for want of a trusted key is `untrusted`; one made
-    // with a trusted key that does not hold is `altered`.
-    for r in records {
-        let trusted = ring
-            .public_key(r.signer_kind, &r.signer_id)
-            .is_some_and(|k| key_id(&k) == r.key_id);
-        if !trusted {
-            return PaperVerification::new(PaperCheck::UntrustedKey, records).because(
-                Some(&r.key_id),
-                format!(
-                    "{} `{}` signed with key {}, which this deployment does not trust",
-                    r.signer_kind, r.signer_id, r.key_id
-                ),
-            );
+    let trusted = |r: &SignatureRecord| {
+        ring.public_key(r.signer_kind, &r.signer_id)
+            .is_some_and(|k| key_id(&k) == r.key_id)
+    };
+    // An officer's signature whose key is not held here is vouched for by a later seal of a
+    // trusted agency: the seal covers the officer's whole record (`countersigns`), and an
+    // agency seals only over a signature that verifies (see `KeyRing::seal_as_agency`). So a
+    // deployment needs other provinces' agency keys only, whose ids (agency codes) are unique.
+    let mut vouched = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if trusted(r) {
+            continue;
         }
+        let sealed_later = r.signer_kind == SignerKind::Officer
+            && records[i + 1..]
+                .iter()
+                .any(|later| later.signer_kind == SignerKind::Agency && trusted(later));
+        if sealed_later {
+            vouched.push(r.key_id.clone());
+            continue;
+        }
+        // Only a signature that cannot verify for want of a trusted key is `untrusted`; one
+        // made with a trusted key that does not hold is `altered`.
+        return PaperVerification::new(PaperCheck::UntrustedKey, records).because(
+            Some(&r.key_id),
+            format!(
+                "{} `{}` signed with key {}, which this deployment does not trust",
+                r.signer_kind, r.signer_id, r.key_id
+            ),
+        );
     }
-    match ring.verify_chain(records, content_sha256, metadata) {
-        Ok(()) => PaperVerification::new(PaperCheck::Verified, records),
+    let chain = verify_chain_with(records, |r| {
+        if trusted(r) {
+            return ring.verify(r, content_sha256, metadata);
+        }
+        // Vouched for: it must claim the same content and metadata the seal covers.
+        let covered = metadata_hash(metadata)?;
+        if r.covered != covered {
+            return Err(SigningError::MetadataMismatch {
+                signed: r.covered.clone(),
+                given: covered,
+            });
+        }
+        Ok(())
+    });
+    match chain {
+        Ok(()) => {
+            let mut v = PaperVerification::new(PaperCheck::Verified, records);
+            v.vouched_by_seal = vouched;
+            v
+        }
         Err(e) => altered(None, e.to_string()),
     }
 }
@@ -942,6 +989,102 @@ mod tests {
         assert_eq!(
             canonical_json(&a).unwrap(),
             r#"{"a":{"c":null,"z":[1,{"x":"é","y":2}]},"b":1}"#
+        );
+    }
+
+    fn signed_paper() -> (KeyRing, Vec<SignatureRecord>, String, Value) {
+        let ring = KeyRing::generate_for_tests(&["leader"], &["000.00.01.H59"]);
+        let sha = sha256_hex(b"phieu");
+        let metadata = json!({"owner_id": "001099012345", "result_code": "KQ.LLTP.01"});
+        let records = ring
+            .sign_and_seal("leader", "000.00.01.H59", &sha, &metadata, Utc::now())
+            .unwrap();
+        (ring, records, sha, metadata)
+    }
+
+    #[test]
+    fn a_paper_verifies_with_the_signers_keys_and_each_failure_is_named() {
+        let (ring, records, sha, metadata) = signed_paper();
+        let claimed = [("owner_id", Some("001099012345"))];
+        let check =
+            |trust: &KeyRing, records: &[SignatureRecord], claimed: &[(&str, Option<&str>)]| {
+                verify_paper(trust, records, &sha, Some(&metadata), claimed)
+            };
+        assert_eq!(
+            check(&ring, &records, &claimed).outcome,
+            PaperCheck::Verified
+        );
+        // Verifying needs only the public keys.
+        let public =
+            KeyRing::from_json_str(&json!({"trusted": ring.public_keys_json()}).to_string())
+                .unwrap();
+        assert_eq!(
+            check(&public, &records, &claimed).outcome,
+            PaperCheck::Verified
+        );
+
+        // Listed as another owner's: altered, whatever the keys.
+        let other = check(&ring, &records, &[("owner_id", Some("079088001234"))]);
+        assert_eq!(other.outcome, PaperCheck::Altered, "{other:?}");
+        // A signature that does not hold under a trusted key: altered.
+        let mut forged = records.clone();
+        forged[1].signature = records[0].signature.clone();
+        assert_eq!(check(&ring, &forged, &claimed).outcome, PaperCheck::Altered);
+        // The same signer names, another province's keys: untrusted, naming the first key.
+        let stranger = KeyRing::generate_for_tests(&["leader"], &["000.00.01.H59"]);
+        let untrusted = check(&stranger, &records, &claimed);
+        assert_eq!(untrusted.outcome, PaperCheck::UntrustedKey);
+        assert_eq!(
+            untrusted.key_id.as_deref(),
+            Some(records[0].key_id.as_str())
+        );
+        assert_eq!(
+            check(&KeyRing::new(), &records, &claimed).outcome,
+            PaperCheck::UntrustedKey
+        );
+        assert_eq!(check(&ring, &[], &claimed).outcome, PaperCheck::Unsigned);
+        // The agency's key alone: its seal vouches for the officer's signature.
+        let agency_only = KeyRing::from_json_str(
+            &json!({"trusted": {"agencies": ring.public_keys_json()["agencies"]}}).to_string(),
+        )
+        .unwrap();
+        let vouched = check(&agency_only, &records, &claimed);
+        assert_eq!(vouched.outcome, PaperCheck::Verified, "{vouched:?}");
+        assert_eq!(vouched.vouched_by_seal, vec![records[0].key_id.clone()]);
+        // ... but not an officer's record the seal does not cover.
+        let mut swapped = records.clone();
+        swapped[0] = ring
+            .sign_as_officer(
+                "leader",
+                &sha,
+                &json!({"owner_id": "079088001234"}),
+                Utc::now(),
+            )
+            .unwrap();
+        assert_eq!(
+            check(&agency_only, &swapped, &claimed).outcome,
+            PaperCheck::Altered
+        );
+        // The officer's key alone does not verify the seal.
+        let officer_only = KeyRing::from_json_str(
+            &json!({"trusted": {"officers": ring.public_keys_json()["officers"]}}).to_string(),
+        )
+        .unwrap();
+        let seal = check(&officer_only, &records, &claimed);
+        assert_eq!(seal.outcome, PaperCheck::UntrustedKey);
+        assert_eq!(seal.key_id.as_deref(), Some(records[1].key_id.as_str()));
+        // Other content than was signed.
+        let other_content = verify_paper(
+            &ring,
+            &records,
+            &sha256_hex(b"x"),
+            Some(&metadata),
+            &claimed,
+        );
+        assert_eq!(other_content.outcome, PaperCheck::Altered);
+        assert_eq!(
+            verify_paper(&ring, &records, &sha, None, &claimed).outcome,
+            PaperCheck::Altered
         );
     }
 

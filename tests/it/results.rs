@@ -217,6 +217,12 @@ async fn the_owner_gets_the_signed_result_once_returned_and_not_before() {
         r["sha256"].as_str().unwrap()
     );
     assert!(doc.text.contains("15/2026/LLTP"), "{}", doc.text);
+    let signed_line = doc
+        .text
+        .lines()
+        .find(|l| l.starts_with("Ngày ký: "))
+        .unwrap();
+    assert!(signed_line.ends_with("+07:00"), "{signed_line}");
     let v = api.get(&verification, &owner).await;
     assert_eq!(v.status, StatusCode::OK, "{}", v.text);
     assert_eq!(v.body["valid"], true, "{}", v.text);

@@ -31,6 +31,11 @@ async fn tthc_demo_runs_both_processes_across_two_provinces() {
             .text
             .contains("reused from the portal's Kho DL for phieu_lltp (chosen by the owner)")
     );
+    assert!(
+        report.text.contains("trusted keys: verified"),
+        "province B verifies province A's signatures: {}",
+        report.text
+    );
     assert_eq!(
         report
             .text

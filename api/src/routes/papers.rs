@@ -420,6 +420,9 @@ pub struct CandidateView {
     pub valid_until: Option<DateTime<Utc>>,
     pub issuing_agency: String,
     pub sha256: String,
+    /// What its signatures verify to here, against the hash it is listed with: `verified`,
+    /// `untrusted_key`, `unsigned` or `altered` (docs/operations.md, "Signatures that travel").
+    pub signature_check: Option<String>,
 }
 
 fn candidate_view(p: &ReusedPaper) -> CandidateView {
@@ -436,6 +439,10 @@ fn candidate_view(p: &ReusedPaper) -> CandidateView {
         valid_until: p.valid_until,
         issuing_agency: p.issuing_agency.clone(),
         sha256: p.sha256.clone(),
+        signature_check: p
+            .signature_check
+            .as_ref()
+            .map(|c| c.outcome.as_str().to_owned()),
     }
 }
 
