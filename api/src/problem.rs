@@ -168,9 +168,9 @@ fn command_error(c: CommandError) -> ApiError {
     match c {
         CommandError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, code, detail),
         CommandError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, code, detail),
-        CommandError::InvalidState { .. } | CommandError::StaleJob { .. } => {
-            ApiError::new(StatusCode::CONFLICT, code, detail)
-        }
+        CommandError::InvalidState { .. }
+        | CommandError::StaleJob { .. }
+        | CommandError::TaskNotOpen { .. } => ApiError::new(StatusCode::CONFLICT, code, detail),
         CommandError::InvalidForm { violations } => ApiError::unprocessable(code, detail)
             .with_errors(
                 violations

@@ -318,3 +318,102 @@ async fn completion_and_supplement_refusals_point_into_the_body_sent() {
         r.text
     );
 }
+
+/// The dossier received and waiting at verification (tham_dinh), with that task's id.
+async fn lltp_at_verification(api: &Api) -> (String, String, Value) {
+    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
+    let desk = officer_token("desk", &["mot_cua"]);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = api
+        .wait_for(&code, "verification", |d| has_task(d, "tham_dinh"))
+        .await;
+    let task = task_of(&d, "tham_dinh");
+    (code, task, d)
+}
+
+/// N officers complete the same task at once; the answers' statuses and codes.
+async fn complete_concurrently(
+    api: &Api,
+    code: &str,
+    task: &str,
+    n: usize,
+    if_match: Option<u64>,
+) -> Vec<(u16, String)> {
+    let url = format!("{}/api/v1/dossiers/{code}/tasks/{task}/complete", api.base);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut rb = api
+            .http
+            .post(&url)
+            .bearer_auth(officer_token(&format!("cv{i}"), &["chuyen_vien"]))
+            .json(&json!({"data": {"co_an_tich": false, "can_xac_minh": false}}));
+        if let Some(seq) = if_match {
+            rb = rb.header("if-match", format!("\"{seq}\""));
+        }
+        set.spawn(async move {
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        });
+    }
+    set.join_all().await
+}
+
+#[tokio::test]
+async fn of_concurrent_completions_of_one_task_exactly_one_wins_and_the_rest_conflict() {
+    let api = start_api().await;
+    for if_match in [false, true] {
+        let (code, task, d) = lltp_at_verification(&api).await;
+        let seq = d["seq"].as_u64().unwrap();
+        let answers = complete_concurrently(&api, &code, &task, 8, if_match.then_some(seq)).await;
+        let won = answers.iter().filter(|(s, _)| *s == 200).count();
+        assert_eq!(won, 1, "if-match {if_match}: {answers:?}");
+        for (status, problem) in answers.iter().filter(|(s, _)| *s != 200) {
+            assert_eq!(*status, 409, "if-match {if_match}: {answers:?}");
+            let expected: &[&str] = if if_match {
+                &["conflict"]
+            } else {
+                &["task_not_open"]
+            };
+            assert!(
+                expected.contains(&problem.as_str()),
+                "if-match {if_match}: {answers:?}"
+            );
+        }
+        // The dossier moved on once: one drafting task, one completion in its history.
+        let after = api
+            .get(&format!("/api/v1/dossiers/{code}"), &admin_token())
+            .await;
+        let drafts = after.body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["step"] == "du_thao_phieu")
+            .count();
+        assert_eq!(drafts, 1, "{}", after.text);
+
+        // A later completion of the completed task, with the current version or without one,
+        // is a conflict too.
+        let now = after.body["seq"].as_u64().unwrap();
+        for later in [None, Some(now)] {
+            let answers = complete_concurrently(&api, &code, &task, 1, later).await;
+            assert_eq!(
+                answers,
+                vec![(409, "task_not_open".to_owned())],
+                "{later:?}"
+            );
+        }
+    }
+    // A task id this dossier never opened is still not found.
+    let (code, _, _) = lltp_at_verification(&api).await;
+    let answers = complete_concurrently(&api, &code, "tham_dinh.99", 1, None).await;
+    assert_eq!(answers, vec![(404, "not_found".to_owned())]);
+}
