@@ -417,3 +417,97 @@ async fn of_concurrent_completions_of_one_task_exactly_one_wins_and_the_rest_con
     let answers = complete_concurrently(&api, &code, "tham_dinh.99", 1, None).await;
     assert_eq!(answers, vec![(404, "not_found".to_owned())]);
 }
+
+#[tokio::test]
+async fn signing_without_a_key_is_a_problem_saying_what_to_do_and_signs_nothing() {
+    // The keys file holds only another agency's seal: neither the leader nor this agency
+    // can sign here.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(
+        &keys,
+        format!("agencies:\n  \"{HEALTH}\": \"{}\"\n", "07".repeat(32)),
+    )
+    .unwrap();
+    let api = start_api_with(20, |c| c.keys_file = Some(keys.clone())).await;
+    let (code, task, _) = lltp_at_verification(&api).await;
+    let specialist = officer_token("specialist", &["chuyen_vien"]);
+    let head = officer_token("head", &["lanh_dao_phong"]);
+    let leader = officer_token("leader", &["lanh_dao"]);
+    let done = |r: &Reply| assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let api = &api;
+    let code = code.as_str();
+    let complete = |task: String, token: String, body: Value| async move {
+        let url = format!("/api/v1/dossiers/{code}/tasks/{task}/complete");
+        api.post(&url, &token, body).await
+    };
+    let r = complete(
+        task,
+        specialist.clone(),
+        json!({"data": {"co_an_tich": false, "can_xac_minh": false}}),
+    )
+    .await;
+    done(&r);
+    let r = complete(task_of(&r.body, "du_thao_phieu"), specialist, json!({})).await;
+    done(&r);
+    let r = complete(
+        task_of(&r.body, "duyet_phong"),
+        head,
+        json!({"outcome": "approve"}),
+    )
+    .await;
+    done(&r);
+    let task = task_of(&r.body, "ky_phieu_so_1");
+    done(
+        &api.post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/claim"),
+            &leader,
+            json!(null),
+        )
+        .await,
+    );
+
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/sign"),
+            &leader,
+            json!({"result_code": "KQ.LLTP.01", "number": "15/2026/LLTP"}),
+        )
+        .await;
+    problem(&r, 409, "signing_key_missing");
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("officer `leader`") && detail.contains("keys file"),
+        "{detail}"
+    );
+    let after = api
+        .get(&format!("/api/v1/dossiers/{code}"), &leader)
+        .await
+        .body;
+    assert_eq!(after["signed_results"], json!([]), "nothing was signed");
+    assert!(has_task(&after, "ky_phieu_so_1"), "{after}");
+
+    // Digitizing a paper at the desk needs the agency's seal: the same problem, naming it.
+    let desk = officer_token("desk", &["mot_cua"]);
+    let scan = api
+        .send(
+            api.request(reqwest::Method::POST, "/api/v1/uploads")
+                .bearer_auth(&desk)
+                .header("content-type", "image/png")
+                .body(&b"\x89PNG proof of student status"[..]),
+        )
+        .await;
+    assert_eq!(scan.status, StatusCode::CREATED, "{}", scan.text);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/documents"),
+            &desk,
+            json!({"component": "giay_to_mien_giam", "name": "Thẻ sinh viên", "kind": "original",
+                   "sha256": scan.body["sha256"],
+                   "digitized": {"number": "SV-2026-1", "issued_at": "2025-09-01T00:00:00Z", "issuing_agency": "Trường Đại học Y Hà Nội"}}),
+        )
+        .await;
+    problem(&r, 409, "signing_key_missing");
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("agency `{AGENCY}`")), "{detail}");
+}
