@@ -511,3 +511,127 @@ async fn signing_without_a_key_is_a_problem_saying_what_to_do_and_signs_nothing(
     let detail = r.body["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("agency `{AGENCY}`")), "{detail}");
 }
+
+#[tokio::test]
+async fn a_supplement_of_documents_alone_is_accepted_without_sending_the_forms_again() {
+    let api = start_api().await;
+    let (code, task, _) = lltp_at_verification(&api).await;
+    let specialist = officer_token("specialist", &["chuyen_vien"]);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/claim"),
+            &specialist,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/request-supplement"),
+            &specialist,
+            json!({"reason": "Thiếu bản chụp giấy tờ tùy thân", "missing": ["giay_to_tuy_than"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"]["code"], 5);
+    let supplement = format!("/api/v1/dossiers/{code}/supplement");
+    let citizen = citizen_token();
+    // Nothing brought yet: still refused, saying what to bring.
+    let r = api.post(&supplement, &citizen, json!({})).await;
+    assert_eq!(
+        problem(&r, 422, "invalid_input"),
+        vec!["/data"],
+        "{}",
+        r.text
+    );
+
+    let up = api
+        .send(
+            api.request(reqwest::Method::POST, "/api/v1/uploads")
+                .bearer_auth(&citizen)
+                .header("content-type", "application/pdf")
+                .body("%PDF-1.7 scan of an ID card"),
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::CREATED, "{}", up.text);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/documents"),
+            &citizen,
+            json!({"component": "giay_to_tuy_than", "name": "Bản chụp CCCD", "kind": "copy", "sha256": up.body["sha256"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api.post(&supplement, &citizen, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"]["code"], 4, "processing again: {}", r.text);
+    assert!(r.body["paused"].is_null(), "{}", r.text);
+    assert_eq!(
+        r.body["data"]["to_khai"],
+        lltp_form(1),
+        "the forms are as filed"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_after_examination_ends_processed_with_status_9() {
+    let api = start_api().await;
+    let (code, d) = licence_at_examination(&api).await;
+    let specialist = health_officer("cv", &["chuyen_vien"]);
+    let leader = health_officer("gd", &["lanh_dao"]);
+    let task = task_of(&d, "tham_dinh_ho_so");
+    let complete = |task: String, token: String, body: Value| {
+        let url = format!("/api/v1/dossiers/{code}/tasks/{task}/complete");
+        let api = &api;
+        async move { api.post(&url, &token, body).await }
+    };
+    let r = complete(
+        task,
+        specialist.clone(),
+        json!({"data": {"hop_le": false, "can_hoi_dong": false, "ly_do_khong_dat": "Chưa đủ thời gian thực hành"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = complete(
+        task_of(&r.body, "du_thao_van_ban_tu_choi"),
+        specialist,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = complete(
+        task_of(&r.body, "ky_van_ban_tu_choi"),
+        leader,
+        json!({"outcome": "approve"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = api
+        .wait_for(&code, "the refusal letter and the end", |d| {
+            d["closed_at"].is_string()
+        })
+        .await;
+    assert_eq!(d["outcome"], "refused", "{d}");
+    assert_eq!(d["status"]["code"], 9, "{d}");
+    assert_eq!(d["status"]["label"], "Đã xử lý xong", "{d}");
+    assert!(
+        d["processed_at"].is_string(),
+        "finished at the written answer: {d}"
+    );
+
+    // A refusal at the desk, before reception, stays "not received" (3).
+    let filed = api.file_lltp().await;
+    let code = filed["code"].as_str().unwrap();
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/refuse"),
+            &officer_token("desk", &["mot_cua"]),
+            json!({"reason": "Không thuộc thẩm quyền"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = api
+        .wait_for(code, "the end", |d| d["closed_at"].is_string())
+        .await;
+    assert_eq!(d["status"]["code"], 3, "{d}");
+}

@@ -307,9 +307,13 @@ pub fn decide(
             let Some(pause) = &state.paused else {
                 return Err(CommandError::state("no supplement was requested"));
             };
-            if data.is_empty() && documents.is_empty() {
-                return Err(CommandError::input(
-                    "a supplement brings form data or documents",
+            // Documents come attached beforehand (or with the command): a supplement of
+            // documents alone needs no form data sent again.
+            if data.is_empty() && documents.is_empty() && pause.documents_brought == 0 {
+                return Err(CommandError::input_at(
+                    "/data",
+                    "a supplement brings form data or documents: attach the documents asked for \
+                     (POST /api/v1/dossiers/{code}/documents) or send the corrected forms in `data`",
                 ));
             }
             let p = ctx.procedure.procedure();
