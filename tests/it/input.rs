@@ -683,3 +683,42 @@ async fn a_timer_date_that_does_not_exist_refuses_the_completion_at_its_field() 
         .unwrap();
     assert!(d.tasks.is_empty(), "waiting for the date: {:?}", d.tasks);
 }
+
+/// A misspelt format is caught by `tthc validate`, never left silently unchecked.
+#[test]
+fn tthc_validate_refuses_a_form_with_an_unknown_format() {
+    let root = tempfile::tempdir().unwrap();
+    for dir in ["procedures", "schemas"] {
+        let copy = std::process::Command::new("cp")
+            .args(["-r"])
+            .arg(crate::support::repo_root().join(dir))
+            .arg(root.path())
+            .status()
+            .unwrap();
+        assert!(copy.success());
+    }
+    let form = root.path().join("schemas/forms/to-khai-lltp.schema.json");
+    let text = std::fs::read_to_string(&form).unwrap();
+    std::fs::write(
+        &form,
+        text.replace("\"format\": \"cccd\"", "\"format\": \"cccd-x\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tthc"))
+        .args(["validate", "procedures/cap-phieu-lltp.yaml"])
+        .current_dir(root.path())
+        .env_remove("TTHC_ROOT")
+        .env_remove("TTHC_SCHEMAS")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        crate::support::stdout(&out),
+        crate::support::stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("unknown format `cccd-x`") && all.contains("phone-vn"),
+        "{all}"
+    );
+}
