@@ -180,7 +180,7 @@ pub fn sign_result_document(
         .keys
         .ring_for(&[signer_id], &[agency_code])
         .sign_and_seal(signer_id, agency_code, &sha, &metadata, at)
-        .map_err(|e| anyhow::anyhow!("signing {result_code}: {e}"))?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("signing {result_code}")))?;
     Ok(engine::dossier::DocumentRef {
         id: format!("kq-{result_code}"),
         component: "ket_qua".into(),

@@ -177,15 +177,48 @@ pub fn field_problem(code: &str, pointer: &str, detail: impl Into<String>) -> Ap
     }])
 }
 
+/// Signing refused for want of a key: the deployment's keys file lacks the officer's or the
+/// agency's. The operator's to fix, never a server error; nothing was signed.
+pub fn signing_error(e: &engine::signing::SigningError) -> ApiError {
+    use engine::signing::{SignerKind, SigningError};
+    match e {
+        SigningError::UnknownSigner { kind, id } => {
+            let (who, section) = match kind {
+                SignerKind::Officer => (format!("officer `{id}`"), "officers"),
+                SignerKind::Agency => (format!("agency `{id}` (its seal)"), "agencies"),
+            };
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "signing_key_missing",
+                format!(
+                    "this deployment has no signing key for {who}, so nothing was signed: the \
+                     operator adds its Ed25519 seed under `{section}:` in the keys file \
+                     (`keys_file`, see docs/operations.md) and restarts the server; until then \
+                     an officer who has a key signs"
+                ),
+            )
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+/// [`signing_error`] when the signing failure is inside a wider error.
+pub fn signing_failure(e: anyhow::Error) -> ApiError {
+    match e.downcast_ref::<engine::signing::SigningError>() {
+        Some(s) => signing_error(s),
+        None => ApiError::internal(e),
+    }
+}
+
 fn command_error(c: CommandError) -> ApiError {
     let detail = c.to_string();
     let code = c.code();
     match c {
         CommandError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, code, detail),
         CommandError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, code, detail),
-        CommandError::InvalidState { .. } | CommandError::StaleJob { .. } => {
-            ApiError::new(StatusCode::CONFLICT, code, detail)
-        }
+        CommandError::InvalidState { .. }
+        | CommandError::StaleJob { .. }
+        | CommandError::TaskNotOpen { .. } => ApiError::new(StatusCode::CONFLICT, code, detail),
         CommandError::InvalidForm { violations } => ApiError::unprocessable(code, detail)
             .with_errors(
                 violations

@@ -14,7 +14,21 @@ pub fn form_validator(schema: &Value) -> Result<jsonschema::Validator, String> {
         .with_format("phone-vn", is_phone_vn)
         .with_format("tax-code", is_tax_code)
         .build(schema)
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            let text = e.to_string();
+            match text
+                .strip_prefix("Unknown format: '")
+                .and_then(|rest| rest.split_once('\''))
+            {
+                Some((format, _)) => format!(
+                    "unknown format `{format}` at {}: use one of JSON Schema's formats (date, \
+                     date-time, email, uri, ...) or tthc's cccd, phone-vn, tax-code \
+                     (docs/authoring.md, Forms)",
+                    e.schema_path()
+                ),
+                None => text,
+            }
+        })
 }
 
 fn all_digits(s: &str) -> bool {

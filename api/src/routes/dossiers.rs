@@ -592,7 +592,7 @@ async fn sign_result(
         })
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?
+        .map_err(crate::problem::signing_failure)?
     };
     let cmd = Command::SignResult {
         result_code: b.result_code,

@@ -226,7 +226,7 @@ async fn attach_document(
             dz.number.as_deref(),
             now,
         )
-        .map_err(|e| ApiError::internal(format!("sealing the certified copy: {e}")))?;
+        .map_err(|e| crate::problem::signing_error(&e))?;
         provenance = Some(serde_json::json!({
             "digitized": true,
             "digitized_by": caller.actor.id(),

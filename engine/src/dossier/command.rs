@@ -224,6 +224,12 @@ pub enum CommandError {
     /// The same stable code as [`CommandError::InvalidInput`].
     #[error("{message}")]
     InvalidField { pointer: String, message: String },
+    /// The task was opened on this dossier but is no longer open: another officer completed
+    /// it first, or it was completed or cancelled before. A conflict, never a "not found".
+    #[error(
+        "task {task} of dossier {dossier} is no longer open (completed or cancelled): read the dossier again"
+    )]
+    TaskNotOpen { task: String, dossier: String },
     #[error("required components are missing: {}", components.join(", "))]
     MissingComponents { components: Vec<String> },
     /// The job attempt was already recorded (a duplicate worker, or a retry after a crash).
@@ -244,6 +250,7 @@ impl CommandError {
             }
             CommandError::MissingComponents { .. } => "missing_components",
             CommandError::StaleJob { .. } => "stale_job",
+            CommandError::TaskNotOpen { .. } => "task_not_open",
         }
     }
 

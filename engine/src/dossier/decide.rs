@@ -214,7 +214,7 @@ pub fn decide(
     }
     match command {
         Command::ClaimTask { task } => {
-            let t = open_task(state, task)?;
+            let t = open_task(ctx.procedure, state, task)?;
             may_work_on(ctx, state, t)?;
             not_paused(state)?;
             match &t.claimed_by {
@@ -235,7 +235,7 @@ pub fn decide(
             }
         }
         Command::ReleaseTask { task } => {
-            let t = open_task(state, task)?;
+            let t = open_task(ctx.procedure, state, task)?;
             may_work_on(ctx, state, t)?;
             if t.claimed_by.as_deref() != Some(ctx.actor.id()) {
                 return Err(CommandError::state(format!(
@@ -314,9 +314,13 @@ pub fn decide(
             let Some(pause) = &state.paused else {
                 return Err(CommandError::state("no supplement was requested"));
             };
-            if data.is_empty() && documents.is_empty() {
-                return Err(CommandError::input(
-                    "a supplement brings form data or documents",
+            // Documents come attached beforehand (or with the command): a supplement of
+            // documents alone needs no form data sent again.
+            if data.is_empty() && documents.is_empty() && pause.documents_brought == 0 {
+                return Err(CommandError::input_at(
+                    "/data",
+                    "a supplement brings form data or documents: attach the documents asked for \
+                     (POST /api/v1/dossiers/{code}/documents) or send the corrected forms in `data`",
                 ));
             }
             let p = ctx.procedure.procedure();
@@ -661,10 +665,34 @@ fn is_required(p: &CompiledProcedure, c: &crate::definition::Component, state: &
     }
 }
 
-fn open_task<'s>(state: &'s Dossier, task: &str) -> Result<&'s Task, CommandError> {
-    state.tasks.get(task).map(|t| &**t).ok_or_else(|| {
-        CommandError::not_found(format!("open task {task} on dossier {}", state.code))
-    })
+fn open_task<'s>(
+    p: &CompiledProcedure,
+    state: &'s Dossier,
+    task: &str,
+) -> Result<&'s Task, CommandError> {
+    if let Some(t) = state.tasks.get(task) {
+        return Ok(t);
+    }
+    if was_opened(p, state, task) {
+        return Err(CommandError::TaskNotOpen {
+            task: task.to_owned(),
+            dossier: state.code.to_string(),
+        });
+    }
+    Err(CommandError::not_found(format!(
+        "open task {task} on dossier {}",
+        state.code
+    )))
+}
+
+/// Whether `task` names a task this dossier opened: `{user task step}.{n}`, with `n` one
+/// of the task numbers handed out so far (tasks are numbered in the order they open).
+fn was_opened(p: &CompiledProcedure, state: &Dossier, task: &str) -> bool {
+    let Some((step, n)) = task.rsplit_once('.') else {
+        return false;
+    };
+    let numbered = !n.starts_with('0') && n.parse::<u32>().is_ok_and(|n| n <= state.tasks_opened);
+    numbered && matches!(p.procedure().step(step), Some(Step::UserTask(_)))
 }
 
 fn not_paused(state: &Dossier) -> Result<(), CommandError> {
@@ -770,7 +798,7 @@ fn complete_task(
     // Only what is needed after the events change the state: the step (borrowed from the
     // definition, which outlives the decision), the token and whether the task was claimed.
     let (step, token, claimed) = {
-        let t = open_task(&em.state, task)?;
+        let t = open_task(ctx.procedure, &em.state, task)?;
         may_work_on(ctx, &em.state, t)?;
         not_paused(&em.state)?;
         if let Some(by) = &t.claimed_by

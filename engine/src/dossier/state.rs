@@ -88,6 +88,10 @@ pub struct Pause {
     pub remaining_minutes: Option<i64>,
     pub missing: Vec<String>,
     pub previous_status: Status,
+    /// Documents attached, replaced or reused since the request: what a supplement that
+    /// sends no form data brings.
+    #[serde(default)]
+    pub documents_brought: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -507,6 +511,7 @@ impl Dossier {
                     remaining_minutes: *remaining_minutes,
                     missing: missing.clone(),
                     previous_status: self.status,
+                    documents_brought: 0,
                 });
                 self.supplement_rounds += 1;
                 self.reason = Some(reason.clone());
@@ -530,11 +535,13 @@ impl Dossier {
             }
             Event::DocumentAttached { document } | Event::PaperReused { document, .. } => {
                 Arc::make_mut(&mut self.documents).push(DocumentRef::clone(document));
+                self.document_brought();
             }
             Event::DocumentReplaced { replaced, document } => {
                 let documents = Arc::make_mut(&mut self.documents);
                 documents.retain(|d| &d.id != replaced);
                 documents.push(DocumentRef::clone(document));
+                self.document_brought();
             }
             Event::PaymentRecorded {
                 fee_code,
@@ -569,9 +576,24 @@ impl Dossier {
                     EndOutcome::Completed if self.returned_at.is_some() => Status::Returned,
                     EndOutcome::Completed => Status::Processed,
                     EndOutcome::Refused if self.received_at.is_none() => Status::NotReceived,
-                    EndOutcome::Refused | EndOutcome::Stopped => Status::Stopped,
+                    // Refused after examination: the agency decided, and its answer is the
+                    // written refusal with its reasons. The dossier is processed (9, Đã xử lý
+                    // xong, finished at that answer); Dừng xử lý (8) is processing stopped
+                    // without a decision.
+                    EndOutcome::Refused => {
+                        self.processed_at.get_or_insert(at);
+                        Status::Processed
+                    }
+                    EndOutcome::Stopped => Status::Stopped,
                 };
             }
+        }
+    }
+
+    /// A document came in: while a supplement is awaited, it is part of what the owner brings.
+    fn document_brought(&mut self) {
+        if let Some(p) = &mut self.paused {
+            p.documents_brought += 1;
         }
     }
 
