@@ -210,3 +210,36 @@ fn the_format_schema_is_valid_json_schema_for_editors() {
     }
     assert!(Path::new(&repo_root().join("docs/authoring.md")).exists());
 }
+
+/// Outside the repository root, the catalog is not found: the message says how to point at it.
+#[test]
+fn outside_the_repository_root_the_error_says_use_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tthc"))
+        .arg("validate")
+        .current_dir(dir.path())
+        .env_remove("TTHC_ROOT")
+        .env_remove("TTHC_SCHEMAS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("procedures/catalog/results.yaml:1:1: error:")
+            && text.contains("--root PATH"),
+        "{text}"
+    );
+    // With --root it finds everything.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tthc"))
+        .args([
+            "--root",
+            repo_root().to_str().unwrap(),
+            "validate",
+            "--strict",
+        ])
+        .current_dir(dir.path())
+        .env_remove("TTHC_ROOT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+}
