@@ -489,7 +489,7 @@ impl<'s> Typer<'_, 's> {
         }
         if let Expr::Call(c) = &e.expr
             && !c.func_name.starts_with('_')
-            && let Some(i) = self.source[end.min(self.source.len())..].find(')')
+            && let Some(i) = self.source.get(end..).and_then(|rest| rest.find(')'))
         {
             end += i + 1;
         }
@@ -1143,6 +1143,85 @@ fn literal_fix(lit: &IdedExpr, want: &Ty<'_>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn problems(source: &str) -> Vec<String> {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "n": { "type": "integer" },
+                "b": { "type": "boolean" },
+                "s": { "enum": ["một", "hai"] },
+                "d": { "type": "string", "format": "date" },
+                "l": { "type": "array", "items": { "type": "object",
+                       "properties": { "q": { "type": "integer" } }, "required": ["q"] } },
+                "o": { "type": "string" }
+            },
+            "required": ["n", "b", "s", "d", "l"]
+        });
+        let forms = [("f", Some(&schema))];
+        let filled = BTreeSet::from(["f".to_owned()]);
+        let facts = Facts::new();
+        let hint = |_: &str| String::new();
+        let file = |_: &str| None;
+        let scope = Scope {
+            forms: &forms,
+            filled: &filled,
+            facts: &facts,
+            unfilled_where: "here",
+            unfilled_hint: &hint,
+            form_file: &file,
+        };
+        let program = crate::definition::compile_expression(source).unwrap();
+        check_expression(&program, Expect::Condition, &scope)
+            .into_iter()
+            .map(|p| format!("{:?}: {}", p.column, p.message))
+            .collect()
+    }
+
+    /// Well-typed conditions pass; each mistake is one problem at its column, and no input
+    /// (Vietnamese text included) makes the typing panic.
+    #[test]
+    fn conditions_are_typed_against_the_schema() {
+        for ok in [
+            "data.f.n > 3 && data.f.b",
+            "data.f.s == 'một' || data.f.d >= '2026-01-01'",
+            "data.f.l.all(x, x.q > 0) && size(data.f.l) > 1",
+            "has(data.f.o) ? data.f.o == 'x' : false",
+            "!has(data.f.o) || data.f.o.startsWith('a')",
+            "data.f.n in [1, 2, 3]",
+            "dossier.channel == 'online'",
+        ] {
+            assert_eq!(problems(ok), Vec::<String>::new(), "{ok}");
+        }
+        assert_eq!(
+            problems("data.f.s == 'ba' && data.f.n > 'bốn'"),
+            vec![
+                "Some(13): `'ba'` is not one of the values the form allows".to_owned(),
+                "Some(21): `data.f.n > 'bốn'` compares a number with text: evaluation fails"
+                    .to_owned()
+            ]
+        );
+        assert_eq!(
+            problems("data.f.o == 'x'"),
+            vec![
+                "Some(1): `data.f.o` is optional: a dossier without it makes this expression fail"
+                    .to_owned()
+            ]
+        );
+        for odd in [
+            "[data.f][0].n == 1",
+            "data.f['n'] == 1",
+            "{'a': data.f.n}.a == 1",
+            "data.f.l[0].q + 'é' == 'ế'",
+            "size(data.f.n) == 1",
+            "-data.f.b",
+            "data.f.l.map(x, x.q).exists(y, y == 'ạ')",
+            "timestamp(data.f.d) > timestamp('2026-01-01T00:00:00Z')",
+        ] {
+            let _ = problems(odd);
+        }
+    }
     /// The typing treats integers, unsigned integers and doubles as one "number": CEL must
     /// then compare them with each other (form data reaches CEL as unsigned integers).
     #[test]
