@@ -654,9 +654,15 @@ impl<'s> Typer<'_, 's> {
                     );
                     return Ty::Dyn;
                 }
+                // The values the engine gives these fields: a typo never matches.
+                let values: Option<Vec<&'s str>> = match field.as_str() {
+                    "channel" => Some(vec!["online", "in_person", "postal"]),
+                    "owner_type" => Some(vec!["person", "organization"]),
+                    _ => None,
+                };
                 Ty::Str {
                     date: false,
-                    values: None,
+                    values,
                 }
             }
             "data" => {
@@ -1093,7 +1099,7 @@ impl<'s> Typer<'_, 's> {
                 let s = s.inner().to_string();
                 self.problem(
                     lit,
-                    format!("`'{s}'` is not one of the values the form allows"),
+                    format!("`'{s}'` is not one of the values this field can have"),
                     match super::check::suggest(&s, values.iter().copied()) {
                         Some(v) => format!("did you mean `'{v}'`? allowed: {}", values.join(", ")),
                         None => format!("allowed: {}", values.join(", ")),
@@ -1197,9 +1203,15 @@ mod tests {
         assert_eq!(
             problems("data.f.s == 'ba' && data.f.n > 'bốn'"),
             vec![
-                "Some(13): `'ba'` is not one of the values the form allows".to_owned(),
+                "Some(13): `'ba'` is not one of the values this field can have".to_owned(),
                 "Some(21): `data.f.n > 'bốn'` compares a number with text: evaluation fails"
                     .to_owned()
+            ]
+        );
+        assert_eq!(
+            problems("dossier.channel == 'truc_tuyen'"),
+            vec![
+                "Some(20): `'truc_tuyen'` is not one of the values this field can have".to_owned()
             ]
         );
         assert_eq!(
