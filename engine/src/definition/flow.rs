@@ -107,6 +107,26 @@ impl<'p> Graph<'p> {
             .collect()
     }
 
+    /// Whether every way on from step `i` ends the dossier through automatic steps only
+    /// (hooks and decisions): a branch may leave its block that way, ending the whole dossier.
+    pub fn ends_automatically(&self, i: usize) -> bool {
+        let mut seen = HashSet::new();
+        let mut stack = vec![i];
+        while let Some(k) = stack.pop() {
+            if !seen.insert(k) {
+                continue;
+            }
+            match &self.p.steps[k] {
+                Step::End(_) => {}
+                Step::Hook(_) | Step::Decision(_) => {
+                    stack.extend(self.succ[k].iter().map(|(t, _)| *t));
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
     pub fn is_end(&self, i: usize) -> bool {
         matches!(self.p.steps[i], Step::End(_))
     }
@@ -316,7 +336,10 @@ pub(crate) fn check_blocks(g: &Graph<'_>, sink: &mut Sink<'_>) {
                 let (pid, sid) = (g.p.steps[p].id(), g.p.steps[*s].id());
                 if inside.contains(&p) {
                     if *s == f
-                        || (!inside.contains(s) && *s != j && !g.is_end(*s) && after.contains(s))
+                        || (!inside.contains(s)
+                            && *s != j
+                            && !g.ends_automatically(*s)
+                            && after.contains(s))
                     {
                         sink.error(
                             &at,
@@ -324,7 +347,7 @@ pub(crate) fn check_blocks(g: &Graph<'_>, sink: &mut Sink<'_>) {
                                 "step `{pid}`, in a branch of parallel step `{fork_id}`, leads out of the block to `{sid}`"
                             ),
                             Some(format!(
-                                "a branch leaves only through the join `{join_id}` (or ends the dossier at an `end` step); otherwise `{sid}` runs while the other branches are still open and the join never completes: lead `{pid}` to `{join_id}`"
+                                "a branch leaves only through the join `{join_id}`, or by ending the dossier (an `end` step, reached directly or through hooks and decisions only); otherwise `{sid}` runs while the other branches are still open and the join never completes: lead `{pid}` to `{join_id}`"
                             )),
                         );
                     }
