@@ -87,7 +87,7 @@ fn invalid_definitions_report_every_problem_where_it_was_written() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 15, "the corpus shrank: {files:?}");
+    assert!(files.len() >= 27, "the corpus shrank: {files:?}");
     for file in files {
         let rel = file
             .strip_prefix(repo_root())
@@ -209,4 +209,37 @@ fn the_format_schema_is_valid_json_schema_for_editors() {
         assert!(kinds.as_array().unwrap().iter().any(|v| v == k), "{k}");
     }
     assert!(Path::new(&repo_root().join("docs/authoring.md")).exists());
+}
+
+/// Outside the repository root, the catalog is not found: the message says how to point at it.
+#[test]
+fn outside_the_repository_root_the_error_says_use_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tthc"))
+        .arg("validate")
+        .current_dir(dir.path())
+        .env_remove("TTHC_ROOT")
+        .env_remove("TTHC_SCHEMAS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("procedures/catalog/results.yaml:1:1: error:")
+            && text.contains("--root PATH"),
+        "{text}"
+    );
+    // With --root it finds everything.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tthc"))
+        .args([
+            "--root",
+            repo_root().to_str().unwrap(),
+            "validate",
+            "--strict",
+        ])
+        .current_dir(dir.path())
+        .env_remove("TTHC_ROOT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
 }

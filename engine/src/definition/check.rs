@@ -11,9 +11,11 @@ use serde_json::Value;
 
 use super::BUILTIN_HOOKS;
 use super::diagnostic::Sink;
-use super::expr::{self, DOSSIER_FIELDS};
+use super::expr;
+use super::flow::{self, Graph, State};
 use super::load::{Catalog, LoaderConfig};
 use super::model::*;
+use super::typing::{self, Expect, Facts, Scope, facts_of};
 use super::yaml::escape_segment;
 
 /// Processing times beyond this are taken for typing mistakes.
@@ -45,7 +47,10 @@ fn step_ptr(i: usize) -> String {
 }
 
 /// The closest candidate to `name`, when it is close enough to be a likely typo.
-fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))
@@ -68,7 +73,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn unknown_hint<'a>(
+pub(crate) fn unknown_hint<'a>(
     name: &str,
     what: &str,
     candidates: impl IntoIterator<Item = &'a str> + Clone,
@@ -188,23 +193,116 @@ fn check_graph(p: &Procedure, sink: &mut Sink<'_>) {
     }
 
     if unknown {
+        for (i, s) in p.steps.iter().enumerate() {
+            if let Step::Decision(d) = s
+                && d.otherwise.is_none()
+            {
+                sink.error(
+                    &step_ptr(i),
+                    format!("decision `{}` has no default branch", d.id),
+                    Some("add `else: STEP` for when no condition holds".into()),
+                );
+            }
+        }
         return;
     }
 
-    // Unreachable steps, from the first step. A duplicate id is reported as such.
+    // Unreachable steps, from the first step. A duplicate id is reported as such. Only the
+    // first of a run of unreachable steps is reported (the others follow from it), and a
+    // decision without `else` takes them into its own error: that is where to fix them.
     let reachable = reach(&edges, [0]);
-    for (i, s) in p.steps.iter().enumerate() {
-        if !reachable.contains(&i) && index.get(s.id()) == Some(&i) {
+    let unreachable: Vec<usize> = (0..p.steps.len())
+        .filter(|i| !reachable.contains(i) && index.get(p.steps[*i].id()) == Some(i))
+        .collect();
+    let mut covered: HashSet<usize> = HashSet::new();
+    let mut roots: Vec<(usize, Vec<usize>)> = Vec::new();
+    let preds_unreachable = |i: usize| {
+        edges
+            .iter()
+            .enumerate()
+            .any(|(k, out)| k != i && !reachable.contains(&k) && out.contains(&i))
+    };
+    for pass in 0..2 {
+        for &i in &unreachable {
+            if covered.contains(&i) || (pass == 0 && preds_unreachable(i)) {
+                continue;
+            }
+            let behind: Vec<usize> = reach(&edges, [i])
+                .into_iter()
+                .filter(|k| *k != i && unreachable.contains(k) && !covered.contains(k))
+                .collect();
+            covered.insert(i);
+            covered.extend(behind.iter().copied());
+            roots.push((i, behind));
+        }
+    }
+    roots.sort();
+    let describe = |(i, behind): &(usize, Vec<usize>)| {
+        let mut names: Vec<usize> = behind.clone();
+        names.sort_unstable();
+        let list: Vec<&str> = names.iter().take(4).map(|k| ids[*k]).collect();
+        match names.len() {
+            0 => format!("`{}`", ids[*i]),
+            n => format!(
+                "`{}` (and the {n} step(s) after it: {}{})",
+                ids[*i],
+                list.join(", "),
+                if n > 4 { ", …" } else { "" }
+            ),
+        }
+    };
+    let no_else: Vec<usize> = p
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Step::Decision(d) if d.otherwise.is_none()))
+        .map(|(i, _)| i)
+        .collect();
+    for &i in &no_else {
+        let unreached: Vec<String> = roots.iter().map(describe).collect();
+        sink.error(
+            &step_ptr(i),
+            format!("decision `{}` has no default branch", p.steps[i].id()),
+            Some(match unreached.as_slice() {
+                [] => "add `else: STEP` for when no condition holds".into(),
+                [one] => format!(
+                    "add `else: STEP` for when no condition holds; no step leads to {one}: is it the default?"
+                ),
+                many => format!(
+                    "add `else: STEP` for when no condition holds; no step leads to {}",
+                    many.join(", ")
+                ),
+            }),
+        );
+    }
+    if no_else.is_empty() {
+        for root in &roots {
+            let i = root.0;
+            let hint = "point an outcome, `next` or branch of another step at it, or remove it";
             sink.error(
                 &format!("{}/id", step_ptr(i)),
                 format!(
                     "step `{}` cannot be reached from the first step `{}`",
-                    s.id(),
-                    ids[0]
+                    ids[i], ids[0]
                 ),
-                Some(
-                    "point an outcome, `next` or branch of another step at it, or remove it".into(),
-                ),
+                Some(if root.1.is_empty() {
+                    hint.into()
+                } else {
+                    format!("{hint}; {} after it cannot be reached either", {
+                        let mut behind = root.1.clone();
+                        behind.sort_unstable();
+                        let names: Vec<String> = behind
+                            .iter()
+                            .take(4)
+                            .map(|k| format!("`{}`", ids[*k]))
+                            .collect();
+                        format!(
+                            "{}{}",
+                            names.join(", "),
+                            if behind.len() > 4 { ", …" } else { "" }
+                        )
+                    })
+                }),
             );
         }
     }
@@ -274,6 +372,7 @@ fn check_graph(p: &Procedure, sink: &mut Sink<'_>) {
             _ => {}
         }
     }
+    flow::check_blocks(&Graph::new(p), sink);
 }
 
 fn reach(edges: &[Vec<usize>], from: impl IntoIterator<Item = usize>) -> HashSet<usize> {
@@ -393,6 +492,13 @@ fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
                             Some("list it under `results` first; a task signs only what the procedure issues".into()),
                         );
                 }
+                if t.marks == Some(Milestone::Received) && !t.outcomes.contains_key("accept") {
+                    sink.error(
+                        &format!("{at}/marks"),
+                        format!("task `{}` marks the dossier `received` but has no outcome `accept`", t.id),
+                        Some("the desk receives a dossier by completing this task with `accept` (and refuses it with `refuse`): write `outcomes: { accept: NEXT_STEP, refuse: REFUSAL_STEP }`".into()),
+                    );
+                }
                 if t.marks == Some(Milestone::Received)
                     && let Some(sla) = t.sla
                     && match sla {
@@ -417,13 +523,6 @@ fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
                         Some(format!("step `{}` already does", p.steps[first].id())),
                     );
                 }
-            }
-            Step::Decision(d) if d.otherwise.is_none() => {
-                sink.error(
-                    &at,
-                    format!("decision `{}` has no default branch", d.id),
-                    Some("add `else: STEP` for when no condition holds".into()),
-                );
             }
             Step::Hook(h) => {
                 let names = BUILTIN_HOOKS.iter().map(|(n, _)| *n);
@@ -465,6 +564,16 @@ fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
             }
             _ => {}
         }
+    }
+    if received.is_none() && !p.steps.is_empty() {
+        sink.error_at_key(
+            "/processing_time",
+            format!(
+                "the processing time ({}) never starts: no task marks the dossier `received`",
+                p.processing_time
+            ),
+            Some("the legal clock runs from reception: add `marks: received` to the one-stop desk's task, with `outcomes: { accept: NEXT_STEP, refuse: REFUSAL_STEP }`".into()),
+        );
     }
 }
 
@@ -754,7 +863,16 @@ fn load_form(schemas_dir: &Path, rel: &str) -> Result<Value, (String, Option<Str
     let meta = std::fs::metadata(&path).map_err(|_| {
         (
             format!("form schema `{rel}` does not exist"),
-            Some(format!("looked for {}", path.display())),
+            Some(if schemas_dir.is_dir() {
+                format!("looked for {}", path.display())
+            } else {
+                format!(
+                    "looked for {}, but {} is not a folder: {}, or `--schemas DIR`",
+                    path.display(),
+                    schemas_dir.display(),
+                    super::load::ROOT_HINT
+                )
+            }),
         )
     })?;
     if meta.len() > MAX_FORM_SCHEMA_BYTES {
@@ -802,16 +920,37 @@ fn load_form(schemas_dir: &Path, rel: &str) -> Result<Value, (String, Option<Str
     Ok(schema)
 }
 
+/// Where an expression runs, for its messages.
+enum Place {
+    /// Evaluated at filing and reception: `required_when`, fee reductions.
+    Filing,
+    /// On entry of the step at this index.
+    Step(usize),
+}
+
 fn check_expressions(p: &Procedure, forms: &BTreeMap<String, Arc<Value>>, sink: &mut Sink<'_>) {
-    let mut exprs: Vec<(String, &str)> = Vec::new();
+    // (pointer, source, what it must give, where it runs, what earlier branches proved)
+    let mut exprs: Vec<(String, &str, Expect, Place, Facts)> = Vec::new();
     for (i, c) in p.components.iter().enumerate() {
         if let Some(e) = &c.required_when {
-            exprs.push((format!("/components/{i}/required_when"), e));
+            exprs.push((
+                format!("/components/{i}/required_when"),
+                e,
+                Expect::Condition,
+                Place::Filing,
+                Facts::new(),
+            ));
         }
     }
     for (i, f) in p.fees.iter().enumerate() {
         for (j, r) in f.reductions.iter().enumerate() {
-            exprs.push((format!("/fees/{i}/reductions/{j}/when"), &r.when));
+            exprs.push((
+                format!("/fees/{i}/reductions/{j}/when"),
+                &r.when,
+                Expect::Condition,
+                Place::Filing,
+                Facts::new(),
+            ));
         }
     }
     for (i, c) in p.processing_time_cases.iter().enumerate() {
@@ -820,18 +959,59 @@ fn check_expressions(p: &Procedure, forms: &BTreeMap<String, Arc<Value>>, sink: 
     for (i, s) in p.steps.iter().enumerate() {
         match s {
             Step::Decision(d) => {
+                // A branch's condition is evaluated only when those before it did not hold.
+                let mut before = Facts::new();
                 for (j, b) in d.when.iter().enumerate() {
-                    exprs.push((format!("{}/when/{j}/if", step_ptr(i)), &b.condition));
+                    exprs.push((
+                        format!("{}/when/{j}/if", step_ptr(i)),
+                        &b.condition,
+                        Expect::Condition,
+                        Place::Step(i),
+                        before.clone(),
+                    ));
+                    if let Ok(prog) = expr::compile_expression(&b.condition) {
+                        before.extend(facts_of(prog.expression(), false));
+                    }
                 }
             }
             Step::Timer(Timer { until: Some(u), .. }) => {
-                exprs.push((format!("{}/until", step_ptr(i)), u));
+                exprs.push((
+                    format!("{}/until", step_ptr(i)),
+                    u,
+                    Expect::Date,
+                    Place::Step(i),
+                    Facts::new(),
+                ));
             }
             _ => {}
         }
     }
+    if exprs.is_empty() {
+        return;
+    }
+    let graph = Graph::new(p);
+    let states = flow::states(&graph);
     let form_ids = p.form_ids();
-    for (at, source) in exprs {
+    let typed: Vec<(&str, Option<&Value>)> = form_ids
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                p.form_path(id).and_then(|f| forms.get(f)).map(|v| &**v),
+            )
+        })
+        .collect();
+    let filing = State {
+        filled: flow::filing_forms(p),
+        facts: Facts::new(),
+    };
+    // Unreachable steps are reported as such; their expressions are typed as if all were filled.
+    let anywhere = State {
+        filled: form_ids.iter().map(|s| (*s).to_owned()).collect(),
+        facts: Facts::new(),
+    };
+    let form_file = |id: &str| p.form_path(id).map(|f| format!("schemas/{f}"));
+    for (at, source, expect, place, earlier) in exprs {
         let program = match expr::compile_expression(source) {
             Ok(p) => p,
             Err(e) => {
@@ -847,56 +1027,64 @@ fn check_expressions(p: &Procedure, forms: &BTreeMap<String, Arc<Value>>, sink: 
                 continue;
             }
         };
-        for name in expr::free_names(&program) {
-            if let Some((message, hint)) = check_name(&name.path, p, &form_ids, forms) {
-                sink.error(&at, message, Some(hint));
-            }
+        let state = match place {
+            Place::Filing => &filing,
+            Place::Step(i) => states[i].as_ref().unwrap_or(&anywhere),
+        };
+        let mut facts = state.facts.clone();
+        facts.extend(earlier);
+        let unfilled_hint = |id: &str| unfilled_hint(p, &graph, &place, id);
+        let unfilled_where = match place {
+            Place::Filing => "when the dossier is filed".to_owned(),
+            Place::Step(i) => format!("at step `{}`", p.steps[i].id()),
+        };
+        let scope = Scope {
+            unfilled_where: &unfilled_where,
+            forms: &typed,
+            filled: &state.filled,
+            facts: &facts,
+            unfilled_hint: &unfilled_hint,
+            form_file: &form_file,
+        };
+        for problem in typing::check_expression(&program, expect, &scope) {
+            sink.error_in_expression(
+                &at,
+                source,
+                problem.column,
+                problem.message,
+                Some(problem.hint),
+            );
         }
     }
 }
 
-/// Whether a name an expression reads exists: `dossier.FIELD`, `data.FORM` and, when the form
-/// schema lists its properties, `data.FORM.FIELD`.
-fn check_name(
-    path: &[String],
-    p: &Procedure,
-    form_ids: &[&str],
-    forms: &BTreeMap<String, Arc<Value>>,
-) -> Option<(String, String)> {
-    match path[0].as_str() {
-        "dossier" => {
-            let field = path.get(1)?;
-            (!DOSSIER_FIELDS.contains(&field.as_str())).then(|| {
-                (
-                    format!("`dossier.{field}` is not a dossier field"),
-                    unknown_hint(field, "dossier field", DOSSIER_FIELDS.iter().copied()),
-                )
-            })
-        }
-        "data" => {
-            let id = path.get(1)?;
-            if !form_ids.contains(&id.as_str()) {
-                return Some((
-                    format!("`data.{id}` names no form of this procedure"),
-                    format!(
-                        "{}; `data.ID` is the data of the component or user task `ID` that has a `form`",
-                        unknown_hint(id, "form", form_ids.iter().copied())
-                    ),
-                ));
+/// Why form `id` may be missing where an expression runs, and what to do.
+fn unfilled_hint(p: &Procedure, g: &Graph<'_>, place: &Place, id: &str) -> String {
+    let guard = format!("test it first, `has(data.{id}) && …`");
+    if let Some(c) = p.component(id) {
+        let why = if c.required_when.is_some() {
+            "is required only when its `required_when` holds"
+        } else {
+            "is not required"
+        };
+        return format!("component `{id}` {why}, so a dossier may come without its form: {guard}");
+    }
+    match place {
+        Place::Filing => format!(
+            "this is evaluated when the dossier is filed and received, before task `{id}` has run: read only the forms of components required at filing"
+        ),
+        Place::Step(i) => {
+            let step = p.steps[*i].id();
+            let task = g.index.get(id).copied();
+            match flow::path_avoiding(g, *i, task) {
+                Some(path) => format!(
+                    "task `{id}` fills it, but a dossier can reach `{step}` without completing it ({}): read it only in steps after `{id}`, or {guard}",
+                    path.join(" → ")
+                ),
+                None => format!(
+                    "task `{id}` fills it, but not on every way to `{step}`: read it only in steps after `{id}`, or {guard}"
+                ),
             }
-            let field = path.get(2)?;
-            let schema = p.form_path(id).and_then(|f| forms.get(f))?;
-            let props = schema.get("properties")?.as_object()?;
-            (!props.contains_key(field)).then(|| {
-                (
-                    format!("form `{id}` has no field `{field}`"),
-                    unknown_hint(field, "field", props.keys().map(String::as_str)),
-                )
-            })
         }
-        other => Some((
-            format!("unknown name `{other}` in expression"),
-            "expressions read `data.FORM.FIELD` and `dossier.FIELD`".into(),
-        )),
     }
 }

@@ -12,6 +12,9 @@ use super::diagnostic::{Diagnostic, Severity, Sink};
 use super::model::{AgencyKindCatalog, Procedure, ResultCatalog, RoleCatalog};
 use super::yaml::{self, Locator, Position};
 
+/// What to do when files are looked for under the wrong folder.
+pub(crate) const ROOT_HINT: &str = "run tthc from the repository root (the folder that holds procedures/ and schemas/), or pass `--root PATH` (or set TTHC_ROOT)";
+
 /// Definition files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: u64 = 512 * 1024;
 
@@ -244,9 +247,11 @@ impl Loader {
         let mut sink = Sink {
             file: path.to_path_buf(),
             locator: &locator,
+            text,
             items: Vec::new(),
         };
         schema_check(&PROCEDURE_SCHEMA, &value, &mut sink);
+        whole_numbers(&value, "", &mut sink);
         if sink.items.iter().any(Diagnostic::is_error) {
             return Err(sink.items);
         }
@@ -268,6 +273,84 @@ impl Loader {
             text: text.to_owned(),
         };
         Ok((definition, sink.items))
+    }
+}
+
+/// Fields the format holds as whole numbers. JSON Schema takes `75.0` for an integer, so a
+/// thousands dot (`75.000`, read by YAML as the decimal 75) is caught here, with its fix.
+const WHOLE_NUMBER_FIELDS: &[&str] = &[
+    "amount_vnd",
+    "version",
+    "copies",
+    "working_days",
+    "working_hours",
+    "days",
+    "months",
+    "minutes",
+    "max_attempts",
+    "initial_backoff_seconds",
+    "max_backoff_seconds",
+];
+
+fn whole_numbers(value: &Value, pointer: &str, sink: &mut Sink<'_>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let child = format!("{pointer}/{}", yaml::escape_segment(k));
+                if let Value::Number(n) = v
+                    && WHOLE_NUMBER_FIELDS.contains(&k.as_str())
+                    && n.as_u64().is_none()
+                    && n.as_i64().is_none()
+                {
+                    let written = sink.written(&child).unwrap_or_else(|| n.to_string());
+                    let (message, hint) = number_fix(k, &written);
+                    sink.error(&child, message, Some(hint));
+                } else {
+                    whole_numbers(v, &child, sink);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                whole_numbers(v, &format!("{pointer}/{i}"), sink);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The message and fix for a number written with a separator or a fraction.
+pub(crate) fn number_fix(field: &str, written: &str) -> (String, String) {
+    let digits: String = written.chars().filter(char::is_ascii_digit).collect();
+    let grouped = {
+        let parts: Vec<&str> = written.trim().split(['.', ',', ' ']).collect();
+        parts.len() > 1
+            && parts[0].len() <= 3
+            && !parts[0].is_empty()
+            && parts[1..].iter().all(|p| p.len() == 3)
+            && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_digit()))
+    };
+    if grouped {
+        (
+            format!(
+                "`{field}` is `{written}`: the dot or comma is read as a decimal point, not a thousands separator"
+            ),
+            format!("write `{field}: {digits}`, without separators"),
+        )
+    } else {
+        (
+            format!("`{field}` must be a whole number, not `{written}`"),
+            format!(
+                "write a whole number without separators, e.g. `{field}: {}`",
+                digits
+                    .trim_start_matches('0')
+                    .chars()
+                    .take(9)
+                    .collect::<String>()
+                    .parse::<u64>()
+                    .unwrap_or(1)
+            ),
+        )
     }
 }
 
@@ -302,14 +385,84 @@ fn parse_yaml(path: &Path, text: &str) -> Result<(Value, Locator), Vec<Diagnosti
         }]);
     }
     yaml::parse(text).map_err(|e| {
+        let line = usize::try_from(e.position.line)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|n| text.lines().nth(n))
+            .unwrap_or("");
         vec![Diagnostic {
             file: path.to_path_buf(),
             position: e.position,
             severity: Severity::Error,
             message: format!("invalid YAML: {}", e.message),
-            hint: yaml_hint(&e.message),
+            hint: yaml_hint(&e.message)
+                .or_else(|| yaml_line_hint(&e.message, line, text, e.position.line)),
         }]
     })
+}
+
+/// A hint from the line the parser stopped at: tabs, an unquoted `: ` in a value,
+/// misaligned keys, an unclosed bracket.
+fn yaml_line_hint(message: &str, line: &str, text: &str, number: u64) -> Option<String> {
+    let m = message.to_lowercase();
+    if m.contains("tab")
+        || line.trim_end().starts_with(|c: char| c.is_whitespace()) && line.contains('\t')
+    {
+        return Some(format!(
+            "YAML indents with spaces only: replace the tab(s) on line {number} with spaces (2 per level)"
+        ));
+    }
+    let body = line.trim_start().trim_start_matches("- ");
+    if m.contains("mapping values are not allowed") {
+        if let Some((key, value)) = body.split_once(": ")
+            && value.contains(": ")
+            && !value.trim_start().starts_with(['"', '\'', '{', '['])
+        {
+            let value = value.trim().replace('"', "\\\"");
+            return Some(format!(
+                "the value contains `: `, which YAML reads as a new key: quote it, `{key}: \"{value}\"`"
+            ));
+        }
+        return Some(indent_hint(line, text, number));
+    }
+    if m.contains("indent") || m.contains("did not find expected") || m.contains("block") {
+        return Some(indent_hint(line, text, number));
+    }
+    if m.contains("flow")
+        || m.contains("placement")
+        || m.contains("unclosed")
+        || m.contains("end of")
+    {
+        return Some(
+            "check that every `[` and `{` on the lines above is closed by its `]` or `}`, and that values containing `,` `[` `]` `{` `}` inside them are quoted".into(),
+        );
+    }
+    None
+}
+
+fn indent_hint(line: &str, text: &str, number: u64) -> String {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let here = indent(line) + 1;
+    let above = text
+        .lines()
+        .take(usize::try_from(number).unwrap_or(1).saturating_sub(1))
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .last()
+        // A list item's keys start after its `- `.
+        .map(|l| {
+            indent(l)
+                + if l.trim_start().starts_with("- ") {
+                    3
+                } else {
+                    1
+                }
+        });
+    match above {
+        Some(col) if col != here => format!(
+            "check the indentation: line {number} starts at column {here}, the key above it at column {col}; keys of one mapping start in the same column, indented with spaces"
+        ),
+        _ => "check the indentation: keys of one mapping start in the same column, list items with `- ` under their key, indented with spaces".into(),
+    }
 }
 
 fn yaml_hint(message: &str) -> Option<String> {
@@ -336,7 +489,11 @@ fn read_catalog<T: DeserializeOwned>(
                 position: Position { line: 1, column: 1 },
                 severity: Severity::Error,
                 message,
-                hint: Some("the catalog folder must hold results.yaml and roles.yaml".into()),
+                hint: Some(format!(
+                    "the catalog folder ({}) must hold results.yaml and roles.yaml; {ROOT_HINT}",
+                    path.parent()
+                        .map_or_else(String::new, |p| p.display().to_string())
+                )),
             });
             return None;
         }
@@ -351,6 +508,7 @@ fn read_catalog<T: DeserializeOwned>(
     let mut sink = Sink {
         file: path.to_path_buf(),
         locator: &locator,
+        text: &text,
         items: Vec::new(),
     };
     schema_check(schema, &value, &mut sink);
@@ -416,7 +574,7 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>, diagnostics: &mut Vec<Di
             position: Position { line: 1, column: 1 },
             severity: Severity::Error,
             message: "no such file or folder".into(),
-            hint: None,
+            hint: (!Path::new("procedures").is_dir()).then(|| ROOT_HINT.to_owned()),
         });
     }
 }
@@ -441,7 +599,14 @@ fn schema_check(
     let mut seen = BTreeSet::new();
     for error in validator.iter_errors(value) {
         let pointer = error.instance_path().as_str().to_owned();
-        let (at, message, hint, on_key) = describe_schema_error(&pointer, &error);
+        let (at, message, mut hint, on_key) = describe_schema_error(&pointer, &error);
+        // The shape of a duration is wrong (not a number out of range): show the right one.
+        let shape = on_key || at.rsplit('/').next() == duration_key(&at);
+        if let Some(key) = duration_key(&at).filter(|_| shape) {
+            hint = Some(format!(
+                "write a duration in exactly one unit, e.g. `{key}: {{ working_days: 10 }}`; the units are working_days, working_hours, days, months and minutes"
+            ));
+        }
         if seen.insert((at.clone(), message.clone())) {
             if on_key {
                 sink.error_at_key(&at, message, hint);
@@ -492,8 +657,18 @@ fn describe_schema_error(
         K::Type { kind } => (
             pointer.to_owned(),
             format!("`{field}` has the wrong type: expected {}", type_name(kind)),
-            (instance.is_number() && field == "code")
-                .then(|| format!("quote the code so it stays text: \"{instance}\"")),
+            match instance.as_ref() {
+                Value::Number(_) if field == "code" => {
+                    Some(format!("quote the code so it stays text: \"{instance}\""))
+                }
+                Value::String(written)
+                    if WHOLE_NUMBER_FIELDS.contains(&field)
+                        && written.chars().any(|c| c.is_ascii_digit()) =>
+                {
+                    Some(number_fix(field, written).1)
+                }
+                _ => None,
+            },
             false,
         ),
         K::Minimum { limit } => (
@@ -554,6 +729,21 @@ fn type_name(kind: &jsonschema::error::TypeKind) -> String {
     match kind {
         jsonschema::error::TypeKind::Single(t) => format!("{t:?}").to_lowercase(),
         jsonschema::error::TypeKind::Multiple(ts) => format!("{ts:?}").to_lowercase(),
+    }
+}
+
+/// The duration field (`processing_time`, `sla`, ...) a pointer is at or inside.
+fn duration_key(pointer: &str) -> Option<&str> {
+    let mut segments = pointer.rsplit('/');
+    let last = segments.next()?;
+    let parent = segments.next().unwrap_or("");
+    let keys = ["processing_time", "sla", "wait", "max_age"];
+    if keys.contains(&last) {
+        Some(last)
+    } else if keys.contains(&parent) {
+        Some(parent)
+    } else {
+        None
     }
 }
 

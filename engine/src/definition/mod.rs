@@ -8,8 +8,10 @@
 mod check;
 mod diagnostic;
 mod expr;
+mod flow;
 mod load;
 pub mod model;
+mod typing;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Severity};
