@@ -17,8 +17,8 @@ use crate::results::{return_result, signed_lltp};
 
 const CLIENT_ID: &str = "tthc";
 const CLIENT_SECRET: &str = "founding-secret";
-/// Province B's health department (Thái Nguyên in this test).
-const B_HEALTH: &str = "000.00.08.H55";
+/// Province B's health department (Hà Nội, deploy/examples/ha-noi.yaml).
+const B_HEALTH: &str = "000.00.08.H26";
 
 struct World {
     a: Api,
@@ -71,20 +71,16 @@ async fn world(setup: BSetup) -> World {
     };
     let a = start_api_with(20, |c| {
         portal(c);
-        c.agencies = [
-            (AGENCY.to_owned(), "Sở Tư pháp tỉnh Hưng Yên".to_owned()),
-            (POLICE.to_owned(), "Công an tỉnh Hưng Yên".to_owned()),
-        ]
-        .into_iter()
-        .collect();
+        // Each province runs with its shipped example deployment's agencies.
+        c.agencies = example_agencies("hung-yen");
+        assert!(c.agencies.contains(AGENCY) && c.agencies.contains(POLICE));
         c.keys_file = Some(a_keys_file.clone());
     })
     .await;
     let b = start_api_with(20, |c| {
         portal(c);
-        c.agencies = [(B_HEALTH.to_owned(), "Sở Y tế tỉnh Thái Nguyên".to_owned())]
-            .into_iter()
-            .collect();
+        c.agencies = example_agencies("ha-noi");
+        assert!(c.agencies.contains(B_HEALTH));
         c.keys_file = Some(b_keys_file.clone());
         c.reuse.unverified = match setup.policy {
             "confirm" => engine::reuse::UnverifiedPolicy::Confirm,
@@ -632,4 +628,12 @@ async fn province_b_refuses_altered_and_unsigned_papers_and_stores_nothing() {
     let r = reuse(&w, &lic, &citizen_token(), &paper, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(signature_check(&r.body)["outcome"], "verified");
+}
+
+/// The agencies of `deploy/examples/{name}.yaml`.
+fn example_agencies(name: &str) -> engine::agency::Agencies {
+    let path = crate::support::repo_root().join(format!("deploy/examples/{name}.yaml"));
+    let config: tthc_api::config::ServeConfig =
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config.agencies
 }

@@ -405,11 +405,20 @@ async fn of_concurrent_completions_of_one_task_exactly_one_wins_and_the_rest_con
         let now = after.body["seq"].as_u64().unwrap();
         for later in [None, Some(now)] {
             let answers = complete_concurrently(&api, &code, &task, 1, later).await;
-            assert_eq!(
-                answers,
-                vec![(409, "task_not_open".to_owned())],
-                "{later:?}"
-            );
+            // The receipt's jobs may still append after `now` was read: then the version sent
+            // is stale, and that is the conflict named.
+            let moved = api
+                .get(&format!("/api/v1/dossiers/{code}"), &admin_token())
+                .await
+                .body["seq"]
+                .as_u64()
+                != Some(now);
+            let expected = if later.is_some() && moved {
+                "conflict"
+            } else {
+                "task_not_open"
+            };
+            assert_eq!(answers, vec![(409, expected.to_owned())], "{later:?}");
         }
     }
     // A task id this dossier never opened is still not found.
@@ -634,54 +643,6 @@ async fn a_refusal_after_examination_ends_processed_with_status_9() {
         .wait_for(code, "the end", |d| d["closed_at"].is_string())
         .await;
     assert_eq!(d["status"]["code"], 3, "{d}");
-}
-
-/// A timer whose date comes from a task's free-text field (no `format` to catch it): an
-/// impossible date refuses the completion with a pointer to that field, and stores nothing.
-#[tokio::test]
-async fn a_timer_date_that_does_not_exist_refuses_the_completion_at_its_field() {
-    use engine::dossier::{Command, CommandError};
-    let h = crate::engine_support::harness().await;
-    let v2 = crate::engine_support::lltp_edited(&[
-        ("version: 1", "version: 2"),
-        (
-            "    form: forms/tham-dinh-lltp.schema.json\n    next: phan_loai",
-            "    form: forms/tham-dinh-lltp.schema.json\n    next: cho_ngay\n\n  - id: cho_ngay\n    kind: timer\n    until: \"data.tham_dinh.ghi_chu\"\n    next: phan_loai",
-        ),
-    ]);
-    h.engine.deploy(&v2).await.unwrap();
-    let d = h.file_lltp(1).await;
-    assert_eq!(d.procedure_version, 2);
-    let d = h.receive(&d.code).await;
-    let task = crate::engine_support::task_at(&d, "tham_dinh");
-    let complete = |ghi_chu: &str| Command::CompleteTask {
-        task: task.clone(),
-        outcome: None,
-        data: Some(json!({"co_an_tich": false, "can_xac_minh": false, "ghi_chu": ghi_chu})),
-        reason: None,
-    };
-    let specialist = crate::engine_support::specialist();
-    let err = h
-        .engine
-        .execute(&d.code, None, &specialist, &complete("2026-02-30"))
-        .await
-        .unwrap_err();
-    let engine::EngineError::Command(CommandError::InvalidForm { violations }) = &err else {
-        panic!("{err:?}")
-    };
-    let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
-    assert_eq!(pointers, vec!["/data/ghi_chu"], "{violations:?}");
-    assert_eq!(
-        h.engine.dossier(&d.code).await.unwrap().seq,
-        d.seq,
-        "nothing stored"
-    );
-    let d = h
-        .engine
-        .execute(&d.code, None, &specialist, &complete("2026-12-30"))
-        .await
-        .unwrap();
-    assert!(d.tasks.is_empty(), "waiting for the date: {:?}", d.tasks);
 }
 
 /// A misspelt format is caught by `tthc validate`, never left silently unchecked.

@@ -501,6 +501,8 @@ fn check_steps(p: &Procedure, catalog: &Catalog, sink: &mut Sink<'_>) {
                 }
                 if t.marks == Some(Milestone::Received)
                     && let Some(sla) = t.sla
+                    // An implausible SLA has its own error.
+                    && sla.approx_hours() <= MAX_PROCESSING_HOURS
                     && match sla {
                         Duration::WorkingHours(n) => n > 8,
                         Duration::WorkingDays(n) | Duration::Days(n) => n > 1,
@@ -954,7 +956,14 @@ fn check_expressions(p: &Procedure, forms: &BTreeMap<String, Arc<Value>>, sink: 
         }
     }
     for (i, c) in p.processing_time_cases.iter().enumerate() {
-        exprs.push((format!("/processing_time_cases/{i}/if"), &c.condition));
+        // Evaluated when the dossier is received, over the forms filed by then.
+        exprs.push((
+            format!("/processing_time_cases/{i}/if"),
+            &c.condition,
+            Expect::Condition,
+            Place::Filing,
+            Facts::new(),
+        ));
     }
     for (i, s) in p.steps.iter().enumerate() {
         match s {
