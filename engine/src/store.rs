@@ -49,6 +49,34 @@ pub enum StoreError {
     /// once, in SQLite's own words.
     #[error("{0}")]
     Unusable(String),
+    /// A dossier's archive of sealed events cannot be read: a column holds another type than
+    /// the sealer wrote (text where bytes belong), or its bytes do not unpack.
+    #[error(
+        "dossier {dossier}: its archive of sealed events is damaged ({problem}); restore it from \
+         a backup (`tthc audit verify` lists every damaged dossier)"
+    )]
+    ArchiveDamaged { dossier: String, problem: String },
+}
+
+impl StoreError {
+    /// Whether the database (or the disk under it) is full: SQLite's `SQLITE_FULL` ("database
+    /// or disk is full"), PostgreSQL's `disk_full` (53100). Nothing of the failed write was
+    /// kept; it can succeed once space returns.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => match e.code() {
+                // PostgreSQL's SQLSTATE has five characters; SQLite's primary code is the low
+                // byte of its extended code.
+                Some(c) if c.len() == 5 => c == "53100",
+                Some(c) => c.parse::<i64>().is_ok_and(|c| c & 0xff == 13),
+                None => false,
+            },
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
 }
 
 pub fn micros(t: DateTime<Utc>) -> i64 {
@@ -1173,10 +1201,13 @@ impl Store {
             if let Some(archive) = self.archive(code).await?
                 && archive.upto >= from
             {
-                let archived = self
-                    .unpack(&archive)
-                    .await?
-                    .map_err(|e| StoreError::Corrupt(format!("{code}: {e}")))?;
+                let archived =
+                    self.unpack(&archive)
+                        .await?
+                        .map_err(|e| StoreError::ArchiveDamaged {
+                            dossier: code.to_owned(),
+                            problem: e.to_string(),
+                        })?;
                 let (digests, _) = archive::recompute_hashes(code, &archived);
                 let skip = usize::try_from(from - 1).unwrap_or(usize::MAX);
                 hashes.extend(digests.iter().skip(skip).map(|d| d.to_vec()));
@@ -1304,14 +1335,15 @@ impl Store {
 
     /// The archive of a dossier's sealed events, if it has one.
     pub async fn archive(&self, code: &str) -> Result<Option<Archive>, StoreError> {
-        let row = sqlx::query(sql(
-            self.backend,
-            "SELECT upto_seq, head, checks, dictionary, body FROM event_archives WHERE dossier_code = ?",
-        ))
-        .bind(code)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| archive_row(&r)).transpose()
+        let statement = format!(
+            "SELECT {} FROM event_archives a WHERE a.dossier_code = ?",
+            archive_columns(self.backend)
+        );
+        let row = sqlx::query(sql_dyn(self.backend, statement))
+            .bind(code)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| archive_row(code, &r)).transpose()
     }
 
     /// An archive's events, decompressed with the dictionary it names; `Err` inside when the
@@ -1399,18 +1431,22 @@ impl Store {
         samples: u32,
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        let rows = sqlx::query(sql(
-            self.backend,
-            "SELECT upto_seq, head, checks, dictionary, body FROM event_archives
-             ORDER BY dossier_code DESC LIMIT ?",
-        ))
-        .bind(i64::from(samples))
-        .fetch_all(&self.pool)
-        .await?;
+        let statement = format!(
+            "SELECT a.dossier_code, {} FROM event_archives a
+             ORDER BY a.dossier_code DESC LIMIT ?",
+            archive_columns(self.backend)
+        );
+        let rows = sqlx::query(sql_dyn(self.backend, statement))
+            .bind(i64::from(samples))
+            .fetch_all(&self.pool)
+            .await?;
         let mut bodies = Vec::with_capacity(rows.len());
         for r in &rows {
-            let a = archive_row(r)?;
+            let code: String = r.try_get("dossier_code")?;
             // A damaged archive is left out: `audit verify` reports it.
+            let Ok(a) = archive_row(&code, r) else {
+                continue;
+            };
             if let Some(d) = self.dictionary(a.dictionary).await?
                 && let Ok(json) = archive::records(&a, &d)
             {
@@ -1639,7 +1675,12 @@ impl Store {
             }))
         };
         let (mut stream, mut verifier) = if c.sealed > 0 {
-            let archive = self.archive(&c.code).await?;
+            let archive = match self.archive(&c.code).await {
+                Ok(a) => a,
+                // Never sealed again: left as evidence, like any stream that does not verify.
+                Err(StoreError::ArchiveDamaged { problem, .. }) => return brk(1, problem),
+                Err(e) => return Err(e),
+            };
             match self
                 .open_sealed(&c.code, archive.as_ref(), c.sealed)
                 .await?
@@ -2176,10 +2217,10 @@ impl Store {
         } else {
             ""
         };
+        let archive = archive_columns(self.backend);
         let statement = match self.backend {
             Backend::Sqlite => format!(
-                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq,
-                    a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq, {archive},
                     (SELECT json_group_array(json_array(e.seq, e.at, e.actor_id, e.actor_name,
                         e.payload, lower(hex(e.hash))) ORDER BY e.seq)
                      FROM events e WHERE e.dossier_code = d.code) AS stream
@@ -2187,8 +2228,7 @@ impl Store {
                  {filter} ORDER BY d.code"
             ),
             Backend::Postgres => format!(
-                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq,
-                    a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq, {archive},
                     COALESCE((SELECT json_agg(json_build_array(e.seq, e.at, e.actor_id,
                         e.actor_name, e.payload, encode(e.hash, 'hex')) ORDER BY e.seq)
                      FROM events e WHERE e.dossier_code = d.code)::text, '[]') AS stream
@@ -2211,7 +2251,20 @@ impl Store {
             let head: String = row.try_get("last_hash")?;
             let sealed = u64::try_from(row.try_get::<i64, _>("sealed_seq")?).unwrap_or(0);
             let archive = match row.try_get::<Option<i64>, _>("upto_seq")? {
-                Some(_) => Some(archive_row(&row)?),
+                Some(_) => match archive_row(&code, &row) {
+                    Ok(a) => Some(a),
+                    Err(StoreError::ArchiveDamaged { problem, .. }) => {
+                        // This dossier's history cannot be checked; the others still are.
+                        report.dossiers += 1;
+                        report.breaks.push(ChainBreak {
+                            dossier: code,
+                            seq: 1,
+                            problem: format!("its archive of sealed events is damaged: {problem}"),
+                        });
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
                 None => None,
             };
             let stream: String = row.try_get("stream")?;
@@ -2668,7 +2721,44 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     }
 }
 
-fn archive_row(r: &AnyRow) -> Result<Archive, StoreError> {
+/// The columns of an archive (table alias `a`) as [`archive_row`] reads them. On SQLite a
+/// column may hold a value of another type than the sealer wrote: text where bytes belong,
+/// say, which the driver fails to read as a whole row ("invalid utf-8"), naming no dossier.
+/// So each byte column is read as bytes whatever it holds, and the stored types come with
+/// them, for [`archive_row`] to name the damage.
+fn archive_columns(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "a.upto_seq, CAST(a.head AS BLOB) AS head, CAST(a.checks AS BLOB) AS checks,
+             CAST(a.dictionary AS INTEGER) AS dictionary, CAST(a.body AS BLOB) AS body,
+             typeof(a.head) || ' ' || typeof(a.checks) || ' ' || typeof(a.dictionary) || ' '
+                 || typeof(a.body) AS archive_types"
+        }
+        // Typed columns: a BYTEA holds bytes.
+        Backend::Postgres => {
+            "a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+             'blob blob integer blob' AS archive_types"
+        }
+    }
+}
+
+/// An archive row of `code`, read with [`archive_columns`]; [`StoreError::ArchiveDamaged`]
+/// when a column holds another type than the sealer wrote.
+fn archive_row(code: &str, r: &AnyRow) -> Result<Archive, StoreError> {
+    let types: String = r.try_get("archive_types")?;
+    let expected = ["blob", "blob", "integer", "blob"];
+    let names = ["head", "checks", "dictionary", "body"];
+    for ((found, want), name) in types.split(' ').zip(expected).zip(names) {
+        if found != want {
+            return Err(StoreError::ArchiveDamaged {
+                dossier: code.to_owned(),
+                problem: format!(
+                    "its {name} is stored as {found}, not {}",
+                    if want == "blob" { "bytes" } else { want }
+                ),
+            });
+        }
+    }
     Ok(Archive {
         upto: u64::try_from(r.try_get::<i64, _>("upto_seq")?).unwrap_or(0),
         head: r.try_get("head")?,

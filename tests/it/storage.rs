@@ -340,3 +340,82 @@ fn two_servers_starting_on_a_new_file_at_once_both_migrate_it_and_listen() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_damaged_archive_row_is_named_by_verify_which_goes_on_and_reads_answer_a_problem() {
+    let h = harness().await;
+    let damaged = h.file_lltp(1).await;
+    h.receive(&damaged.code).await;
+    let intact = h.file_lltp(1).await;
+    let store = h.engine.store();
+    let last = store.events(&damaged.code).await.unwrap().pop().unwrap();
+    let sealed = store
+        .seal(&[engine::store::SealCandidate {
+            code: damaged.code.to_string(),
+            seq: last.seq,
+            head: last.hash.clone(),
+            sealed: 0,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(sealed.sealed, 1, "{sealed:?}");
+    let url = db_url(&h.dir).await;
+    if !url.starts_with("sqlite:") {
+        return; // PostgreSQL's BYTEA column holds bytes only.
+    }
+    // Text where the sealer wrote bytes: the driver failed on the whole row ("invalid utf-8").
+    sqlx::query("UPDATE event_archives SET body = CAST(body AS TEXT) WHERE dossier_code = ?")
+        .bind(&*damaged.code)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let out = tthc_in(h.dir.path(), &["--database", &url, "audit", "verify"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(&format!(
+            "{}: event 1: its archive of sealed events is damaged: its body is stored as text, not bytes",
+            damaged.code
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("ALTERED: 1 of 2 dossier(s) fail verification"),
+        "the other dossier was verified: {text}"
+    );
+    assert!(!text.contains(&*intact.code), "{text}");
+
+    // A server that has not read the dossier yet (a restart, another node).
+    let api = crate::api_support::start_api_with(20, |c| c.database_url = url.clone()).await;
+    let token = crate::api_support::auditor_token();
+    let r = api
+        .get(&format!("/api/v1/dossiers/{}", damaged.code), &token)
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.body["code"], "archive_damaged", "{}", r.text);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&*damaged.code) && detail.contains("body is stored as text"),
+        "{detail}"
+    );
+    let r = api
+        .get(&format!("/api/v1/dossiers/{}", intact.code), &token)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api.get("/api/v1/audit/verify", &token).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["intact"], false);
+    assert_eq!(r.body["dossiers"], 2);
+    let breaks = r.body["breaks"].as_array().unwrap();
+    assert_eq!(breaks.len(), 1, "{}", r.text);
+    assert_eq!(breaks[0]["dossier"], *damaged.code);
+    assert!(
+        breaks[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("archive of sealed events is damaged"),
+        "{}",
+        r.text
+    );
+}
