@@ -328,6 +328,9 @@ pub struct Store {
     dictionaries: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<Dictionary>>>>,
     /// The newest dictionary's id and when it was looked up.
     current_dictionary: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
+    /// Set when a write failed because the storage is full, cleared by the next write that
+    /// succeeds ([`Store::storage_full`]).
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An append waiting to be committed with others.
@@ -835,6 +838,34 @@ fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
     Ok(Some(options.get_filename().to_path_buf()))
 }
 
+/// A SQLite URL's `max_page_count=N` (tthc's, not the driver's), taken out of it: the most
+/// pages the database may have, a quota past which writes fail as on a full disk.
+fn take_page_cap(url: &str) -> Result<(String, Option<u64>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut cap = None;
+    let mut rest = Vec::new();
+    for param in query.split('&') {
+        match param.split_once('=') {
+            Some(("max_page_count", n)) => {
+                cap = Some(n.parse::<u64>().map_err(|_| {
+                    StoreError::Unusable(format!(
+                        "max_page_count in the database URL must be a number of pages, not `{n}`"
+                    ))
+                })?);
+            }
+            _ => rest.push(param),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, cap))
+}
+
 /// `url` with SQLite's open mode set, unless the URL sets one.
 fn with_mode(url: &str, mode: &str) -> String {
     if url.contains("mode=") || url.contains(":memory:") {
@@ -1011,14 +1042,22 @@ impl Store {
     async fn open_with(url: &str, read_only: bool) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of(url)?;
+        let (url, page_cap) = match backend {
+            Backend::Sqlite => {
+                let (url, cap) = take_page_cap(url)?;
+                (with_mode(&url, if read_only { "ro" } else { "rwc" }), cap)
+            }
+            Backend::Postgres => (url.to_owned(), None),
+        };
         let file = match backend {
-            Backend::Sqlite => sqlite_file(url)?,
+            Backend::Sqlite => sqlite_file(&url)?,
             Backend::Postgres => None,
         };
-        let url = match backend {
-            Backend::Sqlite => with_mode(url, if read_only { "ro" } else { "rwc" }),
-            Backend::Postgres => url.to_owned(),
-        };
+        // Settings of this database beyond the usual ones, on every connection that writes.
+        let extra: String = page_cap
+            .map(|n| format!("PRAGMA max_page_count = {n};"))
+            .unwrap_or_default();
+        let extra_on_connect = extra.clone();
         if let Some(path) = &file {
             let path = path.clone();
             tokio::task::spawn_blocking(move || check_sqlite_file(&path, read_only))
@@ -1039,10 +1078,15 @@ impl Store {
             // notice connections a server restart closed.
             .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
+                let extra_on_connect = extra_on_connect.clone();
                 Box::pin(async move {
                     match (backend, read_only) {
                         (Backend::Sqlite, false) => {
                             conn.execute(sqlite::SETTINGS).await?;
+                            if !extra_on_connect.is_empty() {
+                                conn.execute(sqlx::AssertSqlSafe(extra_on_connect.clone()))
+                                    .await?;
+                            }
                         }
                         (Backend::Sqlite, true) => {
                             conn.execute(READ_ONLY_SETTINGS).await?;
@@ -1067,7 +1111,7 @@ impl Store {
         let writer = std::sync::Arc::new(tokio::sync::Mutex::new(()));
         let (sqlite_writer, checkpointer) = match &file {
             Some(path) if !read_only => {
-                let sqlite_writer = std::sync::Arc::new(sqlite::Writer::start(path)?);
+                let sqlite_writer = std::sync::Arc::new(sqlite::Writer::start(path, &extra)?);
                 let checkpointer =
                     Checkpointer::start(pool.clone(), std::sync::Arc::clone(&sqlite_writer));
                 (Some(sqlite_writer), Some(std::sync::Arc::new(checkpointer)))
@@ -1084,6 +1128,7 @@ impl Store {
             sqlite_writer,
             dictionaries: std::sync::Arc::default(),
             current_dictionary: std::sync::Arc::default(),
+            full: std::sync::Arc::default(),
         })
     }
 
@@ -1738,6 +1783,21 @@ impl Store {
         actor: (&str, &str),
         key: Option<(&str, &str)>,
     ) -> Result<Result<Created, E>, StoreError> {
+        let r = self
+            .create_unnoted(agency_code, day, decide, at, actor, key)
+            .await;
+        self.noted(r)
+    }
+
+    async fn create_unnoted<E: Send + 'static>(
+        &self,
+        agency_code: &str,
+        day: NaiveDate,
+        decide: impl FnOnce(&str) -> Result<(Vec<Event>, Dossier), E> + Send + 'static,
+        at: DateTime<Utc>,
+        actor: (&str, &str),
+        key: Option<(&str, &str)>,
+    ) -> Result<Result<Created, E>, StoreError> {
         let day_key = day.format("%y%m%d").to_string();
         if let Some(w) = &self.sqlite_writer {
             // The whole filing in one hand-off to the writer thread, as a group commit is:
@@ -1833,6 +1893,11 @@ impl Store {
     /// Appends events to an existing dossier whose state was `append.before`.
     /// Returns the hash of the last event appended: the new head of the dossier's chain.
     pub async fn append(&self, append: &Append<'_>) -> Result<String, StoreError> {
+        let r = self.append_unnoted(append).await;
+        self.noted(r)
+    }
+
+    async fn append_unnoted(&self, append: &Append<'_>) -> Result<String, StoreError> {
         if let (Some(writer), Some((before, head))) = (&self.sqlite_writer, append.before) {
             return self.append_grouped(writer, append, before.seq, head).await;
         }
@@ -1903,6 +1968,16 @@ impl Store {
     /// Claims up to `limit` jobs due at `now`, each under a lease until `now + lease`.
     /// A job whose lease ran out (its worker died) is claimed again.
     pub async fn claim_due_jobs(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let r = self.claim_due_jobs_unnoted(now, limit, lease).await;
+        self.noted(r)
+    }
+
+    async fn claim_due_jobs_unnoted(
         &self,
         now: DateTime<Utc>,
         limit: u32,
@@ -2924,6 +2999,63 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// Notes whether a write found the storage full (an error that [`StoreError::is_storage_full`])
+    /// or had room (any success), and passes its result on.
+    fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        match &r {
+            Ok(_) => self.full.store(false, Ordering::Relaxed),
+            Err(e) if e.is_storage_full() => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "the storage is full: writes fail until space returns");
+                }
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Whether the storage is full: a write failed for want of space and none has succeeded
+    /// since. While it is, each call tries one small write that needs fresh pages (a table of
+    /// its own made, filled with 64 KiB and dropped, in two transactions), so that space coming
+    /// back is seen without waiting for a client's write.
+    pub async fn storage_full(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.full.load(Ordering::Relaxed) {
+            return false;
+        }
+        let probe = async {
+            let _turn = self.write_turn().await;
+            let mut tx = self.begin().await?;
+            sqlx::query(sql(
+                self.backend,
+                "CREATE TABLE IF NOT EXISTS tthc_storage_probe (filler BYTEA)",
+            ))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(sql(
+                self.backend,
+                "INSERT INTO tthc_storage_probe (filler) VALUES (?)",
+            ))
+            .bind(vec![0x5au8; 64 * 1024])
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            sqlx::query(sql(self.backend, "DROP TABLE tthc_storage_probe"))
+                .execute(&self.pool)
+                .await?;
+            Ok::<_, StoreError>(())
+        };
+        match probe.await {
+            Ok(()) => {
+                tracing::info!("the storage has room again");
+                self.full.store(false, Ordering::Relaxed);
+                false
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 /// An upload: content in the blob store, and who sent it.
@@ -2936,6 +3068,16 @@ pub struct Upload {
 
 impl Store {
     pub async fn record_upload(
+        &self,
+        upload: &Upload,
+        uploader: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let r = self.record_upload_unnoted(upload, uploader, at).await;
+        self.noted(r)
+    }
+
+    async fn record_upload_unnoted(
         &self,
         upload: &Upload,
         uploader: &str,

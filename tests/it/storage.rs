@@ -419,3 +419,96 @@ async fn a_damaged_archive_row_is_named_by_verify_which_goes_on_and_reads_answer
         r.text
     );
 }
+
+/// An answer as it came, 5xx included.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: serde_json::Value,
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let r = request.send().await.unwrap();
+    Answer {
+        status: r.status().as_u16(),
+        retry_after: r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        body: r.json().await.unwrap_or_default(),
+    }
+}
+
+/// Files a judicial record request over HTTP.
+async fn file_over_http(api: &crate::api_support::Api) -> Answer {
+    answer(
+        api.request(reqwest::Method::POST, "/api/v1/dossiers")
+            .bearer_auth(crate::api_support::citizen_token())
+            .json(&serde_json::json!({
+                "procedure_code": "2.000488",
+                "agency_code": AGENCY,
+                "data": {"to_khai": lltp_form(1)},
+            })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_full_database_answers_writes_503_storage_full_and_is_not_ready_until_space_returns() {
+    let h = harness().await;
+    let url = db_url(&h.dir).await;
+    let Some(path) = url.strip_prefix("sqlite://").map(std::path::PathBuf::from) else {
+        return; // PostgreSQL (TTHC_TEST_DATABASE): no page cap to set.
+    };
+    // Ballast that can be dropped later, to give space back.
+    let pool = h.engine.store().pool().clone();
+    sqlx::query("CREATE TABLE ballast (filler BLOB)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for _ in 0..64 {
+        sqlx::query("INSERT INTO ballast (filler) VALUES (zeroblob(4096))")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    drop(h.engine);
+    use sqlx::Connection;
+    let mut own = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    // No free page left inside the file; the cap is its size: the database is full.
+    sqlx::query("VACUUM").execute(&mut own).await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut own)
+        .await
+        .unwrap();
+    let api = crate::api_support::start_api_with(20, |c| {
+        c.database_url = format!("sqlite://{}?max_page_count={pages}", path.display());
+    })
+    .await;
+    let mut full = None;
+    for _ in 0..200 {
+        let r = file_over_http(&api).await;
+        if r.status != 201 {
+            full = Some(r);
+            break;
+        }
+    }
+    let r = full.expect("filings never filled the capped database");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["code"], "storage_full", "{}", r.body);
+    assert_eq!(r.retry_after.as_deref(), Some("60"));
+    let r = answer(api.request(reqwest::Method::GET, "/ready")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["status"], "storage full");
+
+    // Space comes back: the ballast goes.
+    sqlx::query("DROP TABLE ballast")
+        .execute(&mut own)
+        .await
+        .unwrap();
+    let r = answer(api.request(reqwest::Method::GET, "/ready")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = file_over_http(&api).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
