@@ -328,8 +328,8 @@ pub struct Store {
     dictionaries: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<Dictionary>>>>,
     /// The newest dictionary's id and when it was looked up.
     current_dictionary: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
-    /// Set when a write failed because the storage is full, cleared by the next write that
-    /// succeeds ([`Store::storage_full`]).
+    /// Set when a write failed because the storage is full, cleared once a probe write finds
+    /// room ([`Store::storage_full`]).
     full: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -3000,24 +3000,23 @@ impl Store {
         Ok(())
     }
 
-    /// Notes whether a write found the storage full (an error that [`StoreError::is_storage_full`])
-    /// or had room (any success), and passes its result on.
+    /// Notes a write that found the storage full (an error that
+    /// [`StoreError::is_storage_full`]), and passes its result on. Only the probe of
+    /// [`Store::storage_full`] clears the note: a small write may still fit while the next
+    /// one does not, and readiness should not flap with them.
     fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         use std::sync::atomic::Ordering;
-        match &r {
-            Ok(_) => self.full.store(false, Ordering::Relaxed),
-            Err(e) if e.is_storage_full() => {
-                if !self.full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %e, "the storage is full: writes fail until space returns");
-                }
-            }
-            Err(_) => {}
+        if let Err(e) = &r
+            && e.is_storage_full()
+            && !self.full.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(error = %e, "the storage is full: writes fail until space returns");
         }
         r
     }
 
-    /// Whether the storage is full: a write failed for want of space and none has succeeded
-    /// since. While it is, each call tries one small write that needs fresh pages (a table of
+    /// Whether the storage is full: a write failed for want of space, and no probe has found
+    /// room since. While it is, each call tries one small write that needs fresh pages (a table of
     /// its own made, filled with 64 KiB and dropped, in two transactions), so that space coming
     /// back is seen without waiting for a client's write.
     pub async fn storage_full(&self) -> bool {

@@ -501,6 +501,15 @@ async fn a_full_database_answers_writes_503_storage_full_and_is_not_ready_until_
     let r = answer(api.request(reqwest::Method::GET, "/ready")).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.body["status"], "storage full");
+    // Its probe write finds no room either, and a request that writes nothing changes nothing.
+    let r = answer(
+        api.request(reqwest::Method::GET, "/api/v1/dossiers")
+            .bearer_auth(crate::api_support::admin_token()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "reads go on: {}", r.body);
+    let r = answer(api.request(reqwest::Method::GET, "/ready")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
 
     // Space comes back: the ballast goes.
     sqlx::query("DROP TABLE ballast")
