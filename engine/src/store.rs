@@ -949,17 +949,25 @@ impl MigrationLock {
         name.push("-migrations.lock");
         let path = std::path::PathBuf::from(name);
         tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
-            file.lock()?;
-            Ok::<_, std::io::Error>(MigrationLock(file))
+            let take = || {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)?;
+                file.lock()?;
+                Ok::<_, std::io::Error>(MigrationLock(file))
+            };
+            take().map_err(|e| {
+                StoreError::Unusable(format!(
+                    "{}: {e} (the lock beside the database, taken while migrating; its folder \
+                     must exist and be writable)",
+                    path.display()
+                ))
+            })
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("the migration lock: {e}")))?
-        .map_err(|e| StoreError::Unusable(format!("the migration lock beside the database: {e}")))
     }
 }
 
