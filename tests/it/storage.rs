@@ -181,6 +181,19 @@ async fn audit_tools_read_the_deployed_definitions_from_the_database_without_a_r
         "{}",
         stdout(&out)
     );
+    // verify-result too, with no blob store there: the result is not signed, and nothing is
+    // made (no data/blobs, no development secret).
+    let out = tthc_in(
+        elsewhere.path(),
+        &["--database", &url, "verify-result", &d.code, "KQ.LLTP.01"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("is not signed on this dossier"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert_eq!(entries(elsewhere.path()), Vec::<String>::new());
 }
 
