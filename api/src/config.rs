@@ -59,6 +59,8 @@ pub struct ServeConfig {
     /// The national portal's base URL (docs/portal-api.md). Without one, the built-in portal
     /// simulator runs in-process (development), unless `portal_simulator` is false.
     pub portal_url: Option<String>,
+    /// The client id and secret for the portal's `POST /auth/token`. Without a secret, the
+    /// development one [`DEV_PORTAL_CLIENT_SECRET`], which `tthc portal-sim` expects by default.
     pub portal_client_id: String,
     pub portal_client_secret: Option<String>,
     pub portal_simulator: bool,
@@ -81,6 +83,10 @@ pub struct ReuseConfig {
     /// key this deployment does not trust, or not signed. Altered papers are always refused.
     pub unverified: engine::reuse::UnverifiedPolicy,
 }
+
+/// The portal client secret of development: the server's when none is configured, and
+/// `tthc portal-sim`'s default, so that the two work together out of the box.
+pub const DEV_PORTAL_CLIENT_SECRET: &str = "tthc-dev-secret";
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -161,6 +167,9 @@ impl ServeConfig {
         if let Some(v) = get("TTHC_PORTAL_URL") {
             self.portal_url = Some(v);
         }
+        if let Some(v) = get("TTHC_PORTAL_CLIENT_ID") {
+            self.portal_client_id = v;
+        }
         if let Some(v) = get("TTHC_PORTAL_CLIENT_SECRET") {
             self.portal_client_secret = Some(v);
         }
@@ -184,6 +193,13 @@ impl ServeConfig {
             );
         }
         Ok(())
+    }
+
+    /// The portal client secret: configured, or the development one.
+    pub fn portal_secret(&self) -> String {
+        self.portal_client_secret
+            .clone()
+            .unwrap_or_else(|| DEV_PORTAL_CLIENT_SECRET.to_owned())
     }
 
     /// The HS256 secret: configured, or the development secret file (created when missing).
@@ -271,6 +287,80 @@ mod tests {
         let a = kinds.agencies.get("000.00.01.H33").unwrap();
         assert_eq!(a.kind.as_deref(), Some("so_tu_phap"));
         assert_eq!(a.valid_from, Some("2025-07-01".parse().unwrap()));
+    }
+
+    /// Every key of the table in docs/operations.md, in the shape it documents.
+    #[test]
+    fn the_documented_configuration_keys_and_shapes_are_accepted() {
+        let yaml = r#"
+listen: "127.0.0.1:9000"
+database_url: "sqlite://tthc.db?max_page_count=100000"
+root: /srv/tthc
+deploy_on_start: false
+jwt_secret: "0123456789abcdef0123456789abcdef"
+jwt_public_key_file: /etc/tthc/jwt.pem
+overdue_scan: "0 0 7 * * Mon-Fri"
+job_poll_ms: 500
+job_lease_seconds: 30
+state_cache: 128
+seal_after_seconds: null
+body_limit_bytes: 65536
+log_format: json
+agencies: [{ code: "000.00.01.H33", name: Sở Tư pháp }]
+holiday_files: [/etc/tthc/holidays-2028.yaml]
+blobs_dir: /var/lib/tthc/blobs
+upload_limit_bytes: 1048576
+portal_url: "https://portal.example"
+portal_client_id: province-a
+portal_client_secret: "s3cret"
+portal_simulator: false
+portal_simulator_database: "sqlite://portal-sim.db"
+keys_file: /etc/tthc/keys.yaml
+"#;
+        let c: ServeConfig = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(c.seal_after_seconds, None);
+        assert_eq!(c.portal_client_id, "province-a");
+        assert_eq!(c.agencies.len(), 1);
+        let c: ServeConfig = serde_saphyr::from_str(
+            "seal_after_seconds: 3600
+",
+        )
+        .unwrap();
+        assert_eq!(c.seal_after_seconds, Some(3600));
+    }
+
+    #[test]
+    fn every_secret_and_the_portal_client_id_have_an_environment_variable() {
+        let mut c = ServeConfig::default();
+        c.apply_env(|k| match k {
+            "TTHC_JWT_SECRET" => Some("j".repeat(32)),
+            "TTHC_PORTAL_CLIENT_ID" => Some("province-b".into()),
+            "TTHC_PORTAL_CLIENT_SECRET" => Some("portal secret".into()),
+            "TTHC_DATABASE_URL" => Some("postgres://tthc:pw@db/tthc".into()),
+            "TTHC_KEYS_FILE" => Some("/etc/tthc/keys.yaml".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some("j".repeat(32).as_str()));
+        assert_eq!(c.portal_client_id, "province-b");
+        assert_eq!(c.portal_client_secret.as_deref(), Some("portal secret"));
+        assert_eq!(c.database_url, "postgres://tthc:pw@db/tthc");
+        assert_eq!(c.keys_file, Some(PathBuf::from("/etc/tthc/keys.yaml")));
+    }
+
+    /// A server with the defaults talks to `tthc portal-sim` with its defaults.
+    #[test]
+    fn the_portal_client_defaults_are_the_simulators() {
+        #[derive(clap::Parser)]
+        struct Sim {
+            #[command(flatten)]
+            args: crate::portal_sim::Args,
+        }
+        use clap::Parser;
+        let sim = Sim::try_parse_from(["portal-sim"]).unwrap().args;
+        let c = ServeConfig::default();
+        assert_eq!(c.portal_client_id, sim.client_id);
+        assert_eq!(c.portal_secret(), sim.client_secret);
     }
 
     #[test]

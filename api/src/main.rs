@@ -353,6 +353,15 @@ fn main() -> ExitCode {
                 if cli.root != std::path::Path::new(".") {
                     c.root = cli.root.clone();
                 }
+                // Without a blob store there is no document to check: an empty one, gone
+                // afterwards, rather than one made where the configuration points.
+                let _no_blobs = if c.blobs_dir.is_dir() {
+                    None
+                } else {
+                    let empty = tempfile::tempdir()?;
+                    c.blobs_dir = empty.path().to_path_buf();
+                    Some(empty)
+                };
                 let (_, state, _) = server::build(&c, engine::Clock::System).await?;
                 let d = state.engine.dossier(&dossier).await?;
                 let v = tthc_api::integrations::verify_result(&state.io, &d, &result);

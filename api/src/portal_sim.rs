@@ -126,7 +126,7 @@ pub struct Args {
     #[arg(
         long,
         env = "TTHC_PORTAL_CLIENT_SECRET",
-        default_value = "tthc-dev-secret",
+        default_value = crate::config::DEV_PORTAL_CLIENT_SECRET,
         hide_env_values = true
     )]
     pub client_secret: String,

@@ -85,7 +85,20 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     }
 
-    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+    /// An error the caller cannot fix, logged. A storage error that has a problem of its own
+    /// ([`ApiError::storage`]: a damaged archive, a full disk) gets that one instead, whichever
+    /// route met it.
+    pub fn internal(detail: impl std::fmt::Display + 'static) -> ApiError {
+        let any = &detail as &dyn std::any::Any;
+        let store = any.downcast_ref::<engine::store::StoreError>().or_else(|| {
+            match any.downcast_ref::<EngineError>() {
+                Some(EngineError::Store(s)) => Some(s),
+                _ => None,
+            }
+        });
+        if let Some(p) = store.and_then(ApiError::storage) {
+            return p;
+        }
         tracing::error!(error = %detail, "internal error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,15 +108,53 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The problems of storage errors that are not internal: a dossier whose archive is
+    /// damaged (409 `archive_damaged`, naming it) and a full disk (503 `storage_full`, with
+    /// `Retry-After`).
+    pub fn storage(e: &engine::store::StoreError) -> Option<ApiError> {
+        use engine::store::StoreError;
+        if e.is_storage_full() {
+            tracing::error!(error = %e, "storage full: writes are refused until space returns");
+            return Some(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_full",
+                "the server's storage is full: nothing was written; try again later",
+            ));
+        }
+        match e {
+            StoreError::ArchiveDamaged { .. } => {
+                tracing::error!(error = %e, "damaged archive");
+                Some(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "archive_damaged",
+                    e.to_string(),
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How long a client waits before trying a write again after `storage_full`.
+pub const STORAGE_FULL_RETRY_AFTER_SECONDS: u32 = 60;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let full = self.0.code == "storage_full";
         let mut response = (status, Json(*self.0)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if full {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(STORAGE_FULL_RETRY_AFTER_SECONDS),
+            );
+        }
         response
     }
 }

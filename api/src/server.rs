@@ -252,7 +252,7 @@ async fn integration_settings(
         (Some(url), _) => Some(engine::portal::PortalConfig::new(
             url.clone(),
             config.portal_client_id.clone(),
-            config.portal_client_secret.clone().unwrap_or_default(),
+            config.portal_secret(),
         )),
         (None, true) => {
             let secret = hex::encode(rand::random::<[u8; 16]>());

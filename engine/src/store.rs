@@ -49,6 +49,34 @@ pub enum StoreError {
     /// once, in SQLite's own words.
     #[error("{0}")]
     Unusable(String),
+    /// A dossier's archive of sealed events cannot be read: a column holds another type than
+    /// the sealer wrote (text where bytes belong), or its bytes do not unpack.
+    #[error(
+        "dossier {dossier}: its archive of sealed events is damaged ({problem}); restore it from \
+         a backup (`tthc audit verify` lists every damaged dossier)"
+    )]
+    ArchiveDamaged { dossier: String, problem: String },
+}
+
+impl StoreError {
+    /// Whether the database (or the disk under it) is full: SQLite's `SQLITE_FULL` ("database
+    /// or disk is full"), PostgreSQL's `disk_full` (53100). Nothing of the failed write was
+    /// kept; it can succeed once space returns.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => match e.code() {
+                // PostgreSQL's SQLSTATE has five characters; SQLite's primary code is the low
+                // byte of its extended code.
+                Some(c) if c.len() == 5 => c == "53100",
+                Some(c) => c.parse::<i64>().is_ok_and(|c| c & 0xff == 13),
+                None => false,
+            },
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
 }
 
 pub fn micros(t: DateTime<Utc>) -> i64 {
@@ -300,6 +328,9 @@ pub struct Store {
     dictionaries: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::sync::Arc<Dictionary>>>>,
     /// The newest dictionary's id and when it was looked up.
     current_dictionary: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
+    /// Set when a write failed because the storage is full, cleared once a probe write finds
+    /// room ([`Store::storage_full`]).
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An append waiting to be committed with others.
@@ -807,6 +838,34 @@ fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
     Ok(Some(options.get_filename().to_path_buf()))
 }
 
+/// A SQLite URL's `max_page_count=N` (tthc's, not the driver's), taken out of it: the most
+/// pages the database may have, a quota past which writes fail as on a full disk.
+fn take_page_cap(url: &str) -> Result<(String, Option<u64>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut cap = None;
+    let mut rest = Vec::new();
+    for param in query.split('&') {
+        match param.split_once('=') {
+            Some(("max_page_count", n)) => {
+                cap = Some(n.parse::<u64>().map_err(|_| {
+                    StoreError::Unusable(format!(
+                        "max_page_count in the database URL must be a number of pages, not `{n}`"
+                    ))
+                })?);
+            }
+            _ => rest.push(param),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, cap))
+}
+
 /// `url` with SQLite's open mode set, unless the URL sets one.
 fn with_mode(url: &str, mode: &str) -> String {
     if url.contains("mode=") || url.contains(":memory:") {
@@ -890,17 +949,25 @@ impl MigrationLock {
         name.push("-migrations.lock");
         let path = std::path::PathBuf::from(name);
         tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
-            file.lock()?;
-            Ok::<_, std::io::Error>(MigrationLock(file))
+            let take = || {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)?;
+                file.lock()?;
+                Ok::<_, std::io::Error>(MigrationLock(file))
+            };
+            take().map_err(|e| {
+                StoreError::Unusable(format!(
+                    "{}: {e} (the lock beside the database, taken while migrating; its folder \
+                     must exist and be writable)",
+                    path.display()
+                ))
+            })
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("the migration lock: {e}")))?
-        .map_err(|e| StoreError::Unusable(format!("the migration lock beside the database: {e}")))
     }
 }
 
@@ -983,14 +1050,22 @@ impl Store {
     async fn open_with(url: &str, read_only: bool) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of(url)?;
+        let (url, page_cap) = match backend {
+            Backend::Sqlite => {
+                let (url, cap) = take_page_cap(url)?;
+                (with_mode(&url, if read_only { "ro" } else { "rwc" }), cap)
+            }
+            Backend::Postgres => (url.to_owned(), None),
+        };
         let file = match backend {
-            Backend::Sqlite => sqlite_file(url)?,
+            Backend::Sqlite => sqlite_file(&url)?,
             Backend::Postgres => None,
         };
-        let url = match backend {
-            Backend::Sqlite => with_mode(url, if read_only { "ro" } else { "rwc" }),
-            Backend::Postgres => url.to_owned(),
-        };
+        // Settings of this database beyond the usual ones, on every connection that writes.
+        let extra: String = page_cap
+            .map(|n| format!("PRAGMA max_page_count = {n};"))
+            .unwrap_or_default();
+        let extra_on_connect = extra.clone();
         if let Some(path) = &file {
             let path = path.clone();
             tokio::task::spawn_blocking(move || check_sqlite_file(&path, read_only))
@@ -1011,10 +1086,15 @@ impl Store {
             // notice connections a server restart closed.
             .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
+                let extra_on_connect = extra_on_connect.clone();
                 Box::pin(async move {
                     match (backend, read_only) {
                         (Backend::Sqlite, false) => {
                             conn.execute(sqlite::SETTINGS).await?;
+                            if !extra_on_connect.is_empty() {
+                                conn.execute(sqlx::AssertSqlSafe(extra_on_connect.clone()))
+                                    .await?;
+                            }
                         }
                         (Backend::Sqlite, true) => {
                             conn.execute(READ_ONLY_SETTINGS).await?;
@@ -1039,7 +1119,7 @@ impl Store {
         let writer = std::sync::Arc::new(tokio::sync::Mutex::new(()));
         let (sqlite_writer, checkpointer) = match &file {
             Some(path) if !read_only => {
-                let sqlite_writer = std::sync::Arc::new(sqlite::Writer::start(path)?);
+                let sqlite_writer = std::sync::Arc::new(sqlite::Writer::start(path, &extra)?);
                 let checkpointer =
                     Checkpointer::start(pool.clone(), std::sync::Arc::clone(&sqlite_writer));
                 (Some(sqlite_writer), Some(std::sync::Arc::new(checkpointer)))
@@ -1056,6 +1136,7 @@ impl Store {
             sqlite_writer,
             dictionaries: std::sync::Arc::default(),
             current_dictionary: std::sync::Arc::default(),
+            full: std::sync::Arc::default(),
         })
     }
 
@@ -1173,10 +1254,13 @@ impl Store {
             if let Some(archive) = self.archive(code).await?
                 && archive.upto >= from
             {
-                let archived = self
-                    .unpack(&archive)
-                    .await?
-                    .map_err(|e| StoreError::Corrupt(format!("{code}: {e}")))?;
+                let archived =
+                    self.unpack(&archive)
+                        .await?
+                        .map_err(|e| StoreError::ArchiveDamaged {
+                            dossier: code.to_owned(),
+                            problem: e.to_string(),
+                        })?;
                 let (digests, _) = archive::recompute_hashes(code, &archived);
                 let skip = usize::try_from(from - 1).unwrap_or(usize::MAX);
                 hashes.extend(digests.iter().skip(skip).map(|d| d.to_vec()));
@@ -1304,14 +1388,15 @@ impl Store {
 
     /// The archive of a dossier's sealed events, if it has one.
     pub async fn archive(&self, code: &str) -> Result<Option<Archive>, StoreError> {
-        let row = sqlx::query(sql(
-            self.backend,
-            "SELECT upto_seq, head, checks, dictionary, body FROM event_archives WHERE dossier_code = ?",
-        ))
-        .bind(code)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| archive_row(&r)).transpose()
+        let statement = format!(
+            "SELECT {} FROM event_archives a WHERE a.dossier_code = ?",
+            archive_columns(self.backend)
+        );
+        let row = sqlx::query(sql_dyn(self.backend, statement))
+            .bind(code)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| archive_row(code, &r)).transpose()
     }
 
     /// An archive's events, decompressed with the dictionary it names; `Err` inside when the
@@ -1399,18 +1484,22 @@ impl Store {
         samples: u32,
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        let rows = sqlx::query(sql(
-            self.backend,
-            "SELECT upto_seq, head, checks, dictionary, body FROM event_archives
-             ORDER BY dossier_code DESC LIMIT ?",
-        ))
-        .bind(i64::from(samples))
-        .fetch_all(&self.pool)
-        .await?;
+        let statement = format!(
+            "SELECT a.dossier_code, {} FROM event_archives a
+             ORDER BY a.dossier_code DESC LIMIT ?",
+            archive_columns(self.backend)
+        );
+        let rows = sqlx::query(sql_dyn(self.backend, statement))
+            .bind(i64::from(samples))
+            .fetch_all(&self.pool)
+            .await?;
         let mut bodies = Vec::with_capacity(rows.len());
         for r in &rows {
-            let a = archive_row(r)?;
+            let code: String = r.try_get("dossier_code")?;
             // A damaged archive is left out: `audit verify` reports it.
+            let Ok(a) = archive_row(&code, r) else {
+                continue;
+            };
             if let Some(d) = self.dictionary(a.dictionary).await?
                 && let Ok(json) = archive::records(&a, &d)
             {
@@ -1639,7 +1728,12 @@ impl Store {
             }))
         };
         let (mut stream, mut verifier) = if c.sealed > 0 {
-            let archive = self.archive(&c.code).await?;
+            let archive = match self.archive(&c.code).await {
+                Ok(a) => a,
+                // Never sealed again: left as evidence, like any stream that does not verify.
+                Err(StoreError::ArchiveDamaged { problem, .. }) => return brk(1, problem),
+                Err(e) => return Err(e),
+            };
             match self
                 .open_sealed(&c.code, archive.as_ref(), c.sealed)
                 .await?
@@ -1689,6 +1783,21 @@ impl Store {
     /// key, request hash), the key is recorded in the same transaction: a key seen before
     /// returns the dossier it filed and files nothing.
     pub async fn create<E: Send + 'static>(
+        &self,
+        agency_code: &str,
+        day: NaiveDate,
+        decide: impl FnOnce(&str) -> Result<(Vec<Event>, Dossier), E> + Send + 'static,
+        at: DateTime<Utc>,
+        actor: (&str, &str),
+        key: Option<(&str, &str)>,
+    ) -> Result<Result<Created, E>, StoreError> {
+        let r = self
+            .create_unnoted(agency_code, day, decide, at, actor, key)
+            .await;
+        self.noted(r)
+    }
+
+    async fn create_unnoted<E: Send + 'static>(
         &self,
         agency_code: &str,
         day: NaiveDate,
@@ -1792,6 +1901,11 @@ impl Store {
     /// Appends events to an existing dossier whose state was `append.before`.
     /// Returns the hash of the last event appended: the new head of the dossier's chain.
     pub async fn append(&self, append: &Append<'_>) -> Result<String, StoreError> {
+        let r = self.append_unnoted(append).await;
+        self.noted(r)
+    }
+
+    async fn append_unnoted(&self, append: &Append<'_>) -> Result<String, StoreError> {
         if let (Some(writer), Some((before, head))) = (&self.sqlite_writer, append.before) {
             return self.append_grouped(writer, append, before.seq, head).await;
         }
@@ -1862,6 +1976,16 @@ impl Store {
     /// Claims up to `limit` jobs due at `now`, each under a lease until `now + lease`.
     /// A job whose lease ran out (its worker died) is claimed again.
     pub async fn claim_due_jobs(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: chrono::Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let r = self.claim_due_jobs_unnoted(now, limit, lease).await;
+        self.noted(r)
+    }
+
+    async fn claim_due_jobs_unnoted(
         &self,
         now: DateTime<Utc>,
         limit: u32,
@@ -2176,10 +2300,10 @@ impl Store {
         } else {
             ""
         };
+        let archive = archive_columns(self.backend);
         let statement = match self.backend {
             Backend::Sqlite => format!(
-                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq,
-                    a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq, {archive},
                     (SELECT json_group_array(json_array(e.seq, e.at, e.actor_id, e.actor_name,
                         e.payload, lower(hex(e.hash))) ORDER BY e.seq)
                      FROM events e WHERE e.dossier_code = d.code) AS stream
@@ -2187,8 +2311,7 @@ impl Store {
                  {filter} ORDER BY d.code"
             ),
             Backend::Postgres => format!(
-                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq,
-                    a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+                "SELECT d.code, d.seq, d.last_hash, d.sealed_seq, {archive},
                     COALESCE((SELECT json_agg(json_build_array(e.seq, e.at, e.actor_id,
                         e.actor_name, e.payload, encode(e.hash, 'hex')) ORDER BY e.seq)
                      FROM events e WHERE e.dossier_code = d.code)::text, '[]') AS stream
@@ -2211,7 +2334,20 @@ impl Store {
             let head: String = row.try_get("last_hash")?;
             let sealed = u64::try_from(row.try_get::<i64, _>("sealed_seq")?).unwrap_or(0);
             let archive = match row.try_get::<Option<i64>, _>("upto_seq")? {
-                Some(_) => Some(archive_row(&row)?),
+                Some(_) => match archive_row(&code, &row) {
+                    Ok(a) => Some(a),
+                    Err(StoreError::ArchiveDamaged { problem, .. }) => {
+                        // This dossier's history cannot be checked; the others still are.
+                        report.dossiers += 1;
+                        report.breaks.push(ChainBreak {
+                            dossier: code,
+                            seq: 1,
+                            problem: format!("its archive of sealed events is damaged: {problem}"),
+                        });
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
                 None => None,
             };
             let stream: String = row.try_get("stream")?;
@@ -2668,7 +2804,44 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
     }
 }
 
-fn archive_row(r: &AnyRow) -> Result<Archive, StoreError> {
+/// The columns of an archive (table alias `a`) as [`archive_row`] reads them. On SQLite a
+/// column may hold a value of another type than the sealer wrote: text where bytes belong,
+/// say, which the driver fails to read as a whole row ("invalid utf-8"), naming no dossier.
+/// So each byte column is read as bytes whatever it holds, and the stored types come with
+/// them, for [`archive_row`] to name the damage.
+fn archive_columns(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "a.upto_seq, CAST(a.head AS BLOB) AS head, CAST(a.checks AS BLOB) AS checks,
+             CAST(a.dictionary AS INTEGER) AS dictionary, CAST(a.body AS BLOB) AS body,
+             typeof(a.head) || ' ' || typeof(a.checks) || ' ' || typeof(a.dictionary) || ' '
+                 || typeof(a.body) AS archive_types"
+        }
+        // Typed columns: a BYTEA holds bytes.
+        Backend::Postgres => {
+            "a.upto_seq, a.head, a.checks, a.dictionary, a.body,
+             'blob blob integer blob' AS archive_types"
+        }
+    }
+}
+
+/// An archive row of `code`, read with [`archive_columns`]; [`StoreError::ArchiveDamaged`]
+/// when a column holds another type than the sealer wrote.
+fn archive_row(code: &str, r: &AnyRow) -> Result<Archive, StoreError> {
+    let types: String = r.try_get("archive_types")?;
+    let expected = ["blob", "blob", "integer", "blob"];
+    let names = ["head", "checks", "dictionary", "body"];
+    for ((found, want), name) in types.split(' ').zip(expected).zip(names) {
+        if found != want {
+            return Err(StoreError::ArchiveDamaged {
+                dossier: code.to_owned(),
+                problem: format!(
+                    "its {name} is stored as {found}, not {}",
+                    if want == "blob" { "bytes" } else { want }
+                ),
+            });
+        }
+    }
     Ok(Archive {
         upto: u64::try_from(r.try_get::<i64, _>("upto_seq")?).unwrap_or(0),
         head: r.try_get("head")?,
@@ -2834,6 +3007,62 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// Notes a write that found the storage full (an error that
+    /// [`StoreError::is_storage_full`]), and passes its result on. Only the probe of
+    /// [`Store::storage_full`] clears the note: a small write may still fit while the next
+    /// one does not, and readiness should not flap with them.
+    fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        if let Err(e) = &r
+            && e.is_storage_full()
+            && !self.full.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(error = %e, "the storage is full: writes fail until space returns");
+        }
+        r
+    }
+
+    /// Whether the storage is full: a write failed for want of space, and no probe has found
+    /// room since. While it is, each call tries one small write that needs fresh pages (a table of
+    /// its own made, filled with 64 KiB and dropped, in two transactions), so that space coming
+    /// back is seen without waiting for a client's write.
+    pub async fn storage_full(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.full.load(Ordering::Relaxed) {
+            return false;
+        }
+        let probe = async {
+            let _turn = self.write_turn().await;
+            let mut tx = self.begin().await?;
+            sqlx::query(sql(
+                self.backend,
+                "CREATE TABLE IF NOT EXISTS tthc_storage_probe (filler BYTEA)",
+            ))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(sql(
+                self.backend,
+                "INSERT INTO tthc_storage_probe (filler) VALUES (?)",
+            ))
+            .bind(vec![0x5au8; 64 * 1024])
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            sqlx::query(sql(self.backend, "DROP TABLE tthc_storage_probe"))
+                .execute(&self.pool)
+                .await?;
+            Ok::<_, StoreError>(())
+        };
+        match probe.await {
+            Ok(()) => {
+                tracing::info!("the storage has room again");
+                self.full.store(false, Ordering::Relaxed);
+                false
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 /// An upload: content in the blob store, and who sent it.
@@ -2846,6 +3075,16 @@ pub struct Upload {
 
 impl Store {
     pub async fn record_upload(
+        &self,
+        upload: &Upload,
+        uploader: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let r = self.record_upload_unnoted(upload, uploader, at).await;
+        self.noted(r)
+    }
+
+    async fn record_upload_unnoted(
         &self,
         upload: &Upload,
         uploader: &str,

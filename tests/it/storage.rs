@@ -181,6 +181,19 @@ async fn audit_tools_read_the_deployed_definitions_from_the_database_without_a_r
         "{}",
         stdout(&out)
     );
+    // verify-result too, with no blob store there: the result is not signed, and nothing is
+    // made (no data/blobs, no development secret).
+    let out = tthc_in(
+        elsewhere.path(),
+        &["--database", &url, "verify-result", &d.code, "KQ.LLTP.01"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("is not signed on this dossier"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert_eq!(entries(elsewhere.path()), Vec::<String>::new());
 }
 
@@ -339,4 +352,185 @@ fn two_servers_starting_on_a_new_file_at_once_both_migrate_it_and_listen() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_damaged_archive_row_is_named_by_verify_which_goes_on_and_reads_answer_a_problem() {
+    let h = harness().await;
+    let damaged = h.file_lltp(1).await;
+    h.receive(&damaged.code).await;
+    let intact = h.file_lltp(1).await;
+    let store = h.engine.store();
+    let last = store.events(&damaged.code).await.unwrap().pop().unwrap();
+    let sealed = store
+        .seal(&[engine::store::SealCandidate {
+            code: damaged.code.to_string(),
+            seq: last.seq,
+            head: last.hash.clone(),
+            sealed: 0,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(sealed.sealed, 1, "{sealed:?}");
+    let url = db_url(&h.dir).await;
+    if !url.starts_with("sqlite:") {
+        return; // PostgreSQL's BYTEA column holds bytes only.
+    }
+    // Text where the sealer wrote bytes: the driver failed on the whole row ("invalid utf-8").
+    sqlx::query("UPDATE event_archives SET body = CAST(body AS TEXT) WHERE dossier_code = ?")
+        .bind(&*damaged.code)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let out = tthc_in(h.dir.path(), &["--database", &url, "audit", "verify"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(&format!(
+            "{}: event 1: its archive of sealed events is damaged: its body is stored as text, not bytes",
+            damaged.code
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("ALTERED: 1 of 2 dossier(s) fail verification"),
+        "the other dossier was verified: {text}"
+    );
+    assert!(!text.contains(&*intact.code), "{text}");
+
+    // A server that has not read the dossier yet (a restart, another node).
+    let api = crate::api_support::start_api_with(20, |c| c.database_url = url.clone()).await;
+    let token = crate::api_support::auditor_token();
+    let r = api
+        .get(&format!("/api/v1/dossiers/{}", damaged.code), &token)
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.body["code"], "archive_damaged", "{}", r.text);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&*damaged.code) && detail.contains("body is stored as text"),
+        "{detail}"
+    );
+    let r = api
+        .get(&format!("/api/v1/dossiers/{}", intact.code), &token)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api.get("/api/v1/audit/verify", &token).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["intact"], false);
+    assert_eq!(r.body["dossiers"], 2);
+    let breaks = r.body["breaks"].as_array().unwrap();
+    assert_eq!(breaks.len(), 1, "{}", r.text);
+    assert_eq!(breaks[0]["dossier"], *damaged.code);
+    assert!(
+        breaks[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("archive of sealed events is damaged"),
+        "{}",
+        r.text
+    );
+}
+
+/// An answer as it came, 5xx included.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: serde_json::Value,
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let r = request.send().await.unwrap();
+    Answer {
+        status: r.status().as_u16(),
+        retry_after: r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        body: r.json().await.unwrap_or_default(),
+    }
+}
+
+/// Files a judicial record request over HTTP.
+async fn file_over_http(api: &crate::api_support::Api) -> Answer {
+    answer(
+        api.request(reqwest::Method::POST, "/api/v1/dossiers")
+            .bearer_auth(crate::api_support::citizen_token())
+            .json(&serde_json::json!({
+                "procedure_code": "2.000488",
+                "agency_code": AGENCY,
+                "data": {"to_khai": lltp_form(1)},
+            })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_full_database_answers_writes_503_storage_full_and_is_not_ready_until_space_returns() {
+    let h = harness().await;
+    let url = db_url(&h.dir).await;
+    let Some(path) = url.strip_prefix("sqlite://").map(std::path::PathBuf::from) else {
+        return; // PostgreSQL (TTHC_TEST_DATABASE): no page cap to set.
+    };
+    // Ballast that can be dropped later, to give space back.
+    let pool = h.engine.store().pool().clone();
+    sqlx::query("CREATE TABLE ballast (filler BLOB)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for _ in 0..64 {
+        sqlx::query("INSERT INTO ballast (filler) VALUES (zeroblob(4096))")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    drop(h.engine);
+    use sqlx::Connection;
+    let mut own = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    // No free page left inside the file; the cap is its size: the database is full.
+    sqlx::query("VACUUM").execute(&mut own).await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut own)
+        .await
+        .unwrap();
+    let api = crate::api_support::start_api_with(20, |c| {
+        c.database_url = format!("sqlite://{}?max_page_count={pages}", path.display());
+    })
+    .await;
+    let mut full = None;
+    for _ in 0..200 {
+        let r = file_over_http(&api).await;
+        if r.status != 201 {
+            full = Some(r);
+            break;
+        }
+    }
+    let r = full.expect("filings never filled the capped database");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["code"], "storage_full", "{}", r.body);
+    assert_eq!(r.retry_after.as_deref(), Some("60"));
+    let r = answer(api.request(reqwest::Method::GET, "/ready")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["status"], "storage full");
+    // Its probe write finds no room either, and a request that writes nothing changes nothing.
+    let r = answer(
+        api.request(reqwest::Method::GET, "/api/v1/dossiers")
+            .bearer_auth(crate::api_support::admin_token()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "reads go on: {}", r.body);
+    let r = answer(api.request(reqwest::Method::GET, "/ready")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+
+    // Space comes back: the ballast goes.
+    sqlx::query("DROP TABLE ballast")
+        .execute(&mut own)
+        .await
+        .unwrap();
+    let r = answer(api.request(reqwest::Method::GET, "/ready")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = file_over_http(&api).await;
+    assert_eq!(r.status, 201, "{}", r.body);
 }

@@ -31,11 +31,18 @@ async fn health() -> Json<Health> {
     })
 }
 
-/// The process can serve: the database answers and startup finished.
+/// The process can serve: the database answers, has room to write, and startup finished.
 #[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let started = state.ready.load(std::sync::atomic::Ordering::SeqCst);
-    match state.engine.store().ping().await {
+    let store = state.engine.store();
+    match store.ping().await {
+        Ok(()) if store.storage_full().await => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "storage full".into(),
+            }),
+        ),
         Ok(()) if started => (
             StatusCode::OK,
             Json(Health {

@@ -39,8 +39,10 @@ const PREPARED_STATEMENTS: usize = 128;
 
 impl Writer {
     /// Opens the database file (created and migrated already) and starts the thread.
-    pub(super) fn start(path: &Path) -> Result<Writer, StoreError> {
+    /// `extra` are settings of this database beyond [`SETTINGS`] (its page cap).
+    pub(super) fn start(path: &Path, extra: &str) -> Result<Writer, StoreError> {
         let conn = open(path)?;
+        conn.execute_batch(extra)?;
         let (work, queue) = mpsc::channel::<Work>();
         std::thread::Builder::new()
             .name("tthc-sqlite-writer".into())
