@@ -320,7 +320,7 @@ keys_file: /etc/tthc/keys.yaml
         let c: ServeConfig = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(c.seal_after_seconds, None);
         assert_eq!(c.portal_client_id, "province-a");
-        assert_eq!(c.agencies.len(), 1);
+        assert_eq!(c.agencies.iter().count(), 1);
         let c: ServeConfig = serde_saphyr::from_str(
             "seal_after_seconds: 3600
 ",

@@ -249,7 +249,7 @@ pub fn signing_error(e: &engine::signing::SigningError) -> ApiError {
                 ),
             )
         }
-        other => ApiError::internal(other),
+        other => ApiError::internal(other.to_string()),
     }
 }
 

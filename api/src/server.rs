@@ -359,8 +359,9 @@ pub async fn build(config: &ServeConfig, clock: Clock) -> Result<(Router, AppSta
             }
         }
     }
+    // A server that reads only (the audit tools) routes nothing: unmapped kinds do not matter.
     let problems = engine.agency_problems();
-    if !problems.is_empty() {
+    if !problems.is_empty() && !config.read_only {
         anyhow::bail!(
             "deployed procedures name agency kinds this configuration lacks:\n{}\nmap each kind to one of this deployment's agencies: `kind:` in `agencies` of the configuration (docs/operations.md, \"Agencies\")",
             problems.join("\n")
