@@ -413,12 +413,9 @@ async fn of_concurrent_completions_of_one_task_exactly_one_wins_and_the_rest_con
                 .body["seq"]
                 .as_u64()
                 != Some(now);
-            let expected = if later.is_some() && moved {
-                "conflict"
-            } else {
-                "task_not_open"
-            };
-            assert_eq!(answers, vec![(409, expected.to_owned())], "{later:?}");
+            let not_open = answers == vec![(409, "task_not_open".to_owned())];
+            let stale = later.is_some() && moved && answers == vec![(409, "conflict".to_owned())];
+            assert!(not_open || stale, "{later:?}: {answers:?}");
         }
     }
     // A task id this dossier never opened is still not found.

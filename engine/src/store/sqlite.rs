@@ -10,7 +10,7 @@
 //! connection (rusqlite, sharing sqlx's SQLite library) with its statements kept prepared,
 //! and its answer comes back. Group commits, job claims, filings and seals hold the store's
 //! write turn like every other writer of the process; the checkpointer's restart runs between
-//! them without it (see `Checkpointer` in store.rs).
+//! them without it (see `Checkpointer` in writer.rs).
 //!
 //! Reads stay on sqlx's pool. Reading a dossier's newest events on the caller's thread, from
 //! connections of this module, was measured (+15% on the durable row) and taken back: under
