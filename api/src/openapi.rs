@@ -10,7 +10,7 @@ const PROBLEM: &str = "#/components/schemas/Problem";
 const DOSSIER: &str = "#/components/schemas/DossierView";
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch"];
 
-/// What `If-Match` and `If-None-Match` take: an entity tag naming a dossier's `seq`, `"12"`
+/// What `If-Match` takes: an entity tag naming a dossier's `seq`, `"12"`
 /// or the weak `W/"12"` (the quotes may be left out).
 const ETAG_PATTERN: &str = r#"^(W/)?"?[0-9]{1,18}"?$"#;
 
@@ -122,9 +122,9 @@ fn headers(op: &mut Map<String, Value>) {
     };
     for p in params.iter_mut().filter(|p| p["in"] == "header") {
         let schema = match p["name"].as_str() {
-            Some("If-Match") | Some("If-None-Match") => {
-                json!({"type": "string", "pattern": ETAG_PATTERN})
-            }
+            Some("If-Match") => json!({"type": "string", "pattern": ETAG_PATTERN}),
+            // A list of tags or `*`; a tag that names no version of the dossier never matches.
+            Some("If-None-Match") => json!({"type": "string"}),
             Some("Idempotency-Key") => json!({
                 "type": "string", "minLength": 1, "maxLength": 200,
                 // Visible ASCII, no space at either end (a header value carries no other).

@@ -360,6 +360,8 @@ pub struct HolidayView {
 pub struct OwnerInput {
     /// 12-digit citizen ID, passport number, or tax code.
     pub id: String,
+    /// Not blank.
+    #[schema(pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub email: Option<String>,
@@ -371,6 +373,8 @@ pub struct OwnerInput {
 #[serde(deny_unknown_fields)]
 pub struct FileRequest {
     pub procedure_code: String,
+    /// One of this deployment's agency codes, e.g. `000.00.01.H59`.
+    #[schema(pattern = "^[A-Z0-9.]{1,32}$")]
     pub agency_code: String,
     /// Citizens file for themselves: leave out, or give their own identifier. Officers at the
     /// desk name the owner.
@@ -401,12 +405,16 @@ pub struct CompleteRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
+    /// Not blank.
+    #[schema(pattern = r"\S")]
     pub reason: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplementRequestBody {
+    /// Not blank.
+    #[schema(pattern = r"\S")]
     pub reason: String,
     /// Component ids the owner must provide.
     #[serde(default)]
