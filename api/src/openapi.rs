@@ -25,11 +25,18 @@ pub fn finish(doc: &mut Value) {
                 continue;
             };
             headers(op);
+            let idempotent = op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
             if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
                 for (status, response) in responses.iter_mut() {
                     if let Some(r) = response.as_object_mut() {
                         problem_json(r);
                         etag(r, status);
+                        if idempotent && status.starts_with('2') {
+                            replayed(r);
+                        }
                     }
                 }
             }
@@ -110,6 +117,23 @@ fn etag(response: &mut Map<String, Value>, status: &str) {
                 "description": "The dossier's version, its `seq`: send it back in `If-Match` to act on this version, or in `If-None-Match` to poll",
                 "required": true,
                 "schema": {"type": "string", "pattern": r#"^"[0-9]+"$"#},
+            }),
+        );
+    }
+}
+
+/// A repeated request with the same `Idempotency-Key` gets the first answer, marked.
+fn replayed(response: &mut Map<String, Value>) {
+    if let Some(h) = response
+        .entry("headers")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+    {
+        h.insert(
+            "Idempotent-Replayed".into(),
+            json!({
+                "description": "`true` when this is the first answer to an earlier request with the same Idempotency-Key",
+                "schema": {"type": "string", "enum": ["true"]},
             }),
         );
     }

@@ -176,6 +176,7 @@ async fn the_openapi_document_declares_paging_bounds_problem_json_and_headers() 
         .expect("Idempotency-Key is declared");
     assert_eq!(key["schema"]["maxLength"], 200);
     assert!(file["responses"]["201"]["headers"]["ETag"].is_object());
+    assert!(file["responses"]["201"]["headers"]["Idempotent-Replayed"].is_object());
     // A filed dossier's code leads to the operations on it.
     let links = &file["responses"]["201"]["links"];
     assert_eq!(
