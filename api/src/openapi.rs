@@ -24,7 +24,7 @@ pub fn finish(doc: &mut Value) {
             let Some(op) = item.get_mut(*method).and_then(Value::as_object_mut) else {
                 continue;
             };
-            headers(op);
+            parameters(op);
             let idempotent = op
                 .get("parameters")
                 .and_then(Value::as_array)
@@ -139,11 +139,21 @@ fn replayed(response: &mut Map<String, Value>) {
     }
 }
 
-/// The syntax the server checks for its conditional and idempotency headers.
-fn headers(op: &mut Map<String, Value>) {
+/// The syntax the server checks for its conditional and idempotency headers; an optional
+/// query parameter is left out, never `null` (a query string has no null).
+fn parameters(op: &mut Map<String, Value>) {
     let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
         return;
     };
+    for p in params.iter_mut().filter(|p| p["in"] == "query") {
+        if let Some(types) = p.pointer_mut("/schema/type").and_then(Value::as_array_mut) {
+            types.retain(|t| t != "null");
+            if let [only] = types.as_slice() {
+                let only = only.clone();
+                p["schema"]["type"] = only;
+            }
+        }
+    }
     for p in params.iter_mut().filter(|p| p["in"] == "header") {
         let schema = match p["name"].as_str() {
             Some("If-Match") => json!({"type": "string", "pattern": ETAG_PATTERN}),

@@ -125,6 +125,11 @@ async fn the_openapi_document_declares_paging_bounds_problem_json_and_headers() 
                 .unwrap_or_else(|| panic!("{path}: no {name}"))["schema"]
                 .clone()
         };
+        assert_eq!(
+            param("limit")["type"],
+            "integer",
+            "{path}: absent, never null"
+        );
         assert_eq!(param("limit")["minimum"], 1, "{path}");
         assert_eq!(param("limit")["maximum"], 200, "{path}");
         assert_eq!(param("offset")["minimum"], 0, "{path}");
