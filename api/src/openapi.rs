@@ -161,8 +161,8 @@ fn parameters(op: &mut Map<String, Value>) {
             Some("If-None-Match") => json!({"type": "string"}),
             Some("Idempotency-Key") => json!({
                 "type": "string", "minLength": 1, "maxLength": 200,
-                // Visible ASCII, no space at either end (a header value carries no other).
-                "pattern": "^[!-~]([ -~]*[!-~])?$",
+                // ASCII a header value may carry, not only blanks (which are trimmed).
+                "pattern": "^[\t -~]*[!-~][\t -~]*$",
             }),
             _ => continue,
         };

@@ -317,3 +317,26 @@ async fn a_whole_amount_is_accepted_written_either_way() {
         assert_eq!(r.body["code"], "invalid_body", "{}", r.text);
     }
 }
+
+#[tokio::test]
+async fn an_idempotency_key_is_checked_as_documented() {
+    let api = start_api().await;
+    let citizen = citizen_token();
+    let file = |key: String| {
+        api.request(Method::POST, "/api/v1/dossiers")
+            .bearer_auth(&citizen)
+            .header("idempotency-key", key)
+            .json(&json!({"procedure_code": "2.000488", "agency_code": AGENCY,
+                "data": {"to_khai": crate::engine_support::lltp_form(1)}}))
+    };
+    // 1 to 200 header characters, not only blanks; a tab inside is one of them.
+    for key in ["k".repeat(200), "a\tb".into(), "x".into()] {
+        let r = api.send(file(key.clone())).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{key:?}: {}", r.text);
+    }
+    for key in ["k".repeat(201), "\t".into()] {
+        let r = api.send(file(key.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{key:?}: {}", r.text);
+        assert_eq!(r.body["code"], "invalid_idempotency_key", "{}", r.text);
+    }
+}
