@@ -10,7 +10,7 @@ const PROBLEM: &str = "#/components/schemas/Problem";
 const DOSSIER: &str = "#/components/schemas/DossierView";
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch"];
 
-/// What `If-Match` and `If-None-Match` take: an entity tag naming a dossier's `seq`, `"12"`
+/// What `If-Match` takes: an entity tag naming a dossier's `seq`, `"12"`
 /// or the weak `W/"12"` (the quotes may be left out).
 const ETAG_PATTERN: &str = r#"^(W/)?"?[0-9]{1,18}"?$"#;
 
@@ -24,12 +24,19 @@ pub fn finish(doc: &mut Value) {
             let Some(op) = item.get_mut(*method).and_then(Value::as_object_mut) else {
                 continue;
             };
-            headers(op);
+            parameters(op);
+            let idempotent = op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
             if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
                 for (status, response) in responses.iter_mut() {
                     if let Some(r) = response.as_object_mut() {
                         problem_json(r);
                         etag(r, status);
+                        if idempotent && status.starts_with('2') {
+                            replayed(r);
+                        }
                     }
                 }
             }
@@ -115,20 +122,47 @@ fn etag(response: &mut Map<String, Value>, status: &str) {
     }
 }
 
-/// The syntax the server checks for its conditional and idempotency headers.
-fn headers(op: &mut Map<String, Value>) {
+/// A repeated request with the same `Idempotency-Key` gets the first answer, marked.
+fn replayed(response: &mut Map<String, Value>) {
+    if let Some(h) = response
+        .entry("headers")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+    {
+        h.insert(
+            "Idempotent-Replayed".into(),
+            json!({
+                "description": "`true` when this is the first answer to an earlier request with the same Idempotency-Key",
+                "schema": {"type": "string", "enum": ["true"]},
+            }),
+        );
+    }
+}
+
+/// The syntax the server checks for its conditional and idempotency headers; an optional
+/// query parameter is left out, never `null` (a query string has no null).
+fn parameters(op: &mut Map<String, Value>) {
     let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
         return;
     };
+    for p in params.iter_mut().filter(|p| p["in"] == "query") {
+        if let Some(types) = p.pointer_mut("/schema/type").and_then(Value::as_array_mut) {
+            types.retain(|t| t != "null");
+            if let [only] = types.as_slice() {
+                let only = only.clone();
+                p["schema"]["type"] = only;
+            }
+        }
+    }
     for p in params.iter_mut().filter(|p| p["in"] == "header") {
         let schema = match p["name"].as_str() {
-            Some("If-Match") | Some("If-None-Match") => {
-                json!({"type": "string", "pattern": ETAG_PATTERN})
-            }
+            Some("If-Match") => json!({"type": "string", "pattern": ETAG_PATTERN}),
+            // A list of tags or `*`; a tag that names no version of the dossier never matches.
+            Some("If-None-Match") => json!({"type": "string"}),
             Some("Idempotency-Key") => json!({
                 "type": "string", "minLength": 1, "maxLength": 200,
-                // Visible ASCII, no space at either end (a header value carries no other).
-                "pattern": "^[!-~]([ -~]*[!-~])?$",
+                // ASCII a header value may carry, not only blanks (which are trimmed).
+                "pattern": "^[\t -~]*[!-~][\t -~]*$",
             }),
             _ => continue,
         };

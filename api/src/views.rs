@@ -432,6 +432,8 @@ pub struct HolidayView {
 pub struct OwnerInput {
     /// 12-digit citizen ID, passport number, or tax code.
     pub id: String,
+    /// Not blank.
+    #[schema(pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub email: Option<String>,
@@ -443,7 +445,9 @@ pub struct OwnerInput {
 #[serde(deny_unknown_fields)]
 pub struct FileRequest {
     pub procedure_code: String,
-    /// The agency receiving the dossier (a service centre, a department, a commune).
+    /// The agency receiving the dossier (a service centre, a department, a commune): one of
+    /// this deployment's agency codes, e.g. `000.00.01.H59`.
+    #[schema(pattern = "^[A-Z0-9.]{1,32}$")]
     pub agency_code: String,
     /// The agency competent to decide, when the receiving one is not and the procedure's
     /// kind of competent agency has several in the province (communes): which commune.
@@ -478,12 +482,16 @@ pub struct CompleteRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
+    /// Not blank.
+    #[schema(pattern = r"\S")]
     pub reason: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SupplementRequestBody {
+    /// Not blank.
+    #[schema(pattern = r"\S")]
     pub reason: String,
     /// Component ids the owner must provide.
     #[serde(default)]

@@ -125,6 +125,11 @@ async fn the_openapi_document_declares_paging_bounds_problem_json_and_headers() 
                 .unwrap_or_else(|| panic!("{path}: no {name}"))["schema"]
                 .clone()
         };
+        assert_eq!(
+            param("limit")["type"],
+            "integer",
+            "{path}: absent, never null"
+        );
         assert_eq!(param("limit")["minimum"], 1, "{path}");
         assert_eq!(param("limit")["maximum"], 200, "{path}");
         assert_eq!(param("offset")["minimum"], 0, "{path}");
@@ -176,6 +181,7 @@ async fn the_openapi_document_declares_paging_bounds_problem_json_and_headers() 
         .expect("Idempotency-Key is declared");
     assert_eq!(key["schema"]["maxLength"], 200);
     assert!(file["responses"]["201"]["headers"]["ETag"].is_object());
+    assert!(file["responses"]["201"]["headers"]["Idempotent-Replayed"].is_object());
     // A filed dossier's code leads to the operations on it.
     let links = &file["responses"]["201"]["links"];
     assert_eq!(
@@ -309,5 +315,28 @@ async fn a_whole_amount_is_accepted_written_either_way() {
             .await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
         assert_eq!(r.body["code"], "invalid_body", "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_checked_as_documented() {
+    let api = start_api().await;
+    let citizen = citizen_token();
+    let file = |key: String| {
+        api.request(Method::POST, "/api/v1/dossiers")
+            .bearer_auth(&citizen)
+            .header("idempotency-key", key)
+            .json(&json!({"procedure_code": "2.000488", "agency_code": AGENCY,
+                "data": {"to_khai": crate::engine_support::lltp_form(1)}}))
+    };
+    // 1 to 200 header characters, not only blanks; a tab inside is one of them.
+    for key in ["k".repeat(200), "a\tb".into(), "x".into()] {
+        let r = api.send(file(key.clone())).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{key:?}: {}", r.text);
+    }
+    for key in ["k".repeat(201), "\t".into()] {
+        let r = api.send(file(key.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{key:?}: {}", r.text);
+        assert_eq!(r.body["code"], "invalid_idempotency_key", "{}", r.text);
     }
 }

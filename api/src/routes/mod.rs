@@ -168,8 +168,9 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<Stri
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
-            let k = v.to_str().unwrap_or_default().trim();
-            if k.is_empty() || k.len() > 200 {
+            let raw = v.to_str().unwrap_or_default();
+            let k = raw.trim();
+            if k.is_empty() || raw.len() > 200 {
                 return Err(ApiError::bad_request(
                     "invalid_idempotency_key",
                     "Idempotency-Key must be 1 to 200 characters",
