@@ -452,6 +452,7 @@ pub struct FileRequest {
     /// The agency competent to decide, when the receiving one is not and the procedure's
     /// kind of competent agency has several in the province (communes): which commune.
     #[serde(default)]
+    #[schema(pattern = "^[A-Z0-9.]{1,32}$")]
     pub competent_agency: Option<String>,
     /// Citizens file for themselves: leave out, or give their own identifier. Officers at the
     /// desk name the owner.
