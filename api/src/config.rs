@@ -86,7 +86,7 @@ pub struct ReuseConfig {
 
 /// The portal client secret of development: the server's when none is configured, and
 /// `tthc portal-sim`'s default, so that the two work together out of the box.
-pub const DEV_PORTAL_CLIENT_SECRET: &str = "tthc-dev-secret";
+pub use tthc_portal_sim::DEV_PORTAL_CLIENT_SECRET;
 
 impl Default for ServeConfig {
     fn default() -> Self {

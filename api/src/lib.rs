@@ -10,7 +10,8 @@ pub mod history;
 pub mod integrations;
 pub mod metrics;
 pub mod openapi;
-pub mod portal_sim;
+/// The portal simulator, its own crate (`portal-sim/`): `tthc portal-sim` and the in-process one.
+pub use tthc_portal_sim as portal_sim;
 pub mod problem;
 pub mod routes;
 pub mod server;

@@ -41,6 +41,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 use tokio::task::JoinHandle;
 
+/// The client secret the simulator expects by default, and `tthc serve` sends by default.
+pub const DEV_PORTAL_CLIENT_SECRET: &str = "tthc-dev-secret";
+
 /// The largest request body accepted: papers travel base64-encoded inside JSON.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -126,7 +129,7 @@ pub struct Args {
     #[arg(
         long,
         env = "TTHC_PORTAL_CLIENT_SECRET",
-        default_value = crate::config::DEV_PORTAL_CLIENT_SECRET,
+        default_value = DEV_PORTAL_CLIENT_SECRET,
         hide_env_values = true
     )]
     pub client_secret: String,
