@@ -6,15 +6,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use chrono::Utc;
 use engine::dossier::{Actor, OwnerId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::problem::ApiError;
-use crate::server::AppState;
 
 pub const ISSUER: &str = "tthc";
 
@@ -153,7 +150,7 @@ impl Caller {
     }
 }
 
-fn actor_of(c: &Claims) -> Result<Actor, ApiError> {
+pub(crate) fn actor_of(c: &Claims) -> Result<Actor, ApiError> {
     let bad = |m: &str| {
         ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
@@ -192,38 +189,4 @@ fn actor_of(c: &Claims) -> Result<Actor, ApiError> {
             name: c.name.clone(),
         },
     })
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("send `Authorization: Bearer TOKEN`"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::unauthenticated("the Authorization header is not text"))?;
-        let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::unauthenticated("the Authorization header must be `Bearer TOKEN`")
-        })?;
-        let claims = state.verifier.verify(token.trim())?;
-        let actor = actor_of(&claims)?;
-        // An officer acts for an agency of this deployment; a token for another province's
-        // (or a made-up) agency is refused before it reaches any route.
-        if let Actor::Officer { agency, .. } = &actor
-            && !state.engine.has_agency(agency)
-        {
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "unknown_agency",
-                format!("agency {agency} of this token is not one of this deployment's agencies"),
-            ));
-        }
-        Ok(Caller { claims, actor })
-    }
 }

@@ -4,16 +4,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
-use axum::http::HeaderMap;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::{Json, Router};
 use engine::calendar::Calendar;
 use engine::definition::{Loader, LoaderConfig};
 use engine::engine::Background;
 use engine::{Clock, Engine, EngineConfig};
-use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -23,71 +21,8 @@ use crate::metrics::Metrics;
 use crate::problem::ApiError;
 use crate::routes;
 
-/// What the handlers share. axum clones the state for every request (the `State` extractor,
-/// the `track` layer), so it is a handle: a clone is a reference count, not a copy of the
-/// configuration, the catalog and the keys.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    pub fn new(shared: Shared) -> AppState {
-        AppState(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The engine, the integrations and the settings behind an [`AppState`].
-pub struct Shared {
-    pub engine: Engine,
-    /// Kho DL, blobs, the portal and the signing keys.
-    pub io: crate::integrations::Integrations,
-    /// Largest uploaded document.
-    pub upload_limit: usize,
-    pub verifier: Verifier,
-    pub loader: LoaderConfig,
-    pub metrics: Arc<Metrics>,
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// A JSON body whose rejections are problem details.
-pub struct Body<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(v) = Json::<T>::from_request(req, state).await?;
-        Ok(Body(v))
-    }
-}
-
-/// An entity tag's value: `"12"` and the weak `W/"12"` both name version 12.
-pub fn entity_tag(tag: &str) -> &str {
-    tag.trim().trim_start_matches("W/").trim_matches('"')
-}
-
-/// The version the caller acted on, from `If-Match: "SEQ"`.
-pub fn expected_seq(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
-        return Ok(None);
-    };
-    entity_tag(v.to_str().unwrap_or_default())
-        .parse()
-        .map(Some)
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_if_match",
-                "If-Match must be the dossier's seq, e.g. \"12\"",
-            )
-        })
-}
+pub use crate::extract::{Body, entity_tag, expected_seq};
+pub use crate::state::{AppState, Shared};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -511,7 +511,7 @@ pub struct SupplementBody {
 #[serde(deny_unknown_fields)]
 pub struct PaymentBody {
     pub fee_code: String,
-    #[serde(deserialize_with = "crate::routes::whole_number")]
+    #[serde(deserialize_with = "whole_number")]
     pub amount_vnd: u64,
     #[serde(default)]
     pub receipt: Option<String>,
@@ -533,4 +533,17 @@ pub struct ResolveBody {
     pub action: String,
     #[serde(default)]
     pub note: Option<String>,
+}
+
+/// A whole number in a JSON body, `12` or `12.0` alike: JSON Schema's `integer` is any number
+/// without a fractional part, and clients (JavaScript's among them) may write either.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = <serde_json::Number as Deserialize>::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number of at least 0")))
 }

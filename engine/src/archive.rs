@@ -247,7 +247,7 @@ pub fn recompute_hashes(dossier: &str, events: &[StoredEvent]) -> (Vec<[u8; 32]>
                 &audit::canonical(
                     dossier,
                     e.seq,
-                    crate::store::from_micros(e.at),
+                    audit::from_micros(e.at),
                     &e.actor_id,
                     &e.actor_name,
                     &e.payload,
@@ -284,7 +284,7 @@ mod tests {
                     &audit::canonical(
                         "D-1",
                         seq,
-                        crate::store::from_micros(at),
+                        audit::from_micros(at),
                         "u",
                         "Nguyễn \"Văn\" A",
                         &payload,

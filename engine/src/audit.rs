@@ -14,6 +14,15 @@ use sha2::{Digest, Sha256};
 
 use crate::dossier::Event;
 
+/// A time as events store it: microseconds since the Unix epoch.
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(m: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(m).unwrap_or_default()
+}
+
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The canonical bytes of an event record, without its hashes: seq and time as big-endian

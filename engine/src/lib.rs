@@ -10,6 +10,7 @@ pub mod definition;
 pub mod dossier;
 pub mod engine;
 pub mod formats;
+pub mod hash;
 pub mod khodl;
 pub mod notify;
 mod plan;

@@ -11,11 +11,19 @@
 //! messages, which are recorded in events, always come from CEL.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 use serde_json::Value;
 
-use crate::dossier::Dossier;
+/// What an expression reads of a dossier: its forms, and the fields of the `dossier` variable
+/// ([`crate::definition::DOSSIER_FIELDS`]). The dossier's state implements it; the runtime
+/// needs nothing else of it.
+pub trait Facts {
+    fn forms(&self) -> &BTreeMap<String, Arc<Value>>;
+    fn field(&self, name: &str) -> Option<String>;
+}
 
 /// A condition compiled for the fast path.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,26 +95,24 @@ impl Plan {
     }
 
     /// The condition's value on `state`, or `None` when CEL must decide (see the module).
-    pub(crate) fn holds(&self, state: &Dossier) -> Option<bool> {
+    pub(crate) fn holds<F: Facts + ?Sized>(&self, state: &F) -> Option<bool> {
         match self.eval(state)? {
             Atom::Bool(b) => Some(b),
             _ => None,
         }
     }
 
-    fn eval<'s>(&'s self, state: &'s Dossier) -> Option<Atom<'s>> {
+    fn eval<'s, F: Facts + ?Sized>(&'s self, state: &'s F) -> Option<Atom<'s>> {
         Some(match self {
             Plan::Literal(a) => match a {
                 Atom::Str(s) => Atom::Str(Cow::Borrowed(s.as_ref())),
                 other => other.clone(),
             },
-            Plan::FormField { form, field } => match &**state.data.get(form)? {
+            Plan::FormField { form, field } => match &**state.forms().get(form)? {
                 Value::Object(fields) => atom(fields.get(field)?)?,
                 _ => return None,
             },
-            Plan::DossierField(name) => {
-                Atom::Str(Cow::Owned(crate::runtime::dossier_field(state, name)?))
-            }
+            Plan::DossierField(name) => Atom::Str(Cow::Owned(state.field(name)?)),
             Plan::Equals(a, b) => Atom::Bool(same(&a.eval(state)?, &b.eval(state)?)?),
             Plan::NotEquals(a, b) => Atom::Bool(!same(&a.eval(state)?, &b.eval(state)?)?),
             // CEL's `&&` and `||` skip their right side when the left decides; when it does

@@ -8,12 +8,13 @@ use serde_json::Value;
 use crate::definition::{
     DOSSIER_FIELDS, Definition, Duration, Procedure, Step, compile_expression, free_names,
 };
-use crate::dossier::Dossier;
 use crate::plan::Plan;
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
 };
 use cel::common::value::Val;
+
+pub use crate::plan::Facts;
 
 thread_local! {
     static ROOT_CONTEXT: cel::Context<'static, 'static> = cel::Context::default();
@@ -141,17 +142,17 @@ impl Expression {
     }
 
     /// The `data` variable: the named forms only, and of those the named fields only.
-    fn data(&self, state: &Dossier) -> Box<dyn Val> {
+    fn data<F: Facts + ?Sized>(&self, state: &F) -> Box<dyn Val> {
         let entries: HashMap<CelMapKey<'static>, Box<dyn Val>> = match &self.forms {
             None => state
-                .data
+                .forms()
                 .iter()
                 .map(|(k, v)| (CelMapKey::from(k.clone()), json_val(v)))
                 .collect(),
             Some(forms) => forms
                 .iter()
                 .filter_map(|r| {
-                    let v = state.data.get(&r.form)?;
+                    let v = state.forms().get(&r.form)?;
                     let val = match (&r.fields, &**v) {
                         (Some(fields), Value::Object(o)) => Box::new(CelMap::from(
                             fields
@@ -173,7 +174,7 @@ impl Expression {
 }
 
 impl Expression {
-    fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
+    fn evaluate<F: Facts + ?Sized>(&self, source: &str, state: &F) -> Result<cel::Value, String> {
         let data = self.data(state);
         let dossier: Box<dyn Val> = match &self.dossier {
             Some(fields) => dossier_val(state, fields),
@@ -216,25 +217,13 @@ fn json_val(v: &Value) -> Box<dyn Val> {
     }
 }
 
-/// One of [`DOSSIER_FIELDS`], the fields of the `dossier` variable.
-pub(crate) fn dossier_field(state: &Dossier, name: &str) -> Option<String> {
-    Some(match name {
-        "channel" => state.channel.as_str().to_owned(),
-        "owner_type" => crate::wire_name(&state.owner.id.owner_type()),
-        "owner_id" => state.owner.id.as_str().to_owned(),
-        "agency_code" => state.agency_code.to_string(),
-        "procedure_code" => state.procedure_code.to_string(),
-        _ => return None,
-    })
-}
-
 /// The `dossier` variable: the fields of [`DOSSIER_FIELDS`] the expression reads.
-fn dossier_val(state: &Dossier, fields: &[&'static str]) -> Box<dyn Val> {
+fn dossier_val<F: Facts + ?Sized>(state: &F, fields: &[&'static str]) -> Box<dyn Val> {
     Box::new(CelMap::from(
         fields
             .iter()
             .filter_map(|&name| {
-                let value = dossier_field(state, name)?;
+                let value = state.field(name)?;
                 Some((
                     CelMapKey::from(name.to_owned()),
                     Box::new(CelString::from(value)) as Box<dyn Val>,
@@ -309,7 +298,7 @@ impl CompiledProcedure {
 
     /// Evaluates a condition. An expression that cannot be evaluated (a field not filled in,
     /// a type mismatch) does not hold; the reason comes back for the record.
-    pub fn condition(&self, source: &str, state: &Dossier) -> (bool, Option<String>) {
+    pub fn condition<F: Facts + ?Sized>(&self, source: &str, state: &F) -> (bool, Option<String>) {
         let Some(p) = self.programs.get(source) else {
             return (false, Some(not_compiled(source)));
         };
@@ -328,7 +317,11 @@ impl CompiledProcedure {
 
     /// Evaluates an expression over a dossier: `data` holds its forms, `dossier` the fields in
     /// [`crate::definition::DOSSIER_FIELDS`]. Only what the expression names is converted.
-    pub fn evaluate(&self, source: &str, state: &Dossier) -> Result<cel::Value, String> {
+    pub fn evaluate<F: Facts + ?Sized>(
+        &self,
+        source: &str,
+        state: &F,
+    ) -> Result<cel::Value, String> {
         match self.programs.get(source) {
             Some(p) => p.evaluate(source, state),
             None => Err(not_compiled(source)),
@@ -337,7 +330,7 @@ impl CompiledProcedure {
 
     /// The processing time of a dossier: the first case whose condition holds, else the
     /// procedure's.
-    pub fn processing_time_for(&self, state: &Dossier) -> Duration {
+    pub fn processing_time_for<F: Facts + ?Sized>(&self, state: &F) -> Duration {
         let p = self.procedure();
         p.processing_time_cases
             .iter()
@@ -382,7 +375,7 @@ fn expressions(p: &Procedure) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dossier::Channel;
+    use crate::dossier::{Channel, Dossier};
     use serde_json::json;
 
     fn eval(source: &str, data: Value) -> cel::Value {

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::definition::DocumentKind;
-use crate::khodl::{is_sha256_hex, sha256_hex};
+use crate::hash::{is_sha256_hex, sha256_hex};
 
 /// The only algorithm tthc signs with.
 pub const ALGORITHM: &str = "ed25519";

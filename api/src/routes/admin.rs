@@ -15,8 +15,9 @@ use utoipa_axum::routes;
 
 use super::{Query, idempotent};
 use crate::auth::{Caller, UserKind};
+use crate::extract::Body;
 use crate::problem::{ApiError, ApiResult, FieldError, Problem};
-use crate::server::{AppState, Body};
+use crate::state::AppState;
 use crate::views::*;
 
 pub fn router() -> OpenApiRouter<AppState> {

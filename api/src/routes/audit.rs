@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::{Query, readable_dossier};
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiResult, Problem};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::views::*;
 
 pub fn router() -> OpenApiRouter<AppState> {

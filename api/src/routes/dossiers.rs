@@ -17,8 +17,9 @@ use super::{
     readable_dossier,
 };
 use crate::auth::{Caller, UserKind};
+use crate::extract::{Body, expected_seq};
 use crate::problem::{ApiError, ApiResult, Problem};
-use crate::server::{AppState, Body, expected_seq};
+use crate::state::AppState;
 use crate::views::*;
 
 pub fn router() -> OpenApiRouter<AppState> {

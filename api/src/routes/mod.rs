@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{Caller, UserKind};
 use crate::problem::{ApiError, ApiResult};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Whether the caller may read the dossier: its owner, an officer of its agency or holding one
 /// of its tasks, an auditor, an administrator.
@@ -123,19 +123,6 @@ impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX>
             .map(Bounded)
             .ok_or_else(|| serde::de::Error::custom(format!("{n} is not from {MIN} to {MAX}")))
     }
-}
-
-/// A whole number in a JSON body, `12` or `12.0` alike: JSON Schema's `integer` is any number
-/// without a fractional part, and clients (JavaScript's among them) may write either.
-pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let n = serde_json::Number::deserialize(d)?;
-    n.as_u64()
-        .or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
-                .map(|f| f as u64)
-        })
-        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number of at least 0")))
 }
 
 /// Items per page: 1 to 200.
@@ -266,6 +253,6 @@ pub fn not_modified(headers: &axum::http::HeaderMap, d: &Dossier) -> Option<Resp
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         // If-None-Match compares weakly: W/"12" names version 12 too.
-        .any(|tag| tag.trim() == "*" || crate::server::entity_tag(tag).parse() == Ok(d.seq));
+        .any(|tag| tag.trim() == "*" || crate::extract::entity_tag(tag).parse() == Ok(d.seq));
     matches.then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), d))
 }

@@ -19,9 +19,10 @@ use utoipa_axum::routes;
 
 use super::{dossier_response, readable_dossier};
 use crate::auth::{Caller, UserKind};
+use crate::extract::{Body, expected_seq};
 use crate::integrations::Verification;
 use crate::problem::{ApiError, ApiResult, Problem};
-use crate::server::{AppState, Body, expected_seq};
+use crate::state::AppState;
 
 /// A document's bytes, in the OpenAPI document.
 #[derive(ToSchema)]

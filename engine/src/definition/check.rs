@@ -10,10 +10,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::BUILTIN_HOOKS;
+use super::catalog::{Catalog, LoaderConfig};
 use super::diagnostic::Sink;
 use super::expr;
 use super::flow::{self, Graph, State};
-use super::load::{Catalog, LoaderConfig};
 use super::model::*;
 use super::typing::{self, Expect, Facts, Scope, facts_of};
 use super::yaml::escape_segment;
@@ -872,7 +872,7 @@ fn load_form(schemas_dir: &Path, rel: &str) -> Result<Value, (String, Option<Str
                     "looked for {}, but {} is not a folder: {}, or `--schemas DIR`",
                     path.display(),
                     schemas_dir.display(),
-                    super::load::ROOT_HINT
+                    super::catalog::ROOT_HINT
                 )
             }),
         )

@@ -7,13 +7,12 @@ use std::sync::{Arc, LazyLock};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::catalog::ROOT_HINT;
+pub use super::catalog::{Catalog, LoaderConfig};
 use super::check;
 use super::diagnostic::{Diagnostic, Severity, Sink};
 use super::model::{AgencyKindCatalog, Procedure, ResultCatalog, RoleCatalog};
 use super::yaml::{self, Locator, Position};
-
-/// What to do when files are looked for under the wrong folder.
-pub(crate) const ROOT_HINT: &str = "run tthc from the repository root (the folder that holds procedures/ and schemas/), or pass `--root PATH` (or set TTHC_ROOT)";
 
 /// Definition files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: u64 = 512 * 1024;
@@ -46,38 +45,6 @@ static AGENCY_KINDS_SCHEMA: LazyLock<Result<jsonschema::Validator, String>> = La
     .map_err(|e| e.to_string())?;
     jsonschema::validator_for(&schema).map_err(|e| e.to_string())
 });
-
-/// Where the loader finds what definitions refer to.
-#[derive(Debug, Clone)]
-pub struct LoaderConfig {
-    /// Form schema paths in definitions are relative to this folder.
-    pub schemas_dir: PathBuf,
-    /// Holds `results.yaml` and `roles.yaml`.
-    pub catalog_dir: PathBuf,
-    /// Holds the notification templates (`NAME.hbs`).
-    pub templates_dir: PathBuf,
-}
-
-impl LoaderConfig {
-    /// The layout of a tthc repository rooted at `root`.
-    pub fn at_root(root: &Path) -> LoaderConfig {
-        LoaderConfig {
-            schemas_dir: root.join("schemas"),
-            catalog_dir: root.join("procedures").join("catalog"),
-            templates_dir: root.join("procedures").join("templates"),
-        }
-    }
-}
-
-/// What definitions may refer to: result codes, roles, notification templates.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    pub results: ResultCatalog,
-    pub roles: RoleCatalog,
-    /// Empty when the catalog folder has no `agency-kinds.yaml`.
-    pub agency_kinds: AgencyKindCatalog,
-    pub templates: BTreeSet<String>,
-}
 
 /// A checked procedure definition, ready to run.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 //! of the format (`schemas/procedure.schema.json`), and the semantic checks of
 //! [`check`] (graph, catalogs, expressions, form schemas, times and fees).
 
+mod catalog;
 mod check;
 mod diagnostic;
 mod expr;

@@ -20,7 +20,7 @@ pub struct Procedure {
     /// The online service the procedure is provided as (Decree 42/2022/NĐ-CP): `full` (toàn
     /// trình) or `partial` (một phần, the default): the level an online filing is recorded with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub online: Option<crate::dossier::OnlineLevel>,
+    pub online: Option<OnlineLevel>,
     /// Longer (or shorter) processing times the law sets for some filings, by the filed
     /// facts: the first case whose condition holds when the dossier is received applies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -94,6 +94,26 @@ pub enum AgencyLevel {
     Province,
     District,
     Commune,
+}
+
+/// How much of an online service a dossier used (Decree 42/2022/NĐ-CP): fully online (toàn
+/// trình: filed online, result returned online or by public post) or partly online (một phần:
+/// something is still done at the desk). Only dossiers filed online have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlineLevel {
+    Full,
+    Partial,
+}
+
+impl OnlineLevel {
+    /// As the portal counts it: 1 partly online, 2 fully online.
+    pub fn portal_code(self) -> u8 {
+        match self {
+            OnlineLevel::Partial => 1,
+            OnlineLevel::Full => 2,
+        }
+    }
 }
 
 /// A processing time that applies when a condition over the filing holds.

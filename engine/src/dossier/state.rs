@@ -181,6 +181,26 @@ pub struct Dossier {
     pub payments: Vec<Payment>,
 }
 
+/// What expressions read of a dossier: its forms and the `dossier` fields.
+impl crate::runtime::Facts for Dossier {
+    fn forms(&self) -> &BTreeMap<String, Arc<Value>> {
+        &self.data
+    }
+
+    /// One of the fields of the `dossier` variable of expressions
+    /// ([`crate::definition::DOSSIER_FIELDS`]), as text.
+    fn field(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "channel" => self.channel.as_str().to_owned(),
+            "owner_type" => crate::wire_name(&self.owner.id.owner_type()),
+            "owner_id" => self.owner.id.as_str().to_owned(),
+            "agency_code" => self.agency_code.to_string(),
+            "procedure_code" => self.procedure_code.to_string(),
+            _ => return None,
+        })
+    }
+}
+
 impl Dossier {
     /// The agency competent to decide: the receiving one unless the filing named another.
     pub fn competent_agency(&self) -> &Arc<str> {

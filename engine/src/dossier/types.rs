@@ -101,25 +101,7 @@ impl fmt::Display for OwnerId {
     }
 }
 
-/// How much of an online service a dossier used (Decree 42/2022/NĐ-CP): fully online (toàn
-/// trình: filed online, result returned online or by public post) or partly online (một phần:
-/// something is still done at the desk). Only dossiers filed online have one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnlineLevel {
-    Full,
-    Partial,
-}
-
-impl OnlineLevel {
-    /// As the portal counts it: 1 partly online, 2 fully online.
-    pub fn portal_code(self) -> u8 {
-        match self {
-            OnlineLevel::Partial => 1,
-            OnlineLevel::Full => 2,
-        }
-    }
-}
+pub use crate::definition::OnlineLevel;
 
 /// Owner type as the portal counts it: 1 person, 2 organization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,6 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 /// Files larger than this are refused unless the store is opened with another limit.
 pub const DEFAULT_MAX_BLOB_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -57,15 +55,7 @@ impl BlobError {
     }
 }
 
-/// Whether `s` is a SHA-256 hash as tthc writes them: 64 lower-case hex digits.
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// The SHA-256 of `bytes`, as 64 lower-case hex digits.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::hash::{is_sha256_hex, sha256_hex};
 
 fn checked_hash(sha256: &str) -> Result<&str, BlobError> {
     if is_sha256_hex(sha256) {

@@ -314,10 +314,4 @@ pub fn paper_metadata(
 }
 
 /// SHA-256 of some bytes, lowercase hex (the form `DocumentRef::sha256` uses).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The client
-// ---------------------------------------------------------------------------------------------
+pub use crate::hash::sha256_hex;

@@ -27,7 +27,6 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::calendar::Calendar;
 use crate::definition::{Duration as Period, ResultCatalog, Validity};

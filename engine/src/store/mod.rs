@@ -114,13 +114,7 @@ impl StoreError {
     }
 }
 
-pub fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-pub fn from_micros(m: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(m).unwrap_or_default()
-}
+pub use crate::audit::{from_micros, micros};
 
 fn opt_micros(t: Option<DateTime<Utc>>) -> Option<i64> {
     t.map(micros)
