@@ -176,6 +176,9 @@ pub mod wire {
         #[serde(default)]
         pub receipt: Option<String>,
         pub paid_at: String,
+        /// HinhThucThu: how it was paid, `counter`, `online` or `postal`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub channel: Option<String>,
     }
 
     /// One supplement round (HoSoBoSung) with the due dates before and after it.
@@ -500,6 +503,7 @@ pub fn sync_payload(
                 amount_vnd: p.amount_vnd,
                 receipt: p.receipt.clone(),
                 paid_at: portal_time(p.at),
+                channel: p.channel.map(|c| c.as_str().to_owned()),
             })
             .collect(),
         supplement_count: d.supplement_rounds,

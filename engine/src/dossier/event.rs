@@ -236,6 +236,9 @@ pub enum Event {
         amount_vnd: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         receipt: Option<String>,
+        /// Absent from events recorded before channels were.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<super::state::PaymentChannel>,
     },
     Withdrawn {
         reason: String,
