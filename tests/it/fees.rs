@@ -145,7 +145,6 @@ async fn reception_waits_for_a_fee_due_at_reception() {
     assert_eq!(r.body["code"], "fee_unpaid", "{}", r.text);
     let d = api.get(&format!("/api/v1/dossiers/{code}"), &desk).await;
     assert_eq!(d.body["status"]["code"], 1, "still not received");
-    let seq = d.body["seq"].clone();
 
     // A wrong amount (the student reduction does not apply) and a missing receipt are refused.
     let path = format!("/api/v1/dossiers/{code}/payments");
@@ -163,7 +162,9 @@ async fn reception_waits_for_a_fee_due_at_reception() {
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
     let d = api.get(&format!("/api/v1/dossiers/{code}"), &desk).await;
-    assert_eq!(d.body["seq"], seq, "refused payments record nothing");
+    let f = fee(&d.body, FEE);
+    assert_eq!(f["paid_vnd"], 0, "refused payments record nothing: {f}");
+    assert_eq!(f["payments"], json!([]));
 
     // The right amount with its receipt: recorded, then the desk receives.
     let r = api
@@ -213,4 +214,112 @@ async fn a_fee_due_before_return_needs_a_task_that_marks_the_return() {
         "{}",
         r.text
     );
+}
+
+/// Takes a received judicial record dossier through verification, approval, signing and
+/// issue to the desk's return task; answers the view after signing.
+async fn process_to_the_return_task(api: &Api, code: &str) -> Value {
+    let specialist = officer_token("specialist", &["chuyen_vien"]);
+    let head = officer_token("head", &["lanh_dao_phong"]);
+    let leader = officer_token("leader", &["lanh_dao"]);
+    let clerk = officer_token("clerk", &["van_thu"]);
+    let complete = |task: String, body: Value, token: String| async move {
+        let r = api
+            .post(
+                &format!("/api/v1/dossiers/{code}/tasks/{task}/complete"),
+                &token,
+                body,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body
+    };
+    let d = api
+        .wait_for(code, "the verification task", |d| has_task(d, "tham_dinh"))
+        .await;
+    let d = complete(
+        task_of(&d, "tham_dinh"),
+        json!({"data": {"co_an_tich": false, "can_xac_minh": false}}),
+        specialist.clone(),
+    )
+    .await;
+    let d = complete(task_of(&d, "du_thao_phieu"), json!({}), specialist).await;
+    let d = complete(
+        task_of(&d, "duyet_phong"),
+        json!({"outcome": "approve"}),
+        head,
+    )
+    .await;
+    let task = task_of(&d, "ky_phieu_so_1");
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/tasks/{task}/claim"),
+            &leader,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/sign"),
+            &leader,
+            json!({"result_code": "KQ.LLTP.01", "number": "15/2026/LLTP"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let signed = complete(task, json!({}), leader).await;
+    complete(task_of(&signed, "phat_hanh"), json!({}), clerk).await;
+    api.wait_for(code, "the return task", |d| has_task(d, "tra_ket_qua"))
+        .await;
+    signed
+}
+
+#[tokio::test]
+async fn a_fee_due_before_return_asks_for_payment_and_holds_the_result() {
+    let api = start_api().await;
+    deploy_with_fee_due(&api, "before_return").await;
+    let filed = file(&api, false).await;
+    let code = filed["code"].as_str().unwrap().to_owned();
+    let desk = officer_token("desk", &["mot_cua"]);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/receive"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "not due at reception: {}", r.text);
+
+    // Processed with the fee unpaid: national status 6, payment requested.
+    let signed = process_to_the_return_task(&api, &code).await;
+    assert_eq!(signed["status"]["code"], 6, "{}", signed["status"]);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/return"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.body["code"], "fee_unpaid", "{}", r.text);
+
+    // Paid by post: back to processed (9), and the result goes out.
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/payments"),
+            &desk,
+            pay(200000, Some("VNPOST-123"), "postal"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"]["code"], 9, "{}", r.body["status"]);
+    let r = api
+        .post(
+            &format!("/api/v1/dossiers/{code}/return"),
+            &desk,
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"]["code"], 10);
 }

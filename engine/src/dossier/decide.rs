@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::command::{Command, CommandError, Filing, HookOutcome, IncidentAction};
 use super::event::{DocumentRef, Event, IncidentResolution};
 use super::state::{Dossier, JobKind, JobState, Task};
-use super::types::{Actor, Channel, OnlineLevel};
+use super::types::{Actor, Channel, OnlineLevel, Status};
 use crate::calendar::Calendar;
 use crate::definition::model::RECEIVING;
 use crate::definition::{Milestone, RetryPolicy, Step};
@@ -797,7 +797,31 @@ fn record_payment(
         receipt: Some(receipt.to_owned()),
         channel: Some(channel),
     });
+    if em.state.status == Status::PaymentRequested
+        && unpaid_fee(ctx.procedure, &em.state, Milestone::Returned).is_ok()
+    {
+        em.emit(Event::PaymentsSettled);
+    }
     Ok(())
+}
+
+/// On a processed dossier whose fees due before return are unpaid: status 6 (payment
+/// requested) until they are paid.
+fn request_payment(em: &mut Emitter<'_>) {
+    use crate::definition::FeeDue;
+    let unpaid: Vec<_> = em
+        .ctx
+        .procedure
+        .fee_balances(&em.state)
+        .into_iter()
+        .filter(|b| b.due != FeeDue::Anytime && b.outstanding_vnd > 0)
+        .collect();
+    if !unpaid.is_empty() {
+        em.emit(Event::PaymentRequested {
+            amount_vnd: unpaid.iter().map(|b| b.outstanding_vnd).sum(),
+            fee_codes: unpaid.into_iter().map(|b| b.code).collect(),
+        });
+    }
 }
 
 /// The first fee that must be paid by `milestone` and is not paid in full.
@@ -980,6 +1004,7 @@ fn complete_task(
     }
     if step.signs.is_some() && em.state.processed_at.is_none() {
         em.emit(Event::Processed);
+        request_payment(em);
     }
     if step.marks == Some(Milestone::Returned) {
         em.emit(Event::ResultReturned);

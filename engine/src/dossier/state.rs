@@ -615,6 +615,12 @@ impl Dossier {
                     EndOutcome::Stopped => Status::Stopped,
                 };
             }
+            Event::PaymentRequested { .. } => self.status = Status::PaymentRequested,
+            Event::PaymentsSettled => {
+                if self.status == Status::PaymentRequested {
+                    self.status = Status::Processed;
+                }
+            }
         }
     }
 
