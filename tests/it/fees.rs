@@ -322,4 +322,29 @@ async fn a_fee_due_before_return_asks_for_payment_and_holds_the_result() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status"]["code"], 10);
+
+    // The portal (the simulator over HTTP) holds the payment with its channel and receipt.
+    let portal = api
+        .state
+        .io
+        .portal
+        .as_ref()
+        .expect("a portal is configured");
+    let mut held = None;
+    for _ in 0..250 {
+        match portal.synced_dossier(&code).await {
+            Ok(h) if h.status == 10 => {
+                held = Some(h);
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let held = held.expect("the returned dossier reaches the portal");
+    let fees = &held.dossier.fees;
+    assert_eq!(fees.len(), 1, "{fees:?}");
+    assert_eq!(fees[0].fee_code, FEE);
+    assert_eq!(fees[0].amount_vnd, 200000);
+    assert_eq!(fees[0].receipt.as_deref(), Some("VNPOST-123"));
+    assert_eq!(fees[0].channel.as_deref(), Some("postal"));
 }
