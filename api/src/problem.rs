@@ -269,7 +269,8 @@ fn command_error(c: CommandError) -> ApiError {
         CommandError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, code, detail),
         CommandError::InvalidState { .. }
         | CommandError::StaleJob { .. }
-        | CommandError::TaskNotOpen { .. } => ApiError::new(StatusCode::CONFLICT, code, detail),
+        | CommandError::TaskNotOpen { .. }
+        | CommandError::FeeUnpaid { .. } => ApiError::new(StatusCode::CONFLICT, code, detail),
         CommandError::InvalidForm { violations } => ApiError::unprocessable(code, detail)
             .with_errors(
                 violations

@@ -124,6 +124,67 @@ pub struct DossierView {
     /// The signed results, once the dossier is returned (status 10); empty before. Download
     /// one at `documents/{document_id}/content`, verify it at `results/{result_code}/verification`.
     pub results: Vec<ResultView>,
+    /// Each fee of the procedure version: what this dossier owes after reductions, what it paid.
+    pub fees: Vec<FeeView>,
+}
+
+/// One fee of a dossier, in VND.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeeView {
+    pub code: String,
+    pub name: String,
+    /// When it must be paid: `anytime`, `at_reception` (before the desk receives the dossier)
+    /// or `before_return` (before the result is handed over).
+    pub due: String,
+    /// The fee before reductions.
+    pub full_amount_vnd: u64,
+    /// The reduction that applies to this dossier's data, by name.
+    pub reduction: Option<String>,
+    /// What this dossier owes: the reduced amount when a reduction applies.
+    pub amount_due_vnd: u64,
+    pub paid_vnd: u64,
+    /// What is still to pay.
+    pub outstanding_vnd: u64,
+    pub payments: Vec<PaymentView>,
+}
+
+/// A payment recorded on a dossier.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentView {
+    pub amount_vnd: u64,
+    /// `counter`, `online` or `postal`; none for payments recorded before channels were.
+    pub channel: Option<String>,
+    pub receipt: Option<String>,
+    pub paid_at: DateTime<Utc>,
+}
+
+impl FeeView {
+    fn of(d: &Dossier, p: &engine::runtime::CompiledProcedure) -> Vec<FeeView> {
+        p.fee_balances(d, |c| d.paid_vnd(c))
+            .into_iter()
+            .map(|b| FeeView {
+                payments: d
+                    .payments
+                    .iter()
+                    .filter(|x| x.fee_code == b.code)
+                    .map(|x| PaymentView {
+                        amount_vnd: x.amount_vnd,
+                        channel: x.channel.map(|c| c.as_str().to_owned()),
+                        receipt: x.receipt.clone(),
+                        paid_at: x.at,
+                    })
+                    .collect(),
+                code: b.code,
+                name: b.name,
+                due: engine::wire_name(&b.due),
+                full_amount_vnd: b.full_amount_vnd,
+                reduction: b.reduction,
+                amount_due_vnd: b.amount_due_vnd,
+                paid_vnd: b.paid_vnd,
+                outstanding_vnd: b.outstanding_vnd,
+            })
+            .collect()
+    }
 }
 
 /// A signed result as its owner receives it.
@@ -188,7 +249,8 @@ impl ResultView {
 }
 
 impl DossierView {
-    pub fn of(d: &Dossier) -> DossierView {
+    /// The view of a dossier; its fees need its procedure version (none: no fees shown).
+    pub fn of(d: &Dossier, procedure: Option<&engine::runtime::CompiledProcedure>) -> DossierView {
         DossierView {
             code: d.code.to_string(),
             procedure_code: d.procedure_code.to_string(),
@@ -244,6 +306,7 @@ impl DossierView {
             tasks: d.tasks.values().map(|t| TaskView::of(&d.code, t)).collect(),
             signed_results: d.signatures.iter().map(|s| s.result_code.clone()).collect(),
             results: ResultView::returned(d),
+            fees: procedure.map(|p| FeeView::of(d, p)).unwrap_or_default(),
         }
     }
 }
@@ -511,10 +574,17 @@ pub struct SupplementBody {
 #[serde(deny_unknown_fields)]
 pub struct PaymentBody {
     pub fee_code: String,
+    /// The amount due for this dossier (the fee after the reduction that applies); any other
+    /// amount is refused.
     #[serde(deserialize_with = "whole_number")]
     pub amount_vnd: u64,
+    /// The receipt (biên lai) or payment transaction number: required.
     #[serde(default)]
     pub receipt: Option<String>,
+    /// `counter` (default), `online` or `postal`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub channel: engine::dossier::PaymentChannel,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

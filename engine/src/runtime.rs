@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::definition::{
-    DOSSIER_FIELDS, Definition, Duration, Procedure, Step, compile_expression, free_names,
+    DOSSIER_FIELDS, Definition, Duration, Fee, FeeDue, Procedure, Step, compile_expression,
+    free_names,
 };
 use crate::plan::Plan;
 use cel::common::types::{
@@ -338,6 +339,49 @@ impl CompiledProcedure {
             .map_or(p.processing_time, |c| c.processing_time)
     }
 
+    /// What a dossier owes for one fee: the first reduction whose `when` holds over its data,
+    /// else the full amount. A condition that cannot be evaluated (a field not filled) does not
+    /// hold, so the full amount is due.
+    pub fn fee_amount_due<'f, F: Facts + ?Sized>(
+        &self,
+        fee: &'f Fee,
+        state: &F,
+    ) -> (u64, Option<&'f str>) {
+        fee.reductions
+            .iter()
+            .find(|r| self.condition(&r.when, state).0)
+            .map_or((fee.amount_vnd, None), |r| {
+                (r.amount_vnd, Some(r.name.as_str()))
+            })
+    }
+
+    /// Each fee of the procedure with what the dossier owes, has paid (`paid`, by fee code)
+    /// and still owes.
+    pub fn fee_balances<F: Facts + ?Sized>(
+        &self,
+        state: &F,
+        paid: impl Fn(&str) -> u64,
+    ) -> Vec<FeeBalance> {
+        self.procedure()
+            .fees
+            .iter()
+            .map(|f| {
+                let (amount_due_vnd, reduction) = self.fee_amount_due(f, state);
+                let paid_vnd = paid(&f.code);
+                FeeBalance {
+                    code: f.code.clone(),
+                    name: f.name.clone(),
+                    due: f.due,
+                    full_amount_vnd: f.amount_vnd,
+                    reduction: reduction.map(str::to_owned),
+                    amount_due_vnd,
+                    paid_vnd,
+                    outstanding_vnd: amount_due_vnd.saturating_sub(paid_vnd),
+                }
+            })
+            .collect()
+    }
+
     /// Whether the processing time runs in working time (and so pauses in working minutes).
     pub fn counts_working_time(&self) -> bool {
         matches!(
@@ -345,6 +389,20 @@ impl CompiledProcedure {
             Duration::WorkingDays(_) | Duration::WorkingHours(_)
         )
     }
+}
+
+/// One fee of a dossier: what is owed after reductions, what was paid, what is still due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeeBalance {
+    pub code: String,
+    pub name: String,
+    pub due: FeeDue,
+    pub full_amount_vnd: u64,
+    /// The reduction applied, by name, if any.
+    pub reduction: Option<String>,
+    pub amount_due_vnd: u64,
+    pub paid_vnd: u64,
+    pub outstanding_vnd: u64,
 }
 
 fn not_compiled(source: &str) -> String {

@@ -720,6 +720,13 @@ fn validate_sync(d: &wire::SyncDossier) -> Result<(), ApiError> {
     }
     for f in &d.fees {
         check_time("fees.paid_at", Some(&f.paid_at))?;
+        if let Some(c) = &f.channel
+            && !["counter", "online", "postal"].contains(&c.as_str())
+        {
+            return Err(ApiError::invalid(format!(
+                "fees.channel `{c}` is not counter, online or postal"
+            )));
+        }
     }
     Ok(())
 }

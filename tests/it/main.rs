@@ -11,6 +11,7 @@ mod definitions;
 mod engine;
 mod engine_props;
 mod engine_support;
+mod fees;
 mod founding;
 mod input;
 mod khodl;

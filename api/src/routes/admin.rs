@@ -272,7 +272,7 @@ async fn resolve_incident(
             },
         )
         .await?;
-    Ok(super::dossier_response(StatusCode::OK, &d))
+    Ok(super::dossier_response(&state, StatusCode::OK, &d))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

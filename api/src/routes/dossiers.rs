@@ -116,7 +116,7 @@ async fn file_dossier(
         )
         .await
         .map_err(crate::problem::filing_error)?;
-    let mut response = dossier_response(StatusCode::CREATED, &d);
+    let mut response = dossier_response(&state, StatusCode::CREATED, &d);
     if replayed {
         response.headers_mut().insert(
             "idempotent-replayed",
@@ -215,7 +215,7 @@ async fn get_dossier(
     if let Some(unchanged) = not_modified(&headers, &d) {
         return Ok(unchanged);
     }
-    Ok(dossier_response(StatusCode::OK, &d))
+    Ok(dossier_response(&state, StatusCode::OK, &d))
 }
 
 /// Notifications sent about the dossier (receipt, supplement request, refusal, apology, result).
@@ -313,7 +313,7 @@ async fn run(
         .engine
         .execute(code, expected_seq(headers)?, &caller.actor, &command)
         .await?;
-    Ok(dossier_response(StatusCode::OK, &d))
+    Ok(dossier_response(state, StatusCode::OK, &d))
 }
 
 const OFFICER: &[UserKind] = &[UserKind::Officer];
@@ -525,6 +525,7 @@ async fn record_payment(
         fee_code: b.fee_code,
         amount_vnd: b.amount_vnd,
         receipt: b.receipt,
+        channel: b.channel,
     };
     run(&state, &caller, &headers, &code, OFFICER, cmd).await
 }
@@ -604,7 +605,7 @@ async fn sign_result(
         .engine
         .execute(&code, expected_seq(&headers)?, &caller.actor, &cmd)
         .await?;
-    Ok(dossier_response(StatusCode::OK, &d))
+    Ok(dossier_response(&state, StatusCode::OK, &d))
 }
 
 /// Hands the result to the owner at the desk.

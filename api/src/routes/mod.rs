@@ -228,9 +228,17 @@ where
 }
 
 /// A dossier answer with its version in `ETag`, for `If-Match` on the next command.
-pub fn dossier_response(status: StatusCode, d: &Dossier) -> Response {
+/// The view's fees come from the dossier's procedure version.
+pub fn dossier_response(state: &AppState, status: StatusCode, d: &Dossier) -> Response {
+    let procedure = state
+        .engine
+        .procedure(&d.procedure_code, Some(d.procedure_version));
     with_etag(
-        (status, Json(crate::views::DossierView::of(d))).into_response(),
+        (
+            status,
+            Json(crate::views::DossierView::of(d, procedure.as_deref())),
+        )
+            .into_response(),
         d,
     )
 }

@@ -305,7 +305,7 @@ async fn attach_document(
             .await
             .map_err(ApiError::internal)?;
     }
-    Ok(dossier_response(StatusCode::OK, &d))
+    Ok(dossier_response(&state, StatusCode::OK, &d))
 }
 
 /// A document's content, for those who may read the dossier.
@@ -539,7 +539,7 @@ async fn reuse(
         .take(&state.engine, &code, &caller.actor, pick)
         .await
         .map_err(reuse_error)?;
-    Ok(dossier_response(StatusCode::OK, &d))
+    Ok(dossier_response(&state, StatusCode::OK, &d))
 }
 
 /// Verifies a signed result: its content's hash, the signed metadata, the signer's Ed25519

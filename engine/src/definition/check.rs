@@ -804,6 +804,29 @@ fn check_times_and_fees(p: &Procedure, sink: &mut Sink<'_>) {
                 Some("amounts are in đồng, without separators: 200000".into()),
             );
         }
+        let needs = match fee.due {
+            FeeDue::Anytime => None,
+            FeeDue::AtReception => Some((Milestone::Received, "at_reception", "received")),
+            FeeDue::BeforeReturn => Some((Milestone::Returned, "before_return", "returned")),
+        };
+        if let Some((milestone, due, marks)) = needs {
+            let marked = p
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::UserTask(u) if u.marks == Some(milestone)));
+            if !marked {
+                sink.error(
+                    &format!("{at}/due"),
+                    format!(
+                        "fee `{}` is due {due} but no task has `marks: {marks}`",
+                        fee.code
+                    ),
+                    Some(format!(
+                        "add `marks: {marks}` to the desk's task, or remove `due`"
+                    )),
+                );
+            }
+        }
         for (j, r) in fee.reductions.iter().enumerate() {
             if r.amount_vnd >= fee.amount_vnd {
                 sink.error(

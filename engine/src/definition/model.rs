@@ -180,9 +180,32 @@ pub struct Fee {
     pub code: String,
     pub name: String,
     pub amount_vnd: u64,
-    /// Reduced amounts, each applying when its CEL condition over the dossier holds.
+    /// Reduced amounts: the first whose CEL condition over the dossier holds is the amount due.
     #[serde(default)]
     pub reductions: Vec<FeeReduction>,
+    /// When the fee must be paid: the engine refuses reception, or the return of the result,
+    /// while it is unpaid. By default it may be paid at any time and blocks nothing.
+    #[serde(default, skip_serializing_if = "FeeDue::is_anytime")]
+    pub due: FeeDue,
+}
+
+/// When a fee must be paid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeeDue {
+    /// Any time; the engine enforces nothing (the behaviour before `due` existed).
+    #[default]
+    Anytime,
+    /// Before the desk receives the dossier (the `marks: received` task's `accept`).
+    AtReception,
+    /// Before the result is returned (the `marks: returned` task).
+    BeforeReturn,
+}
+
+impl FeeDue {
+    pub fn is_anytime(&self) -> bool {
+        *self == FeeDue::Anytime
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

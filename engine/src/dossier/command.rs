@@ -116,8 +116,11 @@ pub enum Command {
     RecordPayment {
         fee_code: String,
         amount_vnd: u64,
+        /// The receipt (biên lai) or transaction number; required.
         #[serde(default)]
         receipt: Option<String>,
+        #[serde(default)]
+        channel: super::state::PaymentChannel,
     },
     AttachDocument {
         document: DocumentRef,
@@ -235,6 +238,16 @@ pub enum CommandError {
     /// The job attempt was already recorded (a duplicate worker, or a retry after a crash).
     #[error("job {job} attempt {attempt} is not the current one")]
     StaleJob { job: String, attempt: u32 },
+    /// A fee that must be paid before this step is not paid yet.
+    #[error(
+        "fee {fee_code} ({name}) is unpaid: {amount_vnd} VND is due {due}; record its payment first"
+    )]
+    FeeUnpaid {
+        fee_code: String,
+        name: String,
+        amount_vnd: u64,
+        due: &'static str,
+    },
 }
 
 impl CommandError {
@@ -251,6 +264,7 @@ impl CommandError {
             CommandError::MissingComponents { .. } => "missing_components",
             CommandError::StaleJob { .. } => "stale_job",
             CommandError::TaskNotOpen { .. } => "task_not_open",
+            CommandError::FeeUnpaid { .. } => "fee_unpaid",
         }
     }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::command::{Command, CommandError, Filing, HookOutcome, IncidentAction};
 use super::event::{DocumentRef, Event, IncidentResolution};
 use super::state::{Dossier, JobKind, JobState, Task};
-use super::types::{Actor, Channel, OnlineLevel};
+use super::types::{Actor, Channel, OnlineLevel, Status};
 use crate::calendar::Calendar;
 use crate::definition::model::RECEIVING;
 use crate::definition::{Milestone, RetryPolicy, Step};
@@ -374,33 +374,8 @@ pub fn decide(
             fee_code,
             amount_vnd,
             receipt,
-        } => {
-            officer_of(ctx, state)?;
-            let p = ctx.procedure.procedure();
-            let Some(fee) = p.fees.iter().find(|f| &f.code == fee_code) else {
-                return Err(CommandError::input(format!(
-                    "`{fee_code}` is not a fee of this procedure"
-                )));
-            };
-            let allowed: Vec<u64> = std::iter::once(fee.amount_vnd)
-                .chain(fee.reductions.iter().map(|r| r.amount_vnd))
-                .collect();
-            if !allowed.contains(amount_vnd) {
-                return Err(CommandError::input(format!(
-                    "{amount_vnd} VND is not an amount of fee {fee_code} (allowed: {allowed:?})"
-                )));
-            }
-            if state.payments.iter().any(|x| &x.fee_code == fee_code) {
-                return Err(CommandError::state(format!(
-                    "fee {fee_code} is already paid"
-                )));
-            }
-            em.emit(Event::PaymentRecorded {
-                fee_code: fee_code.clone(),
-                amount_vnd: *amount_vnd,
-                receipt: receipt.clone(),
-            });
-        }
+            channel,
+        } => record_payment(&mut em, fee_code, *amount_vnd, receipt, *channel)?,
         Command::AttachDocument { document } => {
             may_change_documents(ctx, state)?;
             check_document(ctx.procedure, document)?;
@@ -767,6 +742,119 @@ fn may_change_documents(ctx: &Context<'_>, state: &Dossier) -> Result<(), Comman
     }
 }
 
+/// Records a fee paid: the fee's amount due for this dossier (after the reduction that applies),
+/// once, with its receipt.
+fn record_payment(
+    em: &mut Emitter<'_>,
+    fee_code: &str,
+    amount_vnd: u64,
+    receipt: &Option<String>,
+    channel: super::state::PaymentChannel,
+) -> Result<(), CommandError> {
+    let ctx = em.ctx;
+    officer_of(ctx, &em.state)?;
+    let p = ctx.procedure.procedure();
+    let Some(fee) = p.fees.iter().find(|f| f.code == fee_code) else {
+        let codes: Vec<&str> = p.fees.iter().map(|f| f.code.as_str()).collect();
+        return Err(CommandError::input_at(
+            "/fee_code",
+            if codes.is_empty() {
+                format!("`{fee_code}` is not a fee of this procedure, which charges none")
+            } else {
+                format!(
+                    "`{fee_code}` is not a fee of this procedure; its fees: {}",
+                    codes.join(", ")
+                )
+            },
+        ));
+    };
+    let receipt = receipt.as_deref().map(str::trim).unwrap_or_default();
+    if receipt.is_empty() {
+        return Err(CommandError::input_at(
+            "/receipt",
+            "a payment needs its receipt (biên lai) or transaction number",
+        ));
+    }
+    if em.state.payments.iter().any(|x| x.fee_code == fee_code) {
+        return Err(CommandError::state(format!(
+            "fee {fee_code} is already paid"
+        )));
+    }
+    let (due, reduction) = ctx.procedure.fee_amount_due(fee, &em.state);
+    if amount_vnd != due {
+        let why = match reduction {
+            Some(r) => format!("after the reduction `{r}`"),
+            None => "no reduction applies to this dossier".to_owned(),
+        };
+        return Err(CommandError::input_at(
+            "/amount_vnd",
+            format!("fee {fee_code} is {due} VND for this dossier ({why}), not {amount_vnd} VND"),
+        ));
+    }
+    em.emit(Event::PaymentRecorded {
+        fee_code: fee_code.to_owned(),
+        amount_vnd,
+        receipt: Some(receipt.to_owned()),
+        channel: Some(channel),
+    });
+    if em.state.status == Status::PaymentRequested
+        && unpaid_fee(ctx.procedure, &em.state, Milestone::Returned).is_ok()
+    {
+        em.emit(Event::PaymentsSettled);
+    }
+    Ok(())
+}
+
+/// On a processed dossier whose fees due before return are unpaid: status 6 (payment
+/// requested) until they are paid.
+fn request_payment(em: &mut Emitter<'_>) {
+    use crate::definition::FeeDue;
+    let unpaid: Vec<_> = em
+        .ctx
+        .procedure
+        .fee_balances(&em.state, |c| em.state.paid_vnd(c))
+        .into_iter()
+        .filter(|b| b.due != FeeDue::Anytime && b.outstanding_vnd > 0)
+        .collect();
+    if !unpaid.is_empty() {
+        em.emit(Event::PaymentRequested {
+            amount_vnd: unpaid.iter().map(|b| b.outstanding_vnd).sum(),
+            fee_codes: unpaid.into_iter().map(|b| b.code).collect(),
+        });
+    }
+}
+
+/// The first fee that must be paid by `milestone` and is not paid in full.
+fn unpaid_fee(
+    p: &CompiledProcedure,
+    state: &Dossier,
+    milestone: Milestone,
+) -> Result<(), CommandError> {
+    use crate::definition::FeeDue;
+    let unpaid = p
+        .fee_balances(state, |c| state.paid_vnd(c))
+        .into_iter()
+        .find(|b| {
+            b.outstanding_vnd > 0
+                && match milestone {
+                    Milestone::Received => b.due == FeeDue::AtReception,
+                    Milestone::Returned => b.due != FeeDue::Anytime,
+                }
+        });
+    match unpaid {
+        Some(b) => Err(CommandError::FeeUnpaid {
+            fee_code: b.code,
+            name: b.name,
+            amount_vnd: b.outstanding_vnd,
+            due: match b.due {
+                FeeDue::AtReception => "at reception",
+                _ => "before the result is returned",
+            },
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The open task whose step marks `milestone`, which the actor may work on.
 fn milestone_task(
     ctx: &Context<'_>,
@@ -884,6 +972,10 @@ fn complete_task(
                 components: missing,
             });
         }
+        unpaid_fee(ctx.procedure, &em.state, Milestone::Received)?;
+    }
+    if step.marks == Some(Milestone::Returned) {
+        unpaid_fee(ctx.procedure, &em.state, Milestone::Returned)?;
     }
     if step.marks == Some(Milestone::Received)
         && outcome.as_deref() == Some("refuse")
@@ -915,6 +1007,7 @@ fn complete_task(
     }
     if step.signs.is_some() && em.state.processed_at.is_none() {
         em.emit(Event::Processed);
+        request_payment(em);
     }
     if step.marks == Some(Milestone::Returned) {
         em.emit(Event::ResultReturned);

@@ -236,6 +236,9 @@ pub enum Event {
         amount_vnd: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         receipt: Option<String>,
+        /// Absent from events recorded before channels were.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<super::state::PaymentChannel>,
     },
     Withdrawn {
         reason: String,
@@ -254,6 +257,14 @@ pub enum Event {
         outcome: EndOutcome,
         step: String,
     },
+    /// Processed, but fees due before return are unpaid: status 6 (Yêu cầu thực hiện nghĩa vụ
+    /// tài chính) until they are paid.
+    PaymentRequested {
+        fee_codes: Vec<String>,
+        amount_vnd: u64,
+    },
+    /// The fees due before return are paid: back to status 9 (processed).
+    PaymentsSettled,
 }
 
 impl Event {
@@ -418,6 +429,14 @@ impl Event {
             }
             Event::OverdueFlagged { .. } => "overdue".into(),
             Event::Ended { outcome, step } => format!("ended {} at {step}", outcome.label()),
+            Event::PaymentRequested {
+                fee_codes,
+                amount_vnd,
+            } => format!(
+                "payment requested before return: {} ({amount_vnd} VND)",
+                fee_codes.join(", ")
+            ),
+            Event::PaymentsSettled => "fees due before return paid".into(),
         }
     }
 

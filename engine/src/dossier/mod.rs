@@ -11,7 +11,9 @@ pub use command::{
 };
 pub use decide::{Context, Decision, backoff, decide, decide_filing};
 pub use event::{DocumentRef, Event, EventRecord, IncidentResolution, Notification};
-pub use state::{Dossier, Incident, Job, JobKind, JobState, Pause, Payment, Signature, Task};
+pub use state::{
+    Dossier, Incident, Job, JobKind, JobState, Pause, Payment, PaymentChannel, Signature, Task,
+};
 pub use types::{
     Actor, Channel, OnlineLevel, Owner, OwnerId, OwnerIdError, OwnerIdKind, OwnerType, Status,
 };

@@ -109,6 +109,32 @@ pub struct Payment {
     pub amount_vnd: u64,
     pub receipt: Option<String>,
     pub at: DateTime<Utc>,
+    /// How it was paid; none for payments recorded before channels were.
+    #[serde(default)]
+    pub channel: Option<PaymentChannel>,
+}
+
+/// How a fee was paid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentChannel {
+    /// Cash or card at the one-stop desk (nộp trực tiếp).
+    #[default]
+    Counter,
+    /// Through the national portal's payment platform or a bank transfer (nộp trực tuyến).
+    Online,
+    /// Collected by the public postal service (qua dịch vụ bưu chính công ích).
+    Postal,
+}
+
+impl PaymentChannel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PaymentChannel::Counter => "counter",
+            PaymentChannel::Online => "online",
+            PaymentChannel::Postal => "postal",
+        }
+    }
 }
 
 /// Everything known about a dossier, as of its last event.
@@ -202,6 +228,15 @@ impl crate::runtime::Facts for Dossier {
 }
 
 impl Dossier {
+    /// What has been paid of a fee, in VND.
+    pub fn paid_vnd(&self, fee_code: &str) -> u64 {
+        self.payments
+            .iter()
+            .filter(|p| p.fee_code == fee_code)
+            .map(|p| p.amount_vnd)
+            .sum()
+    }
+
     /// The agency competent to decide: the receiving one unless the filing named another.
     pub fn competent_agency(&self) -> &Arc<str> {
         self.competent_agency.as_ref().unwrap_or(&self.agency_code)
@@ -567,11 +602,13 @@ impl Dossier {
                 fee_code,
                 amount_vnd,
                 receipt,
+                channel,
             } => self.payments.push(Payment {
                 fee_code: fee_code.clone(),
                 amount_vnd: *amount_vnd,
                 receipt: receipt.clone(),
                 at,
+                channel: *channel,
             }),
             Event::Withdrawn { reason } => {
                 self.close(at);
@@ -606,6 +643,12 @@ impl Dossier {
                     }
                     EndOutcome::Stopped => Status::Stopped,
                 };
+            }
+            Event::PaymentRequested { .. } => self.status = Status::PaymentRequested,
+            Event::PaymentsSettled => {
+                if self.status == Status::PaymentRequested {
+                    self.status = Status::Processed;
+                }
             }
         }
     }

@@ -184,6 +184,7 @@ pub fn sync_payload(
                 amount_vnd: p.amount_vnd,
                 receipt: p.receipt.clone(),
                 paid_at: portal_time(p.at),
+                channel: p.channel.map(|c| c.as_str().to_owned()),
             })
             .collect(),
         supplement_count: d.supplement_rounds,

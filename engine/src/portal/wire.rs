@@ -127,6 +127,9 @@ pub struct Fee {
     #[serde(default)]
     pub receipt: Option<String>,
     pub paid_at: String,
+    /// HinhThucThu: how it was paid, `counter`, `online` or `postal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// One supplement round (HoSoBoSung) with the due dates before and after it.
