@@ -344,6 +344,10 @@ pub struct IncidentView {
     pub error: String,
     pub opened_at: DateTime<Utc>,
     pub resolution: Option<String>,
+    /// `hook` (a hook failed for good: `job_id` names it), `condition` (a decision could not
+    /// evaluate its condition; `error` names the step, the expression and the values read) or
+    /// `stuck` (nothing left to wait on; `error` says where the tokens are).
+    pub kind: String,
 }
 
 impl From<IncidentRow> for IncidentView {
@@ -355,6 +359,7 @@ impl From<IncidentRow> for IncidentView {
             error: i.error,
             opened_at: i.opened_at,
             resolution: i.resolution,
+            kind: i.kind,
         }
     }
 }
@@ -524,4 +529,9 @@ pub struct ResolveBody {
     pub action: String,
     #[serde(default)]
     pub note: Option<String>,
+    /// With `retry` of a `condition` incident: corrected forms by component or task id,
+    /// validated against their schemas and recorded before the decision is evaluated again.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: std::collections::BTreeMap<String, serde_json::Value>,
 }

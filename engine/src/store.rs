@@ -175,6 +175,8 @@ pub struct IncidentRow {
     pub error: String,
     pub opened_at: DateTime<Utc>,
     pub resolution: Option<String>,
+    /// `hook`, `condition` or `stuck`.
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -252,6 +254,7 @@ impl Projection {
                     error: i.error.clone(),
                     opened_at: i.opened_at,
                     resolution: i.resolution.as_ref().map(crate::wire_name),
+                    kind: i.kind.as_str().to_owned(),
                 })
                 .collect(),
             notifications: d
@@ -2772,8 +2775,8 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
             continue;
         }
         batch.push(
-            "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution)
-             VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution, kind)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (dossier_code, incident_id) DO UPDATE SET resolution = excluded.resolution",
             vec![
                 Arg::Text(row.dossier_code.clone()),
@@ -2782,6 +2785,7 @@ fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Projection) {
                 Arg::Text(row.error.clone()),
                 Arg::Int(micros(row.opened_at)),
                 Arg::OptText(row.resolution.clone()),
+                Arg::Text(row.kind.clone()),
             ],
         );
     }
@@ -2908,6 +2912,7 @@ fn incident_row(r: &AnyRow) -> Result<IncidentRow, StoreError> {
         error: r.try_get("error")?,
         opened_at: from_micros(r.try_get("opened_at")?),
         resolution: r.try_get("resolution")?,
+        kind: r.try_get("kind")?,
     })
 }
 
@@ -2976,6 +2981,17 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Open incidents by kind (`hook`, `condition`, `stuck`), for metrics.
+    pub async fn open_incidents_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql(
+            self.backend,
+            "SELECT kind, COUNT(*) FROM incidents WHERE resolution IS NULL GROUP BY kind ORDER BY kind",
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     /// Counts for metrics: pending jobs, open incidents, open dossiers past due at `now`.

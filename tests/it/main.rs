@@ -12,6 +12,7 @@ mod engine;
 mod engine_props;
 mod engine_support;
 mod founding;
+mod guards;
 mod input;
 mod khodl;
 mod nodes;

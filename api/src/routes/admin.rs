@@ -268,6 +268,7 @@ async fn resolve_incident(
                 incident,
                 action,
                 note: body.note,
+                data: body.data,
             },
         )
         .await?;
