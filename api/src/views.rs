@@ -524,7 +524,8 @@ pub struct SignBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveBody {
-    /// `retry` runs the hook again; `skip` treats it as done and moves on.
+    /// `retry` runs the hook (or evaluates the condition) again; `skip` treats a hook as done
+    /// and moves on, or acknowledges a stuck dossier (a condition has no skip).
     #[schema(pattern = "^(retry|skip)$")]
     pub action: String,
     #[serde(default)]

@@ -377,6 +377,14 @@ impl CompiledProcedure {
         })
     }
 
+    /// The fields an expression names, with the dossier's values (`null` when absent).
+    pub fn values_read(&self, source: &str, state: &Dossier) -> BTreeMap<String, Value> {
+        self.programs
+            .get(source)
+            .map(|p| p.values_read(state))
+            .unwrap_or_default()
+    }
+
     /// Whether a condition holds, an evaluation failure counting as not (`required_when`,
     /// fee reductions, processing-time cases: nothing stops on them).
     pub fn holds(&self, source: &str, state: &Dossier) -> bool {

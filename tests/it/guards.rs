@@ -397,3 +397,85 @@ async fn condition_and_stuck_incidents_show_in_metrics_and_resolve_over_http() {
         );
     }
 }
+
+/// A timer whose `until` reads the purpose of the request (text, not a date) once the
+/// verification is done.
+fn lltp_with_a_bad_timer(version: u32) -> Definition {
+    lltp_unchecked(
+        version,
+        &[
+            (
+                "        then: xac_minh_song_song\n    else: du_thao_phieu",
+                "        then: xac_minh_song_song\n    else: cho_ngay",
+            ),
+            (
+                "  # 3. Xác minh song song",
+                "  - id: cho_ngay\n    kind: timer\n    until: \"data.to_khai.muc_dich\"\n    next: du_thao_phieu\n\n  # 3. Xác minh song song",
+            ),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_timer_date_that_cannot_be_read_holds_the_dossier_instead_of_refusing_the_task() {
+    let h = harness().await;
+    h.engine.deploy(&lltp_with_a_bad_timer(2)).await.unwrap();
+    let d = h.file_lltp(1).await;
+    h.receive(&d.code).await;
+    // The specialist's completion is taken (the date is not theirs to give)…
+    let d = h
+        .complete(
+            &d.code,
+            &specialist(),
+            "tham_dinh",
+            None,
+            Some(plain_verification()),
+        )
+        .await;
+    // …and the dossier waits at the timer with an incident naming what it read.
+    assert!(d.tasks.is_empty(), "{:?}", d.tasks);
+    assert!(
+        d.jobs.values().all(|j| j.step.is_none()),
+        "no timer was set: {:?}",
+        d.jobs
+    );
+    let i = d
+        .incidents
+        .values()
+        .find(|i| i.resolution.is_none())
+        .cloned()
+        .unwrap_or_else(|| panic!("no incident: {:?}", d.incidents));
+    assert_eq!(i.kind, IncidentKind::Condition);
+    assert_eq!(i.step.as_deref(), Some("cho_ngay"));
+    assert_eq!(
+        i.values.get("data.to_khai.muc_dich"),
+        Some(&json!("Bổ sung hồ sơ xin việc"))
+    );
+    assert!(i.error.contains("not a date"), "{}", i.error);
+
+    // Corrected data that is still no date is refused where it was sent.
+    let mut form = crate::engine_support::lltp_form(1);
+    form["muc_dich"] = json!("sau Tết");
+    let retry = |form: Value| Command::ResolveIncident {
+        incident: i.id.clone(),
+        action: IncidentAction::Retry,
+        note: None,
+        data: BTreeMap::from([("to_khai".to_owned(), form)]),
+    };
+    let err = h
+        .engine
+        .execute(&d.code, None, &admin(), &retry(form.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_form", "{err}");
+    // A date sets the timer, and the dossier waits for it.
+    form["muc_dich"] = json!("2026-03-20");
+    let d = h.run(&d.code, &admin(), retry(form)).await;
+    let timer = d
+        .jobs
+        .values()
+        .find(|j| j.step.as_deref() == Some("cho_ngay"))
+        .unwrap_or_else(|| panic!("no timer: {:?}", d.jobs));
+    assert_eq!(timer.run_at.to_rfc3339(), "2026-03-19T17:00:00+00:00");
+    h.assert_replays_and_verifies(&d.code).await;
+}

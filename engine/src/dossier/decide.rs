@@ -42,6 +42,9 @@ struct Emitter<'a> {
     ctx: &'a Context<'a>,
     state: Dossier,
     events: Vec<Event>,
+    /// The forms the command brings (filing, task, supplement or corrected data): a timer
+    /// date read from one of them is refused for its sender to correct.
+    brought: Vec<String>,
 }
 
 impl Emitter<'_> {
@@ -161,6 +164,7 @@ pub fn decide_filing(
         ctx,
         state,
         events: vec![filed],
+        brought: filing.data.keys().cloned().collect(),
     };
     let first = p
         .steps
@@ -187,6 +191,7 @@ pub fn decide(
         // A decision emits up to about eight events: one allocation, no regrowth (each
         // regrowth copied the events emitted so far).
         events: Vec::with_capacity(8),
+        brought: brought_forms(state, command),
     };
     let system_only = matches!(
         command,
@@ -1256,7 +1261,27 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
         Step::Timer(t) => {
             let fire_at = match (&t.wait, &t.until) {
                 (Some(w), _) => ctx.calendar.add(ctx.now, *w),
-                (None, Some(expr)) => until(ctx, &em.state, expr)?,
+                (None, Some(expr)) => match until(ctx, &em.state, expr) {
+                    Ok(at) => at,
+                    // A date the command itself brings is refused, pointing at the field, so
+                    // its sender corrects it.
+                    Err(message) if brought_by_command(em, expr) => {
+                        return Err(refuse_until(expr, message));
+                    }
+                    // A date nobody sending this command can correct holds the dossier here
+                    // with an incident, as a failing condition does.
+                    Err(message) => {
+                        let values = ctx.procedure.values_read(expr, &em.state);
+                        hold_at_condition(
+                            em,
+                            token,
+                            &t.id,
+                            expr,
+                            crate::runtime::ConditionFailure { message, values },
+                        );
+                        return Ok(());
+                    }
+                },
                 (None, None) => ctx.now,
             };
             let job = numbered("j", "", em.state.jobs_scheduled() + 1);
@@ -1294,9 +1319,28 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
 
 /// The instant a `until` timer fires: the expression gives a date (`YYYY-MM-DD`, start of
 /// that day in the calendar's time zone) or an RFC 3339 timestamp.
-fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>, CommandError> {
-    // A timer reading one field of a form blames that field; another expression, the input.
-    let refuse = |message: String| match form_field(expr) {
+fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>, String> {
+    let value = ctx.procedure.evaluate(expr, state)?;
+    let text = match value {
+        cel::Value::String(s) => s.to_string(),
+        cel::Value::Timestamp(t) => return Ok(t.with_timezone(&Utc)),
+        other => return Err(format!("`{expr}` gave {other:?}, not a date")),
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        .map_err(|_| format!("`{expr}` gave `{text}`, not a date (YYYY-MM-DD) that exists"))?;
+    let local = day
+        .and_hms_opt(0, 0, 0)
+        .and_then(|n| n.and_local_timezone(ctx.calendar.timezone()).earliest())
+        .ok_or_else(|| format!("`{text}` does not exist in the calendar's time zone"))?;
+    Ok(local.with_timezone(&Utc))
+}
+
+/// A timer reading one field of a form blames that field; another expression, the input.
+fn refuse_until(expr: &str, message: String) -> CommandError {
+    match form_field(expr) {
         Some((form, field)) => CommandError::InvalidForm {
             violations: vec![crate::runtime::FormViolation::new(
                 form,
@@ -1305,30 +1349,35 @@ fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>
             )],
         },
         None => CommandError::input(message),
-    };
-    let value = ctx.procedure.evaluate(expr, state).map_err(refuse)?;
-    let text = match value {
-        cel::Value::String(s) => s.to_string(),
-        cel::Value::Timestamp(t) => return Ok(t.with_timezone(&Utc)),
-        other => return Err(refuse(format!("`{expr}` gave {other:?}, not a date"))),
-    };
-    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
-        return Ok(t.with_timezone(&Utc));
     }
-    let day = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
-        refuse(format!(
-            "`{expr}` gave `{text}`, not a date (YYYY-MM-DD) that exists"
-        ))
-    })?;
-    let local = day
-        .and_hms_opt(0, 0, 0)
-        .and_then(|n| n.and_local_timezone(ctx.calendar.timezone()).earliest())
-        .ok_or_else(|| {
-            refuse(format!(
-                "`{text}` does not exist in the calendar's time zone"
-            ))
-        })?;
-    Ok(local.with_timezone(&Utc))
+}
+
+/// Whether the expression reads a form the command being decided brings.
+fn brought_by_command(em: &Emitter<'_>, expr: &str) -> bool {
+    em.brought.iter().any(|form| {
+        let prefix = ["data.", form.as_str()].concat();
+        expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .any(|word| word == prefix || word.starts_with(&[prefix.as_str(), "."].concat()))
+    })
+}
+
+/// The forms a command brings, by id.
+fn brought_forms(state: &Dossier, command: &Command) -> Vec<String> {
+    match command {
+        Command::CompleteTask {
+            task,
+            data: Some(_),
+            ..
+        } => state
+            .tasks
+            .get(task.as_str())
+            .map(|t| vec![t.step.to_string()])
+            .unwrap_or_default(),
+        Command::Supplement { data, .. } | Command::ResolveIncident { data, .. } => {
+            data.keys().cloned().collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Holds `token` at `step` with a condition incident naming the expression and the values
