@@ -479,3 +479,56 @@ async fn a_timer_date_that_cannot_be_read_holds_the_dossier_instead_of_refusing_
     assert_eq!(timer.run_at.to_rfc3339(), "2026-03-19T17:00:00+00:00");
     h.assert_replays_and_verifies(&d.code).await;
 }
+
+/// The cases: a number compared with text, and a condition that gives a number. Each
+/// holds at the decision with the values read, where `else` was taken before.
+#[tokio::test]
+async fn a_type_mismatch_or_a_non_boolean_condition_never_takes_else() {
+    let h = harness().await;
+    for (version, condition, message) in [
+        (
+            2,
+            "data.to_khai.so_luong_phieu > '1'",
+            "could not be evaluated",
+        ),
+        (3, "data.to_khai.so_luong_phieu", "not true or false"),
+    ] {
+        h.engine
+            .deploy(&lltp_unchecked(version, &[(SHIPPED_CONDITION, condition)]))
+            .await
+            .unwrap();
+        let d = h.file_lltp(1).await;
+        assert_eq!(d.procedure_version, version);
+        h.receive(&d.code).await;
+        let d = h
+            .complete(
+                &d.code,
+                &specialist(),
+                "tham_dinh",
+                None,
+                Some(plain_verification()),
+            )
+            .await;
+        assert!(
+            d.tasks.is_empty(),
+            "{condition}: took a branch: {:?}",
+            d.tasks
+        );
+        let i = d.incidents.values().next().unwrap();
+        assert_eq!(
+            (i.kind, i.step.as_deref(), i.expression.as_deref()),
+            (IncidentKind::Condition, Some("phan_loai"), Some(condition))
+        );
+        assert_eq!(
+            i.values,
+            BTreeMap::from([("data.to_khai.so_luong_phieu".to_owned(), json!(1))]),
+            "{condition}"
+        );
+        assert!(i.error.contains(message), "{condition}: {}", i.error);
+        assert!(
+            d.tokens.values().any(|s| &**s == "phan_loai"),
+            "{condition}: the token waits at the decision: {:?}",
+            d.tokens
+        );
+    }
+}
