@@ -22,6 +22,14 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// The kinds of incident, each reported (at zero when none is open).
+pub const INCIDENT_KINDS: [&str; 3] = ["hook", "condition", "stuck"];
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
@@ -29,6 +37,7 @@ pub struct Metrics {
     pub jobs_pending: Gauge,
     pub incidents_open: Gauge,
     pub dossiers_overdue: Gauge,
+    incidents_open_by_kind: Family<KindLabels, Gauge>,
 }
 
 impl Metrics {
@@ -41,6 +50,7 @@ impl Metrics {
         let jobs_pending = Gauge::default();
         let incidents_open = Gauge::default();
         let dossiers_overdue = Gauge::default();
+        let incidents_open_by_kind = Family::<KindLabels, Gauge>::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -66,6 +76,12 @@ impl Metrics {
             "Open dossiers past their due date",
             dossiers_overdue.clone(),
         );
+        registry.register(
+            "incidents_open_by_kind",
+            "Incidents waiting for an administrator, by kind: hook (failed for good), \
+             condition (a decision could not evaluate its condition), stuck (nothing to wait on)",
+            incidents_open_by_kind.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -73,6 +89,23 @@ impl Metrics {
             jobs_pending,
             incidents_open,
             dossiers_overdue,
+            incidents_open_by_kind,
+        }
+    }
+
+    /// Sets the open incidents of each kind; a kind missing from `counts` has none open.
+    pub fn set_incidents_by_kind(&self, counts: &[(String, i64)]) {
+        for kind in INCIDENT_KINDS {
+            let n = counts
+                .iter()
+                .filter(|(k, _)| k == kind)
+                .map(|(_, n)| *n)
+                .sum();
+            self.incidents_open_by_kind
+                .get_or_create(&KindLabels {
+                    kind: kind.to_owned(),
+                })
+                .set(n);
         }
     }
 

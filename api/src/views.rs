@@ -407,6 +407,10 @@ pub struct IncidentView {
     pub error: String,
     pub opened_at: DateTime<Utc>,
     pub resolution: Option<String>,
+    /// `hook` (a hook failed for good: `job_id` names it), `condition` (a decision could not
+    /// evaluate its condition; `error` names the step, the expression and the values read) or
+    /// `stuck` (nothing left to wait on; `error` says where the tokens are).
+    pub kind: String,
 }
 
 impl From<IncidentRow> for IncidentView {
@@ -418,6 +422,7 @@ impl From<IncidentRow> for IncidentView {
             error: i.error,
             opened_at: i.opened_at,
             resolution: i.resolution,
+            kind: i.kind,
         }
     }
 }
@@ -598,11 +603,17 @@ pub struct SignBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveBody {
-    /// `retry` runs the hook again; `skip` treats it as done and moves on.
+    /// `retry` runs the hook (or evaluates the condition) again; `skip` treats a hook as done
+    /// and moves on, or acknowledges a stuck dossier (a condition has no skip).
     #[schema(pattern = "^(retry|skip)$")]
     pub action: String,
     #[serde(default)]
     pub note: Option<String>,
+    /// With `retry` of a `condition` incident: corrected forms by component or task id,
+    /// validated against their schemas and recorded before the decision is evaluated again.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A whole number in a JSON body, `12` or `12.0` alike: JSON Schema's `integer` is any number

@@ -1,6 +1,6 @@
 //! A deployed procedure made ready to run: form schemas and CEL programs compiled once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -46,6 +46,15 @@ impl FormViolation {
             message: message.into(),
         }
     }
+}
+
+/// Why a condition could not decide: the evaluation error, and the values the expression read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditionFailure {
+    pub message: String,
+    /// Each field the expression names (`data.don.so_tang`, `dossier.channel`) with the
+    /// dossier's value; a field not filled in is `null`.
+    pub values: BTreeMap<String, Value>,
 }
 
 /// A procedure version ready to decide commands: everything compiled at deployment.
@@ -175,6 +184,41 @@ impl Expression {
 }
 
 impl Expression {
+    /// The fields the expression names, with the dossier's values (`null` when absent); a
+    /// form or `data` used as a whole is given whole.
+    fn values_read<F: Facts + ?Sized>(&self, state: &F) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        match &self.forms {
+            None => {
+                for (k, v) in state.forms().iter() {
+                    out.insert(["data.", k].concat(), Value::clone(v));
+                }
+            }
+            Some(forms) => {
+                for r in forms {
+                    let form = state.forms().get(&r.form);
+                    match &r.fields {
+                        Some(fields) => {
+                            for f in fields {
+                                let v = form.and_then(|v| v.get(f)).cloned().unwrap_or_default();
+                                out.insert(["data.", &r.form, ".", f].concat(), v);
+                            }
+                        }
+                        None => {
+                            let v = form.map(|v| Value::clone(v)).unwrap_or_default();
+                            out.insert(["data.", &r.form].concat(), v);
+                        }
+                    }
+                }
+            }
+        }
+        for f in self.dossier.iter().flatten() {
+            let v = state.field(f).map(Value::String).unwrap_or_default();
+            out.insert(["dossier.", f].concat(), v);
+        }
+        out
+    }
+
     fn evaluate<F: Facts + ?Sized>(&self, source: &str, state: &F) -> Result<cel::Value, String> {
         let data = self.data(state);
         let dossier: Box<dyn Val> = match &self.dossier {
@@ -298,22 +342,49 @@ impl CompiledProcedure {
     }
 
     /// Evaluates a condition. An expression that cannot be evaluated (a field not filled in,
-    /// a type mismatch) does not hold; the reason comes back for the record.
-    pub fn condition<F: Facts + ?Sized>(&self, source: &str, state: &F) -> (bool, Option<String>) {
+    /// a type mismatch) or that gives something other than a boolean is an error, with the
+    /// values it read: a decision then holds with an incident instead of guessing a branch.
+    pub fn condition<F: Facts + ?Sized>(
+        &self,
+        source: &str,
+        state: &F,
+    ) -> Result<bool, ConditionFailure> {
         let Some(p) = self.programs.get(source) else {
-            return (false, Some(not_compiled(source)));
+            return Err(ConditionFailure {
+                message: not_compiled(source),
+                values: BTreeMap::new(),
+            });
         };
         if let Some(holds) = p.plan.as_ref().and_then(|plan| plan.holds(state)) {
-            return (holds, None);
+            return Ok(holds);
         }
-        match p.evaluate(source, state) {
-            Ok(cel::Value::Bool(b)) => (b, None),
-            Ok(other) => (
-                false,
-                Some(format!("`{source}` gave {other:?}, not true or false")),
-            ),
-            Err(e) => (false, Some(e)),
-        }
+        let message = match p.evaluate(source, state) {
+            Ok(cel::Value::Bool(b)) => return Ok(b),
+            Ok(other) => format!("`{source}` gave {other:?}, not true or false"),
+            Err(e) => e,
+        };
+        Err(ConditionFailure {
+            message,
+            values: p.values_read(state),
+        })
+    }
+
+    /// The fields an expression names, with the dossier's values (`null` when absent).
+    pub fn values_read<F: Facts + ?Sized>(
+        &self,
+        source: &str,
+        state: &F,
+    ) -> BTreeMap<String, Value> {
+        self.programs
+            .get(source)
+            .map(|p| p.values_read(state))
+            .unwrap_or_default()
+    }
+
+    /// Whether a condition holds, an evaluation failure counting as not (`required_when`,
+    /// fee reductions, processing-time cases: nothing stops on them).
+    pub fn holds<F: Facts + ?Sized>(&self, source: &str, state: &F) -> bool {
+        self.condition(source, state).unwrap_or(false)
     }
 
     /// Evaluates an expression over a dossier: `data` holds its forms, `dossier` the fields in
@@ -335,7 +406,7 @@ impl CompiledProcedure {
         let p = self.procedure();
         p.processing_time_cases
             .iter()
-            .find(|c| self.condition(&c.condition, state).0)
+            .find(|c| self.holds(&c.condition, state))
             .map_or(p.processing_time, |c| c.processing_time)
     }
 
@@ -349,7 +420,7 @@ impl CompiledProcedure {
     ) -> (u64, Option<&'f str>) {
         fee.reductions
             .iter()
-            .find(|r| self.condition(&r.when, state).0)
+            .find(|r| self.holds(&r.when, state))
             .map_or((fee.amount_vnd, None), |r| {
                 (r.amount_vnd, Some(r.name.as_str()))
             })

@@ -454,6 +454,7 @@ async fn a_hook_failing_for_good_opens_an_incident_an_administrator_retries() {
         incident: incidents[0].incident_id.clone(),
         action: IncidentAction::Retry,
         note: Some("Kho DL đã hoạt động lại".into()),
+        data: std::collections::BTreeMap::new(),
     };
     let err = h
         .engine

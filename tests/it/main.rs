@@ -13,6 +13,7 @@ mod engine_props;
 mod engine_support;
 mod fees;
 mod founding;
+mod guards;
 mod input;
 mod khodl;
 mod nodes;

@@ -220,7 +220,8 @@ async fn deploy_procedure(
     .await
 }
 
-/// Open incidents: hooks that failed for good and wait for an administrator.
+/// Open incidents, waiting for an administrator: hooks that failed for good (`hook`), conditions
+/// that could not be evaluated (`condition`), dossiers with nothing to wait on (`stuck`).
 #[utoipa::path(get, path = "/api/v1/admin/incidents", tag = "administrators", security(("bearer" = [])),
     responses((status = 200, body = [IncidentView]), (status = "default", body = Problem)))]
 async fn list_incidents(
@@ -237,7 +238,8 @@ async fn list_incidents(
     Ok(Json(rows.into_iter().map(IncidentView::from).collect()))
 }
 
-/// Retries or skips the failed hook of an incident.
+/// Retries or skips an incident: a hook runs again, a condition is evaluated again (with
+/// corrected forms in `data`, if given); 409 while a condition or stuck incident still holds.
 #[utoipa::path(post, path = "/api/v1/admin/incidents/{code}/{incident}", tag = "administrators", security(("bearer" = [])),
     params(("code" = String, Path, description = "Dossier code"), ("incident" = String, Path, description = "Incident id")),
     request_body = ResolveBody,
@@ -269,6 +271,7 @@ async fn resolve_incident(
                 incident,
                 action,
                 note: body.note,
+                data: body.data,
             },
         )
         .await?;

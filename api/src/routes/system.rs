@@ -73,6 +73,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.incidents_open.set(incidents);
         state.metrics.dossiers_overdue.set(overdue);
     }
+    if let Ok(by_kind) = state.engine.store().open_incidents_by_kind().await {
+        state.metrics.set_incidents_by_kind(&by_kind);
+    }
     (
         [(
             header::CONTENT_TYPE,

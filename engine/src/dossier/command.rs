@@ -160,6 +160,10 @@ pub enum Command {
         action: IncidentAction,
         #[serde(default)]
         note: Option<String>,
+        /// Corrected forms (by component or task id), recorded with the retry of a condition
+        /// incident before the decision is evaluated again.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        data: BTreeMap<String, Value>,
     },
     /// Sends the apology letter (Mẫu 04) with a new date.
     Apologize {

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::command::{Command, CommandError, Filing, HookOutcome, IncidentAction};
-use super::event::{DocumentRef, Event, IncidentResolution};
-use super::state::{Dossier, JobKind, JobState, Task};
+use super::event::{DocumentRef, Event, IncidentKind, IncidentResolution};
+use super::state::{Dossier, Incident, JobKind, JobState, Task};
 use super::types::{Actor, Channel, OnlineLevel, Status};
 use crate::calendar::Calendar;
 use crate::definition::model::RECEIVING;
@@ -42,6 +42,9 @@ struct Emitter<'a> {
     ctx: &'a Context<'a>,
     state: Dossier,
     events: Vec<Event>,
+    /// The forms the command brings (filing, task, supplement or corrected data): a timer
+    /// date read from one of them is refused for its sender to correct.
+    brought: Vec<String>,
 }
 
 impl Emitter<'_> {
@@ -161,6 +164,7 @@ pub fn decide_filing(
         ctx,
         state,
         events: vec![filed],
+        brought: filing.data.keys().cloned().collect(),
     };
     let first = p
         .steps
@@ -168,6 +172,7 @@ pub fn decide_filing(
         .map(|s| s.id().to_owned())
         .unwrap_or_default();
     advance(&mut em, 1, None, &first, "start")?;
+    raise_if_stuck(&mut em);
     if ctx.sync_status {
         system_job(&mut em, "portal.sync_dossier", BTreeMap::new());
     }
@@ -186,6 +191,7 @@ pub fn decide(
         // A decision emits up to about eight events: one allocation, no regrowth (each
         // regrowth copied the events emitted so far).
         events: Vec::with_capacity(8),
+        brought: brought_forms(state, command),
     };
     let system_only = matches!(
         command,
@@ -469,6 +475,7 @@ pub fn decide(
             incident,
             action,
             note,
+            data,
         } => {
             if !matches!(ctx.actor, Actor::Admin { .. }) {
                 return Err(CommandError::forbidden(
@@ -483,6 +490,17 @@ pub fn decide(
                 return Err(CommandError::state(format!(
                     "incident {incident} is already resolved"
                 )));
+            }
+            if i.kind != IncidentKind::Condition && !data.is_empty() {
+                return Err(CommandError::input_at(
+                    "/data",
+                    "corrected data goes with the retry of a condition incident",
+                ));
+            }
+            if i.kind != IncidentKind::Hook {
+                resolve_guard_incident(&mut em, i, *action, note, data)?;
+                // An acknowledged stuck dossier is not raised again at once.
+                return Ok(conclude(em, state, i.kind != IncidentKind::Stuck));
             }
             let job = state
                 .job(&i.job)
@@ -527,12 +545,20 @@ pub fn decide(
             _ => return Err(CommandError::state("the dossier is not overdue")),
         },
     }
+    Ok(conclude(em, state, true))
+}
+
+/// The end of every decision on an existing dossier: the stuck guard, then the status sync.
+fn conclude(mut em: Emitter<'_>, before: &Dossier, check_stuck: bool) -> Decision {
+    if check_stuck {
+        raise_if_stuck(&mut em);
+    }
     // The portal follows the status: each change is synced, the latest state winning by
     // its sequence number, so a late retry never overwrites a newer status.
-    if ctx.sync_status && em.state.status != state.status {
+    if em.ctx.sync_status && em.state.status != before.status {
         system_job(&mut em, "portal.sync_dossier", BTreeMap::new());
     }
-    Ok(em.finish())
+    em.finish()
 }
 
 fn non_empty(s: &str, what: &str) -> Result<(), CommandError> {
@@ -635,7 +661,7 @@ fn validate_forms(
 
 fn is_required(p: &CompiledProcedure, c: &crate::definition::Component, state: &Dossier) -> bool {
     match &c.required_when {
-        Some(cond) => p.condition(cond, state).0,
+        Some(cond) => p.holds(cond, state),
         None => c.required,
     }
 }
@@ -1259,27 +1285,27 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
             Ok(())
         }
         Step::Decision(d) => {
-            let mut notes = Vec::new();
             for b in &d.when {
-                let (holds, note) = ctx.procedure.condition(&b.condition, &em.state);
-                notes.extend(note);
-                if holds {
-                    return advance(
-                        em,
-                        token,
-                        Some(&d.id),
-                        &b.then,
-                        &["if ", b.condition.as_str()].concat(),
-                    );
+                match ctx.procedure.condition(&b.condition, &em.state) {
+                    Ok(true) => {
+                        return advance(
+                            em,
+                            token,
+                            Some(&d.id),
+                            &b.then,
+                            &["if ", b.condition.as_str()].concat(),
+                        );
+                    }
+                    Ok(false) => {}
+                    // Never a guess: the token holds here until an administrator retries.
+                    Err(f) => {
+                        hold_at_condition(em, token, &d.id, &b.condition, f);
+                        return Ok(());
+                    }
                 }
             }
-            let via = if notes.is_empty() {
-                "else".to_owned()
-            } else {
-                format!("else ({})", notes.join("; "))
-            };
             let target = d.otherwise.clone().unwrap_or_default();
-            advance(em, token, Some(&d.id), &target, &via)
+            advance(em, token, Some(&d.id), &target, "else")
         }
         Step::Parallel(par) => {
             let first = em.state.next_token;
@@ -1328,7 +1354,27 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
         Step::Timer(t) => {
             let fire_at = match (&t.wait, &t.until) {
                 (Some(w), _) => ctx.calendar.add(ctx.now, *w),
-                (None, Some(expr)) => until(ctx, &em.state, expr)?,
+                (None, Some(expr)) => match until(ctx, &em.state, expr) {
+                    Ok(at) => at,
+                    // A date the command itself brings is refused, pointing at the field, so
+                    // its sender corrects it.
+                    Err(message) if brought_by_command(em, expr) => {
+                        return Err(refuse_until(expr, message));
+                    }
+                    // A date nobody sending this command can correct holds the dossier here
+                    // with an incident, as a failing condition does.
+                    Err(message) => {
+                        let values = ctx.procedure.values_read(expr, &em.state);
+                        hold_at_condition(
+                            em,
+                            token,
+                            &t.id,
+                            expr,
+                            crate::runtime::ConditionFailure { message, values },
+                        );
+                        return Ok(());
+                    }
+                },
                 (None, None) => ctx.now,
             };
             let job = numbered("j", "", em.state.jobs_scheduled() + 1);
@@ -1366,9 +1412,28 @@ fn enter(em: &mut Emitter<'_>, token: u32, step_id: &str) -> Result<(), CommandE
 
 /// The instant a `until` timer fires: the expression gives a date (`YYYY-MM-DD`, start of
 /// that day in the calendar's time zone) or an RFC 3339 timestamp.
-fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>, CommandError> {
-    // A timer reading one field of a form blames that field; another expression, the input.
-    let refuse = |message: String| match form_field(expr) {
+fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>, String> {
+    let value = ctx.procedure.evaluate(expr, state)?;
+    let text = match value {
+        cel::Value::String(s) => s.to_string(),
+        cel::Value::Timestamp(t) => return Ok(t.with_timezone(&Utc)),
+        other => return Err(format!("`{expr}` gave {other:?}, not a date")),
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        .map_err(|_| format!("`{expr}` gave `{text}`, not a date (YYYY-MM-DD) that exists"))?;
+    let local = day
+        .and_hms_opt(0, 0, 0)
+        .and_then(|n| n.and_local_timezone(ctx.calendar.timezone()).earliest())
+        .ok_or_else(|| format!("`{text}` does not exist in the calendar's time zone"))?;
+    Ok(local.with_timezone(&Utc))
+}
+
+/// A timer reading one field of a form blames that field; another expression, the input.
+fn refuse_until(expr: &str, message: String) -> CommandError {
+    match form_field(expr) {
         Some((form, field)) => CommandError::InvalidForm {
             violations: vec![crate::runtime::FormViolation::new(
                 form,
@@ -1377,30 +1442,218 @@ fn until(ctx: &Context<'_>, state: &Dossier, expr: &str) -> Result<DateTime<Utc>
             )],
         },
         None => CommandError::input(message),
-    };
-    let value = ctx.procedure.evaluate(expr, state).map_err(refuse)?;
-    let text = match value {
-        cel::Value::String(s) => s.to_string(),
-        cel::Value::Timestamp(t) => return Ok(t.with_timezone(&Utc)),
-        other => return Err(refuse(format!("`{expr}` gave {other:?}, not a date"))),
-    };
-    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
-        return Ok(t.with_timezone(&Utc));
     }
-    let day = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
-        refuse(format!(
-            "`{expr}` gave `{text}`, not a date (YYYY-MM-DD) that exists"
-        ))
-    })?;
-    let local = day
-        .and_hms_opt(0, 0, 0)
-        .and_then(|n| n.and_local_timezone(ctx.calendar.timezone()).earliest())
-        .ok_or_else(|| {
-            refuse(format!(
-                "`{text}` does not exist in the calendar's time zone"
-            ))
-        })?;
-    Ok(local.with_timezone(&Utc))
+}
+
+/// Whether the expression reads a form the command being decided brings.
+fn brought_by_command(em: &Emitter<'_>, expr: &str) -> bool {
+    em.brought.iter().any(|form| {
+        let prefix = ["data.", form.as_str()].concat();
+        expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .any(|word| word == prefix || word.starts_with(&[prefix.as_str(), "."].concat()))
+    })
+}
+
+/// The forms a command brings, by id.
+fn brought_forms(state: &Dossier, command: &Command) -> Vec<String> {
+    match command {
+        Command::CompleteTask {
+            task,
+            data: Some(_),
+            ..
+        } => state
+            .tasks
+            .get(task.as_str())
+            .map(|t| vec![t.step.to_string()])
+            .unwrap_or_default(),
+        Command::Supplement { data, .. } | Command::ResolveIncident { data, .. } => {
+            data.keys().cloned().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Holds `token` at `step` with a condition incident naming the expression and the values
+/// it read.
+fn hold_at_condition(
+    em: &mut Emitter<'_>,
+    token: u32,
+    step: &str,
+    expression: &str,
+    failure: crate::runtime::ConditionFailure,
+) {
+    let read = failure
+        .values
+        .iter()
+        .map(|(k, v)| [k.as_str(), " = ", &v.to_string()].concat())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut error = format!("step {step}: {}", failure.message);
+    if !read.is_empty() {
+        error.push_str(&format!(" (read: {read})"));
+    }
+    em.emit(Event::GuardIncidentOpened {
+        incident: next_incident(&em.state),
+        kind: IncidentKind::Condition,
+        step: Some(step.to_owned()),
+        token: Some(token),
+        expression: Some(expression.to_owned()),
+        values: failure.values,
+        error,
+    });
+}
+
+fn next_incident(state: &Dossier) -> String {
+    numbered("i", "", state.incidents.len() + 1)
+}
+
+/// Where the tokens of a dossier that nothing will move are: `None` unless the dossier is
+/// open with no open task, no pending job or timer of its steps, no supplement awaited and
+/// no incident open (an incident already waits for an administrator).
+fn stuck_at(ctx: &Context<'_>, state: &Dossier) -> Option<String> {
+    if state.is_closed()
+        || !state.tasks.is_empty()
+        || state.paused.is_some()
+        || state
+            .jobs
+            .values()
+            .any(|j| j.token.is_some() && j.state == JobState::Pending)
+        || state.incidents.values().any(|i| i.resolution.is_none())
+    {
+        return None;
+    }
+    let mut places: Vec<String> = state
+        .tokens
+        .iter()
+        .map(|(t, step)| format!("token {t} at {step}"))
+        .collect();
+    for (join, tokens) in &state.joins {
+        let expected = ctx
+            .procedure
+            .procedure()
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Parallel(p) if p.join == *join => Some(p.branches.len()),
+                _ => None,
+            })
+            .unwrap_or(1);
+        let list = tokens
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        places.push(format!(
+            "join {join} waits with {} of {expected} branches (token {list})",
+            tokens.len()
+        ));
+    }
+    Some(format!(
+        "stuck: no open task, job or timer; {}",
+        if places.is_empty() {
+            "no token left".to_owned()
+        } else {
+            places.join("; ")
+        }
+    ))
+}
+
+/// Opens a stuck incident when the decision leaves the dossier with nothing to wait on.
+fn raise_if_stuck(em: &mut Emitter<'_>) {
+    if let Some(error) = stuck_at(em.ctx, &em.state) {
+        em.emit(Event::GuardIncidentOpened {
+            incident: next_incident(&em.state),
+            kind: IncidentKind::Stuck,
+            step: None,
+            token: None,
+            expression: None,
+            values: BTreeMap::new(),
+            error,
+        });
+    }
+}
+
+/// Retries or skips a condition or stuck incident. A retry evaluates the step again and is
+/// refused, changing nothing, while it still fails; a condition has no branch to skip to.
+fn resolve_guard_incident(
+    em: &mut Emitter<'_>,
+    incident: &Incident,
+    action: IncidentAction,
+    note: &Option<String>,
+    data: &BTreeMap<String, Value>,
+) -> Result<(), CommandError> {
+    let closed = em.state.is_closed();
+    let resolution = match action {
+        IncidentAction::Retry => IncidentResolution::Retried,
+        IncidentAction::Skip => IncidentResolution::Skipped,
+    };
+    if incident.kind == IncidentKind::Condition && action == IncidentAction::Skip && !closed {
+        return Err(CommandError::state(format!(
+            "incident {}: a decision has no branch to skip to; retry it (after correcting the \
+             data it reads), or stop the dossier",
+            incident.id
+        )));
+    }
+    if !data.is_empty() {
+        if closed || action != IncidentAction::Retry {
+            return Err(CommandError::input_at(
+                "/data",
+                "corrected data goes with the retry of an open dossier's condition incident",
+            ));
+        }
+        let p = em.ctx.procedure.procedure();
+        for id in data.keys() {
+            if p.form_path(id).is_none() {
+                return Err(CommandError::input_at(
+                    data_pointer(id),
+                    format!("`{id}` is not a form of this procedure"),
+                ));
+            }
+        }
+        validate_forms(em.ctx.procedure, data)?;
+        em.emit(Event::DataCorrected {
+            incident: incident.id.clone(),
+            data: shared_forms(data),
+        });
+    }
+    em.emit(Event::IncidentResolved {
+        incident: incident.id.clone(),
+        resolution,
+        note: note.clone(),
+    });
+    if closed || action == IncidentAction::Skip {
+        return Ok(());
+    }
+    match (incident.kind, &incident.step, incident.token) {
+        (IncidentKind::Condition, Some(step), Some(token)) => {
+            let before = em.state.incidents.len();
+            enter(em, token, step)?;
+            let again = em
+                .state
+                .incidents
+                .values()
+                .filter(|i| i.resolution.is_none() && i.kind == IncidentKind::Condition)
+                .find(|i| i.step.as_deref() == Some(step.as_str()) && i.token == Some(token));
+            if em.state.incidents.len() > before
+                && let Some(i) = again
+            {
+                return Err(CommandError::state(format!(
+                    "incident {} still holds: {}",
+                    incident.id, i.error
+                )));
+            }
+        }
+        _ => {
+            if let Some(error) = stuck_at(em.ctx, &em.state) {
+                return Err(CommandError::state(format!(
+                    "incident {} still holds: {error}; stop the dossier, or skip the incident \
+                     to acknowledge it",
+                    incident.id
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn record_hook_outcome(

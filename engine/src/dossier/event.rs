@@ -49,6 +49,30 @@ pub enum IncidentResolution {
     Skipped,
 }
 
+/// What an incident is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// A hook that failed for good.
+    #[default]
+    Hook,
+    /// A decision condition (or a timer's `until`) that could not be evaluated: the token
+    /// waits at that step.
+    Condition,
+    /// A dossier not ended with no open task, job or timer: nothing will move it.
+    Stuck,
+}
+
+impl IncidentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Hook => "hook",
+            IncidentKind::Condition => "condition",
+            IncidentKind::Stuck => "stuck",
+        }
+    }
+}
+
 /// One fact about a dossier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -265,6 +289,28 @@ pub enum Event {
     },
     /// The fees due before return are paid: back to status 9 (processed).
     PaymentsSettled,
+    /// The engine stopped the dossier for an administrator: a condition that could not be
+    /// evaluated (the token holds at `step`), or nothing left to wait on (stuck).
+    GuardIncidentOpened {
+        incident: String,
+        kind: IncidentKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expression: Option<String>,
+        /// The fields the expression reads, with the dossier's values.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        values: BTreeMap<String, Value>,
+        error: String,
+    },
+    /// An administrator corrected forms to retry a condition incident.
+    DataCorrected {
+        incident: String,
+        /// Each form shared with the dossier's state (serialized as the form itself).
+        data: BTreeMap<String, Arc<Value>>,
+    },
 }
 
 impl Event {
@@ -437,6 +483,16 @@ impl Event {
                 fee_codes.join(", ")
             ),
             Event::PaymentsSettled => "fees due before return paid".into(),
+            Event::GuardIncidentOpened {
+                incident,
+                kind,
+                error,
+                ..
+            } => format!("{} incident {incident} opened: {error}", kind.as_str()),
+            Event::DataCorrected { incident, data } => format!(
+                "data corrected for incident {incident}: {}",
+                data.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 
@@ -450,6 +506,7 @@ impl Event {
             Event::HookScheduled { step, .. } => step.as_deref(),
             Event::TimerScheduled { step, .. } => Some(step),
             Event::Ended { step, .. } => Some(step),
+            Event::GuardIncidentOpened { step, .. } => step.as_deref(),
             _ => None,
         }
     }

@@ -10,7 +10,7 @@ pub use command::{
     Command, CommandError, Filing, HookOutcome, IncidentAction, PaperSource, ReusedPaper,
 };
 pub use decide::{Context, Decision, backoff, decide, decide_filing};
-pub use event::{DocumentRef, Event, EventRecord, IncidentResolution, Notification};
+pub use event::{DocumentRef, Event, EventRecord, IncidentKind, IncidentResolution, Notification};
 pub use state::{
     Dossier, Incident, Job, JobKind, JobState, Pause, Payment, PaymentChannel, Signature, Task,
 };

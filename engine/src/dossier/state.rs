@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::event::{DocumentRef, Event, IncidentResolution, Notification};
+use super::event::{DocumentRef, Event, IncidentKind, IncidentResolution, Notification};
 use super::types::{Channel, OnlineLevel, Owner, Status};
 use crate::definition::{EndOutcome, RetryPolicy};
 
@@ -79,6 +79,17 @@ pub struct Incident {
     pub resolution: Option<IncidentResolution>,
     pub resolved_by: Option<String>,
     pub resolved_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub kind: IncidentKind,
+    /// The step a condition incident holds its token at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, Value>,
 }
 
 /// The clock stopped while the owner supplements the dossier.
@@ -527,6 +538,11 @@ impl Dossier {
                         resolution: None,
                         resolved_by: None,
                         resolved_at: None,
+                        kind: IncidentKind::Hook,
+                        step: None,
+                        token: None,
+                        expression: None,
+                        values: BTreeMap::new(),
                     },
                 );
             }
@@ -648,6 +664,38 @@ impl Dossier {
             Event::PaymentsSettled => {
                 if self.status == Status::PaymentRequested {
                     self.status = Status::Processed;
+                }
+            }
+            Event::GuardIncidentOpened {
+                incident,
+                kind,
+                step,
+                token,
+                expression,
+                values,
+                error,
+            } => {
+                self.incidents.insert(
+                    incident.clone(),
+                    Incident {
+                        id: incident.clone(),
+                        job: String::new(),
+                        error: error.clone(),
+                        opened_at: at,
+                        resolution: None,
+                        resolved_by: None,
+                        resolved_at: None,
+                        kind: *kind,
+                        step: step.clone(),
+                        token: *token,
+                        expression: expression.clone(),
+                        values: values.clone(),
+                    },
+                );
+            }
+            Event::DataCorrected { data, .. } => {
+                for (k, v) in data {
+                    Arc::make_mut(&mut self.data).insert(k.clone(), Arc::clone(v));
                 }
             }
         }

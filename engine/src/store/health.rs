@@ -4,6 +4,17 @@
 use super::*;
 
 impl Store {
+    /// Open incidents by kind (`hook`, `condition`, `stuck`), for metrics.
+    pub async fn open_incidents_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql(
+            self.backend,
+            "SELECT kind, COUNT(*) FROM incidents WHERE resolution IS NULL GROUP BY kind ORDER BY kind",
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// Counts for metrics: pending jobs, open incidents, open dossiers past due at `now`.
     pub async fn gauges(&self, now: DateTime<Utc>) -> Result<(i64, i64, i64), StoreError> {
         let jobs: i64 = sqlx::query_scalar(sql(

@@ -856,8 +856,8 @@ pub(super) fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Project
             continue;
         }
         batch.push(
-            "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution)
-             VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO incidents (dossier_code, incident_id, job_id, error, opened_at, resolution, kind)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (dossier_code, incident_id) DO UPDATE SET resolution = excluded.resolution",
             vec![
                 Arg::Text(row.dossier_code.clone()),
@@ -866,6 +866,7 @@ pub(super) fn project(b: Backend, batch: &mut Batch, a: &Append<'_>, p: &Project
                 Arg::Text(row.error.clone()),
                 Arg::Int(micros(row.opened_at)),
                 Arg::OptText(row.resolution.clone()),
+                Arg::Text(row.kind.clone()),
             ],
         );
     }

@@ -204,6 +204,8 @@ pub struct IncidentRow {
     pub error: String,
     pub opened_at: DateTime<Utc>,
     pub resolution: Option<String>,
+    /// `hook`, `condition` or `stuck`.
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -281,6 +283,7 @@ impl Projection {
                     error: i.error.clone(),
                     opened_at: i.opened_at,
                     resolution: i.resolution.as_ref().map(crate::wire_name),
+                    kind: i.kind.as_str().to_owned(),
                 })
                 .collect(),
             notifications: d

@@ -268,6 +268,7 @@ pub(super) fn incident_row(r: &AnyRow) -> Result<IncidentRow, StoreError> {
         error: r.try_get("error")?,
         opened_at: from_micros(r.try_get("opened_at")?),
         resolution: r.try_get("resolution")?,
+        kind: r.try_get("kind")?,
     })
 }
 
