@@ -136,6 +136,22 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A blob store's failure: a full disk is `storage_full` (503, retry later), like a full
+    /// database; anything else is internal.
+    pub fn blob(e: engine::khodl::BlobError) -> ApiError {
+        if e.is_storage_full() {
+            tracing::error!(error = %e, "blob storage full: uploads are refused until space returns");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_full",
+                "the server's storage is full: nothing was written; try again later",
+            );
+        }
+        ApiError::internal(e.to_string())
+    }
+}
+
 /// How long a client waits before trying a write again after `storage_full`.
 pub const STORAGE_FULL_RETRY_AFTER_SECONDS: u32 = 60;
 
@@ -344,3 +360,26 @@ fn body_text(s: &str) -> String {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_under_the_blobs_is_storage_full_with_retry_after() {
+        let full = engine::khodl::BlobError::Io {
+            path: "/var/lib/tthc/blobs".into(),
+            // ENOSPC, as a write on a full file system fails.
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let r = ApiError::blob(full).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "60");
+        let denied = engine::khodl::BlobError::Io {
+            path: "/var/lib/tthc/blobs".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        };
+        let r = ApiError::blob(denied).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

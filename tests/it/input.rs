@@ -335,7 +335,25 @@ async fn lltp_at_verification(api: &Api) -> (String, String, Value) {
         .wait_for(&code, "verification", |d| has_task(d, "tham_dinh"))
         .await;
     let task = task_of(&d, "tham_dinh");
+    // The receipt's jobs (letters, the portal sync) append their outcomes after the task
+    // opens: act on the version they leave, once it holds still.
+    let d = settled(api, &code).await;
     (code, task, d)
+}
+
+/// The dossier once its sequence stops moving (its background jobs have answered).
+async fn settled(api: &Api, code: &str) -> Value {
+    let path = format!("/api/v1/dossiers/{code}");
+    let mut last = api.get(&path, &admin_token()).await.body;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = api.get(&path, &admin_token()).await.body;
+        if now["seq"] == last["seq"] {
+            return now;
+        }
+        last = now;
+    }
+    panic!("dossier {code} kept moving: {last}");
 }
 
 /// N officers complete the same task at once; the answers' statuses and codes.

@@ -112,7 +112,7 @@ async fn upload(
     let sha = tokio::task::spawn_blocking(move || blobs.put(&bytes))
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::blob)?;
     let upload = engine::store::Upload {
         sha256: sha.clone(),
         content_type: content_type.clone(),

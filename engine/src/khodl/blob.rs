@@ -44,6 +44,13 @@ impl BlobError {
         }
     }
 
+    /// Whether the disk (or the quota) holding the blobs is full.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, BlobError::Io { source, .. }
+            if source.kind() == io::ErrorKind::StorageFull
+                || source.kind() == io::ErrorKind::QuotaExceeded)
+    }
+
     /// Whether trying again later may succeed (a full disk, a busy file system).
     pub fn is_retryable(&self) -> bool {
         match self {
