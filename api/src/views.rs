@@ -586,10 +586,10 @@ pub struct PaymentBody {
     /// The receipt (biên lai) or payment transaction number: required.
     #[serde(default)]
     pub receipt: Option<String>,
-    /// `counter` (default), `online` or `postal`.
+    /// `counter` (when left out or null), `online` or `postal`.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
-    pub channel: engine::dossier::PaymentChannel,
+    pub channel: Option<engine::dossier::PaymentChannel>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -525,7 +525,7 @@ async fn record_payment(
         fee_code: b.fee_code,
         amount_vnd: b.amount_vnd,
         receipt: b.receipt,
-        channel: b.channel,
+        channel: b.channel.unwrap_or_default(),
     };
     run(&state, &caller, &headers, &code, OFFICER, cmd).await
 }
