@@ -130,16 +130,19 @@ impl ServeConfig {
             None => None,
         };
         let mut config = match &file {
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))?;
-                serde_saphyr::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
-            }
+            Some(f) => ServeConfig::from_file(f)?,
             None => ServeConfig::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
+    }
+
+    /// Defaults, then the file alone (no environment): what a configuration file says, such
+    /// as the example deployments in `deploy/examples/`.
+    pub fn from_file(file: &Path) -> Result<ServeConfig> {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
     }
 
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {

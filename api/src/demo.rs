@@ -105,11 +105,7 @@ pub async fn province(
     let example = root
         .join("deploy/examples")
         .join(format!("{}.yaml", example_of(slug)));
-    let text = std::fs::read_to_string(&example)
-        .with_context(|| format!("reading {}", example.display()))?;
-    let deployment: crate::config::ServeConfig =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", example.display()))?;
-    config.agencies = deployment.agencies;
+    config.agencies = crate::config::ServeConfig::from_file(&example)?.agencies;
     if !config.agencies.contains(agency) {
         bail!("{}: no agency {agency} ({agency_name})", example.display());
     }

@@ -116,11 +116,7 @@ impl ApiError {
         use engine::store::StoreError;
         if e.is_storage_full() {
             tracing::error!(error = %e, "storage full: writes are refused until space returns");
-            return Some(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_full",
-                "the server's storage is full: nothing was written; try again later",
-            ));
+            return Some(ApiError::storage_full());
         }
         match e {
             StoreError::ArchiveDamaged { .. } => {
@@ -137,16 +133,21 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// 503 `storage_full` (sent with `Retry-After`): the database or the blobs' disk is full.
+    fn storage_full() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_full",
+            "the server's storage is full: nothing was written; try again later",
+        )
+    }
+
     /// A blob store's failure: a full disk is `storage_full` (503, retry later), like a full
     /// database; anything else is internal.
     pub fn blob(e: engine::khodl::BlobError) -> ApiError {
         if e.is_storage_full() {
             tracing::error!(error = %e, "blob storage full: uploads are refused until space returns");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_full",
-                "the server's storage is full: nothing was written; try again later",
-            );
+            return ApiError::storage_full();
         }
         ApiError::internal(e.to_string())
     }

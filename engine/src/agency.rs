@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use crate::definition::model::RECEIVING;
+use crate::definition::model::{RECEIVING, is_agency_code};
 
 /// One agency of the deployment, by its code (Circular 10/2016/TT-BTTTT).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,7 +214,7 @@ impl Agencies {
         if Some(kind) == competent_kind {
             return Ok(TaskAgency::Competent);
         }
-        if kind.contains('.') {
+        if is_agency_code(kind) {
             return Ok(TaskAgency::Code(kind.to_owned()));
         }
         Ok(TaskAgency::Code(self.only_of_kind(kind, day)?.code.clone()))

@@ -409,6 +409,11 @@ impl Calendar {
         self.days = DayTable::build(&self.holidays, &self.working_weekends);
     }
 
+    /// The calendar date of `at` in this calendar's time zone.
+    pub fn local_date(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.timezone()).date_naive()
+    }
+
     pub fn timezone(&self) -> Tz {
         self.tz
     }

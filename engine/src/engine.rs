@@ -444,10 +444,7 @@ impl Engine {
     /// (`receiving` and the competent kind stay: each dossier says which agency they are).
     fn resolve_agencies(&self, mut definition: Definition) -> Result<Definition, EngineError> {
         let agencies = &self.inner.config.agencies;
-        let day = self
-            .now()
-            .with_timezone(&self.inner.calendar.timezone())
-            .date_naive();
+        let day = self.calendar().local_date(self.now());
         let p = &mut definition.procedure;
         let label = format!("{} version {}", p.code, p.version);
         let competent = p.agency.competent.clone();
@@ -610,9 +607,7 @@ impl Engine {
             }
         }
         let now = self.now();
-        let day = now
-            .with_timezone(&self.inner.calendar.timezone())
-            .date_naive();
+        let day = self.calendar().local_date(now);
         // The dossier code starts with the agency's code, which carries its province: filing
         // only at this deployment's own agencies keeps codes unique across deployments.
         let agencies = &self.inner.config.agencies;

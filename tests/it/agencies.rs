@@ -311,8 +311,7 @@ fn the_example_deployments_configure_every_kind_the_shipped_procedures_name() {
     let mut suffixes = Vec::new();
     for example in ["hung-yen", "ha-noi"] {
         let path = root.join(format!("deploy/examples/{example}.yaml"));
-        let config: tthc_api::config::ServeConfig =
-            serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let config = tthc_api::config::ServeConfig::from_file(&path).unwrap();
         for d in &report.definitions {
             let p = &d.procedure;
             let kinds = p

@@ -633,7 +633,7 @@ async fn province_b_refuses_altered_and_unsigned_papers_and_stores_nothing() {
 /// The agencies of `deploy/examples/{name}.yaml`.
 fn example_agencies(name: &str) -> engine::agency::Agencies {
     let path = crate::support::repo_root().join(format!("deploy/examples/{name}.yaml"));
-    let config: tthc_api::config::ServeConfig =
-        serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config.agencies
+    tthc_api::config::ServeConfig::from_file(&path)
+        .unwrap()
+        .agencies
 }

@@ -404,7 +404,7 @@ fn check_agency_kind(
         .iter()
         .map(|k| k.id.as_str())
         .chain(level.is_none().then_some(RECEIVING));
-    if kind.contains('.') || kind.chars().any(|c| c.is_ascii_uppercase()) {
+    if is_agency_code(kind) {
         sink.error(
             at,
             format!("`{kind}` is an agency code; a definition names the kind of agency"),

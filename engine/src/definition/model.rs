@@ -86,6 +86,12 @@ pub struct AgencySpec {
 /// the receiving agency or service centre).
 pub const RECEIVING: &str = "receiving";
 
+/// Whether an agency name in a definition is a code (`000.00.17.H59`) rather than a kind:
+/// kinds are lower-case identifiers.
+pub fn is_agency_code(name: &str) -> bool {
+    name.contains('.') || name.chars().any(|c| c.is_ascii_uppercase())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgencyLevel {
