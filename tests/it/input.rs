@@ -173,22 +173,9 @@ async fn an_impossible_council_date_is_refused_with_a_pointer_into_the_completio
 #[tokio::test]
 async fn completion_and_supplement_refusals_point_into_the_body_sent() {
     let api = start_api().await;
-    let code = api.file_lltp().await["code"].as_str().unwrap().to_owned();
-    let desk = officer_token("desk", &["mot_cua"]);
+    let (code, task, _) = lltp_at_verification(&api).await;
     let specialist = officer_token("specialist", &["chuyen_vien"]);
     let head = officer_token("head", &["lanh_dao_phong"]);
-    let r = api
-        .post(
-            &format!("/api/v1/dossiers/{code}/receive"),
-            &desk,
-            json!(null),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let d = api
-        .wait_for(&code, "verification", |d| has_task(d, "tham_dinh"))
-        .await;
-    let task = task_of(&d, "tham_dinh");
     let url = format!("/api/v1/dossiers/{code}/tasks/{task}/complete");
     let r = api
         .post(
