@@ -91,6 +91,16 @@ pub(super) fn stuck_at(ctx: &Context<'_>, state: &Dossier) -> Option<String> {
 /// Opens a stuck incident when the decision leaves the dossier with nothing to wait on.
 pub(super) fn raise_if_stuck(em: &mut Emitter<'_>) {
     if let Some(error) = stuck_at(em.ctx, &em.state) {
+        // An administrator who skipped this very situation acknowledged it: a later event
+        // (a status sync's outcome, say) does not raise it again.
+        let acknowledged = em.state.incidents.values().any(|i| {
+            i.kind == IncidentKind::Stuck
+                && i.resolution == Some(IncidentResolution::Skipped)
+                && i.error == error
+        });
+        if acknowledged {
+            return;
+        }
         em.emit(Event::GuardIncidentOpened {
             incident: next_incident(&em.state),
             kind: IncidentKind::Stuck,
